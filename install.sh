@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Idempotent set-up of veri-box in ./.venv.
+#   ./install.sh         the server and the training stack
+#   ./install.sh --dev   also the test tools, and Debian's chromium for the browser tests
+# TORCH_SPEC overrides which torch is installed when none is (default: torch==2.13.0).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+dev=0
+for arg in "$@"; do
+  case "$arg" in
+    --dev) dev=1 ;;
+    -h|--help) sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "install.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+python=${PYTHON:-python3}
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "install.sh: veri-box needs Python 3.11 or newer (set PYTHON=/path/to/python3.11)" >&2
+  exit 1
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv"
+  "$python" -m venv .venv
+fi
+pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+
+# torch first and pinned: left to the resolver, a bare `torch` requirement pulls whatever
+# build is newest, which is needlessly large on a CPU-only machine.
+if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
+  echo "==> installing ${TORCH_SPEC:-torch==2.13.0}"
+  "${pip[@]}" "${TORCH_SPEC:-torch==2.13.0}"
+fi
+
+echo "==> installing veri-box"
+if [ "$dev" = 1 ]; then
+  "${pip[@]}" -e '.[dev]'
+else
+  "${pip[@]}" -e .
+fi
+
+if [ "$dev" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
+  echo "==> installing Debian's chromium (browser tests)"
+  sudo_=""
+  [ "$(id -u)" = 0 ] || sudo_="sudo"
+  $sudo_ apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -q chromium
+fi
+
+echo "==> done: start the box with .venv/bin/veri-box serve"

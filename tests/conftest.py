@@ -1,0 +1,83 @@
+"""Shared fixtures: a real app on a real SQLite file in a temp dir, and helpers to upload."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from litestar.testing import TestClient
+
+from veri_box.app import create_app
+from veri_box.devices import build_inventory
+from veri_box.settings import Settings
+
+REWARD_SOURCE = '''
+def reward(completions, **kwargs):
+    return [float(len(c)) for c in completions]
+'''
+
+
+class Api:
+    """An in-process client holding a valid API key."""
+
+    def __init__(self, client: TestClient, key: str, settings: Settings):
+        self.client = client
+        self.key = key
+        self.settings = settings
+        self.headers = {"Authorization": f"Bearer {key}"}
+
+    def __getattr__(self, method: str):
+        call = getattr(self.client, method)
+
+        def request(url: str, **kwargs):
+            kwargs.setdefault("headers", {}).update(self.headers)
+            return call(url, **kwargs)
+
+        return request
+
+    @property
+    def store(self):
+        return self.client.app.state.store
+
+    def upload_dataset(self, rows: list[dict] | bytes, filename: str = "data.jsonl", name: str = "ds"):
+        body = rows if isinstance(rows, bytes) else "".join(json.dumps(r) + "\n" for r in rows).encode()
+        return self.post("/v1/datasets", data={"name": name}, files={"file": (filename, body, "application/jsonl")})
+
+    def dataset(self, rows: list[dict] | None = None) -> str:
+        r = self.upload_dataset(rows or [{"prompt": "What is 2+2?", "answer": "4"}, {"prompt": "Say hi", "answer": "hi"}])
+        assert r.status_code == 200, r.text
+        return r.json()["id"]
+
+    def reward_function(self, source: str = REWARD_SOURCE, name: str = "length") -> str:
+        r = self.post("/v1/reward_functions", data={"name": name}, files={"file": ("reward.py", source.encode())})
+        assert r.status_code == 200, r.text
+        return r.json()["id"]
+
+    def job(self, **overrides) -> dict:
+        body = {"base_model": "Qwen/Qwen3-4B", "dataset_id": overrides.pop("dataset_id", None) or self.dataset(),
+                "output_name": "test", "gpu": {"type": "cpu", "count": 1}}
+        if "reward_source" not in overrides and "environments" not in overrides and overrides.get("method") != "sft_video_gen":
+            body["reward_function_id"] = overrides.pop("reward_function_id", None) or self.reward_function()
+        body.update(overrides)
+        r = self.post("/v1/training_jobs", json=body)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+
+def make_settings(tmp_path: Path, **kw) -> Settings:
+    return Settings(data_dir=tmp_path / "data", gpus="none", **kw)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+def api(settings: Settings) -> Iterator[Api]:
+    app = create_app(settings, build_inventory("A100-80GB:2", settings.cpu_slots))
+    with TestClient(app) as client:
+        _, key = app.state.store.create_api_key("test")
+        yield Api(client, key, settings)

@@ -1,0 +1,56 @@
+"""API keys: created here or on the command line; only their SHA-256 is stored."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from litestar import Controller, delete, get, post
+from msgspec import Meta
+
+from .errors import not_found
+from .schemas import After, Deleted, ListOf, ReadLimit
+from .store import Store
+
+
+class ApiKey(msgspec.Struct):
+    id: str
+    name: str
+    key_prefix: str
+    created_at: str
+    last_used_at: str | None
+    object: str = "api_key"
+
+
+class NewApiKey(ApiKey):
+    key: str = ""
+
+
+class CreateApiKey(msgspec.Struct, forbid_unknown_fields=True):
+    name: Annotated[str, Meta(min_length=1, max_length=200)]
+
+
+def to_api(row: dict) -> ApiKey:
+    return ApiKey(id=row["id"], name=row["name"], key_prefix=row["key_prefix"], created_at=row["created_at"],
+                  last_used_at=row["last_used_at"])
+
+
+class ApiKeyController(Controller):
+    path = "/v1/api_keys"
+    tags = ["api keys"]
+
+    @post("/", status_code=200, sync_to_thread=True)
+    def create(self, store: Store, data: CreateApiKey) -> NewApiKey:
+        row, key = store.create_api_key(data.name.strip() or data.name)
+        return NewApiKey(**msgspec.structs.asdict(to_api(row)), key=key)
+
+    @get("/", sync_to_thread=True)
+    def list_(self, store: Store, limit: ReadLimit = 20, after: After = None) -> ListOf[ApiKey]:
+        rows, more = store.list_api_keys(limit, after)
+        return ListOf(data=[to_api(r) for r in rows], has_more=more)
+
+    @delete("/{key_id:str}", status_code=200, sync_to_thread=True)
+    def revoke(self, store: Store, key_id: str) -> Deleted:
+        if not store.revoke_api_key(key_id):
+            raise not_found("api key", key_id)
+        return Deleted(id=key_id, object="api_key")

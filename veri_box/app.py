@@ -1,0 +1,84 @@
+"""The Litestar application: one factory that wires settings, store and routes together."""
+
+from __future__ import annotations
+
+import secrets
+
+from litestar import Litestar, Router, get
+from litestar.di import Provide
+from litestar.exceptions import HTTPException
+from litestar.openapi import OpenAPIConfig, ResponseSpec
+from litestar.openapi.plugins import SwaggerRenderPlugin
+
+from . import __version__, artifacts, devices
+from .api_keys import ApiKeyController
+from .auth import Signer, require_api_key
+from .datasets import DatasetController
+from .devices import Inventory, build_inventory
+from .errors import ErrorBody, exception_handler
+from .integrations import IntegrationController
+from .jobs import JobController
+from .reward_functions import RewardFunctionController
+from .settings import Settings
+from .store import Store
+
+# Bodies other than uploads are small; uploads get their own, configurable limit.
+JSON_BODY_LIMIT = 8 * 1024 * 1024
+
+ERROR_RESPONSES = {
+    status: ResponseSpec(data_container=ErrorBody, description=description)
+    for status, description in [
+        (400, "Invalid request: `error.code` says why and `error.param` names the field."),
+        (401, "Missing, invalid or revoked API key."),
+        (404, "No such resource."),
+        (405, "Method not allowed on this route."),
+        (409, "The resource is in use."),
+    ]
+}
+
+
+@get("/healthz", tags=["health"], include_in_schema=False)
+async def healthz() -> dict[str, str]:
+    return {"status": "ok", "version": __version__}
+
+
+def _document_errors(app: Litestar) -> None:
+    """Every route answers errors in one shape; say so in the OpenAPI document."""
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", []):
+            handler.responses = {**ERROR_RESPONSES, **(handler.responses or {})}
+
+
+def create_app(settings: Settings, inventory: Inventory | None = None) -> Litestar:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(settings.db_path)
+    signer = Signer(store.box_value("url_signing_secret", lambda: secrets.token_hex(32)))
+    inventory = inventory or build_inventory(settings.gpus, settings.cpu_slots)
+
+    uploads = Router(path="/", route_handlers=[DatasetController],
+                     request_max_body_size=settings.max_upload_bytes + 1024 * 1024)
+    api = Router(
+        path="/",
+        guards=[require_api_key],
+        route_handlers=[ApiKeyController, uploads, RewardFunctionController, JobController,
+                        IntegrationController, devices.availability],
+    )
+    app = Litestar(
+        route_handlers=[api, artifacts.download, healthz],
+        dependencies={
+            "store": Provide(lambda: store, use_cache=True, sync_to_thread=False),
+            "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
+            "inventory": Provide(lambda: inventory, use_cache=True, sync_to_thread=False),
+            "signer": Provide(lambda: signer, use_cache=True, sync_to_thread=False),
+        },
+        exception_handlers={HTTPException: exception_handler, Exception: exception_handler},
+        request_max_body_size=JSON_BODY_LIMIT,
+        openapi_config=OpenAPIConfig(title="veri-box", version=__version__, path="/schema",
+                                     render_plugins=[SwaggerRenderPlugin()]),
+        debug=False,
+    )
+    app.state.store = store
+    app.state.settings = settings
+    app.state.inventory = inventory
+    _document_errors(app)
+    return app

@@ -1,0 +1,79 @@
+"""A finished job's files: the model manifest and the signed links that fetch them.
+
+The SDK downloads each file with a bare HTTP GET (no Authorization header), so every
+link carries an expiring HMAC signature instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+from litestar import get
+from litestar.params import Parameter
+from litestar.response import File
+
+from .auth import Signer
+from .errors import ApiError, bad_request
+from .settings import Settings
+
+MODEL_ARCHIVE = "model.tar.gz"
+OUTPUT_DIR = "output"
+
+
+class ModelFile(msgspec.Struct):
+    path: str
+    url: str
+    bytes: int
+
+
+class Model(msgspec.Struct):
+    download_url: str | None
+    files: list[ModelFile]
+    object: str = "model"
+
+
+def job_dir(data_dir: Path, job_id: str) -> Path:
+    return data_dir / "jobs" / job_id
+
+
+def signed_url(settings: Settings, signer: Signer, relative: str) -> str:
+    return f"{settings.base_url}/files/{signer.sign(relative, settings.download_url_ttl_s)}"
+
+
+def archive_url(settings: Settings, signer: Signer, job_id: str) -> str | None:
+    if not (job_dir(settings.data_dir, job_id) / MODEL_ARCHIVE).is_file():
+        return None
+    return signed_url(settings, signer, f"jobs/{job_id}/{MODEL_ARCHIVE}")
+
+
+def manifest(settings: Settings, signer: Signer, job: dict) -> Model:
+    if job["status"] != "completed":
+        raise bad_request("model_not_ready",
+                          f"Job {job['id']} is {job['status']}; its model is available once it has completed.")
+    output = job_dir(settings.data_dir, job["id"]) / OUTPUT_DIR
+    files = []
+    for path in sorted(p for p in output.rglob("*") if p.is_file()):
+        rel = path.relative_to(output).as_posix()
+        files.append(ModelFile(path=rel, bytes=path.stat().st_size,
+                               url=signed_url(settings, signer, f"jobs/{job['id']}/{OUTPUT_DIR}/{rel}")))
+    if not files:
+        raise bad_request("model_not_ready", f"Job {job['id']} completed but left no model files.")
+    return Model(download_url=archive_url(settings, signer, job["id"]), files=files)
+
+
+@get("/files/{path:path}", include_in_schema=True, tags=["downloads"], sync_to_thread=True)
+def download(
+    settings: Settings, signer: Signer, path: str,
+    expires: Annotated[int | None, Parameter(ge=0, le=2**40)] = None,
+    signature: Annotated[str | None, Parameter(max_length=128)] = None,
+) -> File:
+    """A file of a job, through a signed link from the API (no Authorization header needed)."""
+    relative = path.lstrip("/")
+    signer.verify(relative, expires, signature)
+    root = (settings.data_dir / "jobs").resolve()
+    target = (settings.data_dir / relative).resolve()
+    if not target.is_relative_to(root) or not target.is_file():
+        raise ApiError(404, "file_not_found", "This file no longer exists.")
+    return File(target, filename=target.name)

@@ -1,0 +1,163 @@
+"""Datasets: uploads validated row by row, stored under DATA_DIR/datasets/ID/."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, delete, get, post
+from litestar.datastructures import UploadFile
+from litestar.enums import RequestEncodingType
+from litestar.params import Body, Parameter
+
+from . import dataset_files
+from .errors import ApiError, bad_request, conflict, not_found
+from .schemas import After, Deleted, ListOf, ReadLimit
+from .settings import Settings
+from .store import Conflict, Store, new_id, now
+
+COPY_CHUNK = 1 << 20
+
+
+class Dataset(msgspec.Struct):
+    id: str
+    name: str
+    format: str
+    num_rows: int
+    columns: list[str]
+    bytes: int
+    created_at: str
+    object: str = "dataset"
+    source_type: str = "upload"
+    source_uri: str | None = None
+    huggingface_dataset: str | None = None
+
+
+class DatasetUpload(msgspec.Struct):
+    file: UploadFile
+    name: str | None = None
+
+
+class Rows(msgspec.Struct):
+    data: list[dict[str, Any]]
+    offset: int
+    has_more: bool
+    object: str = "list"
+
+
+def to_api(row: dict) -> Dataset:
+    return Dataset(id=row["id"], name=row["name"], format=row["format"], num_rows=row["num_rows"],
+                   columns=row["columns"], bytes=row["bytes"], created_at=row["created_at"])
+
+
+def dataset_dir(data_dir: Path, dataset_id: str) -> Path:
+    return data_dir / "datasets" / dataset_id
+
+
+async def _spool(upload: UploadFile, directory: Path, limit: int) -> tuple[Path, int]:
+    """Copy the upload to a file of ours (the inspector reads it by path), counting bytes."""
+    fd, name = tempfile.mkstemp(dir=directory, prefix="upload-")
+    size = 0
+    with open(fd, "wb") as out:
+        while chunk := await upload.read(COPY_CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise bad_request("file_too_large", f"Datasets are limited to {limit // 2**20} MiB on this box "
+                                  "(veri-box serve --max-upload-mb).", "file")
+            await asyncio.to_thread(out.write, chunk)
+    return Path(name), size
+
+
+def store_upload(store: Store, settings: Settings, name: str, filename: str, upload: Path, size: int) -> dict:
+    """Inspect the upload into a staging directory and publish it with one rename, so a
+    failure at any point leaves nothing behind."""
+    dataset_id = new_id("ds_")
+    final = dataset_dir(settings.data_dir, dataset_id)
+    staging = final.with_name(f".staging-{dataset_id}")
+    staging.mkdir(parents=True)
+    try:
+        inspected = dataset_files.inspect_upload(upload, filename, staging)
+        staging.rename(final)
+    except dataset_files.DatasetError as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise bad_request(err.code, err.message, err.param) from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    row = {"id": dataset_id, "name": name, "format": inspected.format, "num_rows": inspected.num_rows,
+           "columns": inspected.columns, "bytes": size, "filename": filename,
+           "path": inspected.stored_path, "created_at": now()}
+    try:
+        return store.insert_dataset(row)
+    except BaseException:
+        shutil.rmtree(final, ignore_errors=True)
+        raise
+
+
+class DatasetController(Controller):
+    path = "/v1/datasets"
+    tags = ["datasets"]
+
+    @post("/", status_code=200)
+    async def create(
+        self, store: Store, settings: Settings,
+        data: Annotated[DatasetUpload, Body(media_type=RequestEncodingType.MULTI_PART)],
+    ) -> Dataset:
+        """Upload JSONL, Parquet, or a .zip of videos with metadata.jsonl; validated row by row."""
+        filename = Path(data.file.filename or "upload").name[:200]
+        name = (data.name or Path(filename).stem).strip()
+        if not name or len(name) > 200:
+            raise bad_request("invalid_name", "name must be 1 to 200 characters.", "name")
+        spool_dir = settings.data_dir / "tmp"
+        spool_dir.mkdir(parents=True, exist_ok=True)
+        upload, size = None, 0
+        try:
+            upload, size = await _spool(data.file, spool_dir, settings.max_upload_bytes)
+            if size == 0:
+                raise bad_request("empty_file", "The uploaded file is empty.", "file")
+            row = await asyncio.to_thread(store_upload, store, settings, name, filename, upload, size)
+        finally:
+            await data.file.close()
+            if upload is not None:
+                upload.unlink(missing_ok=True)
+        return to_api(row)
+
+    @get("/", sync_to_thread=True)
+    def list_(self, store: Store, limit: ReadLimit = 20, after: After = None) -> ListOf[Dataset]:
+        rows, more = store.list_datasets(limit, after)
+        return ListOf(data=[to_api(r) for r in rows], has_more=more)
+
+    @get("/{dataset_id:str}", sync_to_thread=True)
+    def retrieve(self, store: Store, dataset_id: str) -> Dataset:
+        return to_api(_get(store, dataset_id))
+
+    @get("/{dataset_id:str}/rows", sync_to_thread=True)
+    def rows(self, store: Store, settings: Settings, dataset_id: str,
+             limit: ReadLimit = 20, offset: Annotated[int, Parameter(ge=0, le=2**31)] = 0) -> Rows:
+        """A page of the dataset's rows, for previews."""
+        row = _get(store, dataset_id)
+        page = dataset_files.preview_rows(dataset_dir(settings.data_dir, dataset_id), row["format"], row["path"],
+                                          offset, limit)
+        return Rows(data=page, offset=offset, has_more=offset + len(page) < row["num_rows"])
+
+    @delete("/{dataset_id:str}", status_code=200, sync_to_thread=True)
+    def remove(self, store: Store, settings: Settings, dataset_id: str) -> Deleted:
+        _get(store, dataset_id)
+        try:
+            store.delete_dataset(dataset_id)
+        except Conflict as busy:
+            raise conflict("dataset_in_use", f"Dataset {dataset_id} is used by job {busy}, which has not "
+                           "finished; cancel it or wait for it to end.") from None
+        shutil.rmtree(dataset_dir(settings.data_dir, dataset_id), ignore_errors=True)
+        return Deleted(id=dataset_id, object="dataset")
+
+
+def _get(store: Store, dataset_id: str) -> dict:
+    row = store.get_dataset(dataset_id)
+    if row is None:
+        raise not_found("dataset", dataset_id)
+    return row

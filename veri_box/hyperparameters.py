@@ -1,0 +1,137 @@
+"""Per-method hyperparameter schemas: bounds, defaults (the seed page's), and cross-field rules.
+
+The resolved set, with every default filled in, is stored on the job and echoed back, so
+a job's page shows exactly what the trainer will use.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
+
+from .errors import bad_request
+
+Steps = Annotated[int, Meta(ge=1, le=100_000_000)]
+Tokens = Annotated[int, Meta(ge=1, le=1_048_576)]
+Seed = Annotated[int, Meta(ge=0, le=2**32 - 1)]
+LearningRate = Annotated[float, Meta(gt=0, le=1)]
+Rank = Annotated[int, Meta(ge=1, le=1024)]
+Alpha = Annotated[float, Meta(gt=0, le=65536)]
+
+
+class GrpoHyperparameters(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    learning_rate: LearningRate = 1e-6
+    num_epochs: Annotated[int, Meta(ge=1, le=10_000)] = 1
+    max_steps: Steps | None = None
+    rollouts_per_prompt: Annotated[int, Meta(ge=2, le=1024)] = 8
+    kl_coef: Annotated[float, Meta(ge=0, le=1000)] = 0.001
+    max_prompt_length: Tokens = 1024
+    max_response_length: Tokens = 2048
+    global_batch_size: Annotated[int, Meta(ge=2, le=1_048_576)] = 64
+    seed: Seed = 42
+    lora_rank: Rank | None = None
+    lora_alpha: Alpha | None = None
+    lora_dropout: Annotated[float, Meta(ge=0, lt=1)] = 0.05
+    load_in_4bit: bool = False
+    system_prompt: Annotated[str, Meta(max_length=100_000)] | None = None
+    temperature: Annotated[float, Meta(gt=0, le=10)] = 1.0
+    save_steps: Steps | None = None
+    use_vllm: bool = False
+
+
+class VideoHyperparameters(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    learning_rate: LearningRate = 1e-3
+    num_epochs: Annotated[int, Meta(ge=1, le=100_000)] = 30
+    max_steps: Steps | None = None
+    lora_rank: Rank = 64
+    lora_alpha: Alpha | None = None
+    num_frames: Annotated[int, Meta(ge=1, le=1025)] = 49
+    height: Annotated[int, Meta(ge=16, le=4096, multiple_of=16)] = 480
+    width: Annotated[int, Meta(ge=16, le=4096, multiple_of=16)] = 720
+    batch_size: Annotated[int, Meta(ge=1, le=1024)] = 1
+    gradient_accumulation_steps: Annotated[int, Meta(ge=1, le=1024)] = 1
+    validation_prompts: Annotated[list[Annotated[str, Meta(min_length=1, max_length=2000)]], Meta(max_length=16)] = []
+    validation_steps: Steps | None = None
+    save_steps: Steps | None = None
+    seed: Seed = 42
+
+
+SCHEMAS: dict[str, type[msgspec.Struct]] = {
+    "grpo": GrpoHyperparameters,
+    "sft_video_gen": VideoHyperparameters,
+}
+
+
+def _param(err: msgspec.ValidationError) -> tuple[str, str]:
+    """msgspec says 'Expected `int` >= 1 - at `$.seed`': split into (message, param)."""
+    text = str(err)
+    message, _, where = text.partition(" - at `$")
+    path = where.rstrip("`").lstrip(".")
+    if message.startswith("Object contains unknown field"):
+        field = message.split("`")[1]
+        path = f"{path}.{field}" if path else field
+    param = "hyperparameters" + (f".{path}" if path else "")
+    return message, param
+
+
+def resolve(method: str, given: dict[str, Any] | None) -> dict[str, Any]:
+    """Validate `given` against the method's schema and return the full resolved set."""
+    try:
+        hp = msgspec.convert(given or {}, type=SCHEMAS[method])
+    except msgspec.ValidationError as err:
+        message, param = _param(err)
+        code = "unknown_field" if message.startswith("Object contains unknown field") else "invalid_hyperparameter"
+        if code == "unknown_field":
+            allowed = ", ".join(f.name for f in msgspec.structs.fields(SCHEMAS[method]))
+            message = f"Unknown hyperparameter '{param.removeprefix('hyperparameters.')}' for method {method}; known: {allowed}"
+        else:
+            message = f"Invalid {param}: {message[0].lower()}{message[1:]}"
+        raise bad_request(code, f"{message}.", param) from None
+    resolved = msgspec.to_builtins(hp)
+    return (_check_grpo if method == "grpo" else _check_video)(resolved)
+
+
+def _check_grpo(hp: dict[str, Any]) -> dict[str, Any]:
+    if hp["global_batch_size"] % hp["rollouts_per_prompt"]:
+        raise bad_request(
+            "invalid_hyperparameter",
+            f"global_batch_size ({hp['global_batch_size']}) counts completions per optimizer step and "
+            f"must be a multiple of rollouts_per_prompt ({hp['rollouts_per_prompt']}).",
+            "hyperparameters.global_batch_size",
+        )
+    if hp["load_in_4bit"] and hp["lora_rank"] is None:
+        raise bad_request("invalid_hyperparameter",
+                          "load_in_4bit trains a LoRA on a 4-bit base model (QLoRA); set lora_rank too.",
+                          "hyperparameters.load_in_4bit")
+    if hp["lora_rank"] is None:
+        if hp["lora_alpha"] is not None:
+            raise bad_request("invalid_hyperparameter",
+                              "lora_alpha only applies to LoRA training; set lora_rank too.",
+                              "hyperparameters.lora_alpha")
+    elif hp["lora_alpha"] is None:
+        hp["lora_alpha"] = 2 * hp["lora_rank"]
+    if hp["use_vllm"] and importlib.util.find_spec("vllm") is None:
+        raise bad_request("vllm_unavailable",
+                          "use_vllm needs vLLM installed on this box (pip install vllm in its environment); "
+                          "leave use_vllm false to generate with transformers.",
+                          "hyperparameters.use_vllm")
+    return hp
+
+
+def _check_video(hp: dict[str, Any]) -> dict[str, Any]:
+    if (hp["num_frames"] - 1) % 8:
+        lower = (hp["num_frames"] - 1) // 8 * 8 + 1
+        raise bad_request("invalid_hyperparameter",
+                          f"num_frames must be 8k+1 for CogVideoX's VAE (e.g. 9, 17, 49); "
+                          f"{hp['num_frames']} is not; try {lower} or {lower + 8}.",
+                          "hyperparameters.num_frames")
+    if hp["lora_alpha"] is None:
+        hp["lora_alpha"] = hp["lora_rank"]
+    return hp
+
+
+def defaults(method: str) -> dict[str, Any]:
+    return resolve(method, {})

@@ -1,0 +1,64 @@
+"""Third-party integrations; today OpenReward, whose environments can be a GRPO reward source.
+The API key is stored for the trainers to use and never returned: only a hint of it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from urllib.parse import urlparse
+
+import msgspec
+from litestar import Controller, delete, get, put
+from msgspec import Meta
+
+from .errors import bad_request
+from .store import Store
+
+OPENREWARD = "openreward"
+
+
+class OpenRewardSettings(msgspec.Struct, forbid_unknown_fields=True):
+    api_key: Annotated[str, Meta(min_length=1, max_length=500)]
+    base_url: Annotated[str, Meta(max_length=500)] | None = None
+
+
+class Integration(msgspec.Struct):
+    provider: str
+    configured: bool
+    key_hint: str | None
+    base_url: str | None
+    updated_at: str | None
+    object: str = "integration"
+
+
+def to_api(row: dict | None) -> Integration:
+    if row is None:
+        return Integration(provider=OPENREWARD, configured=False, key_hint=None, base_url=None, updated_at=None)
+    return Integration(provider=OPENREWARD, configured=True, key_hint="..." + row["api_key"][-4:],
+                       base_url=row["base_url"], updated_at=row["updated_at"])
+
+
+class IntegrationController(Controller):
+    path = "/v1/settings/integrations/openreward"
+    tags = ["settings"]
+
+    @put("/", sync_to_thread=True)
+    def put_openreward(self, store: Store, data: OpenRewardSettings) -> Integration:
+        key = data.api_key.strip()
+        if not key or any(c.isspace() for c in key):
+            raise bad_request("invalid_value", "api_key must be a single token without spaces.", "api_key")
+        base_url = (data.base_url or "").strip().rstrip("/") or None
+        if base_url:
+            parsed = urlparse(base_url)
+            if parsed.scheme not in ("http", "https") or not parsed.netloc:
+                raise bad_request("invalid_value", "base_url must be an http(s) URL such as https://api.openreward.ai.",
+                                  "base_url")
+        return to_api(store.put_integration(OPENREWARD, key, base_url))
+
+    @get("/", sync_to_thread=True)
+    def get_openreward(self, store: Store) -> Integration:
+        return to_api(store.get_integration(OPENREWARD))
+
+    @delete("/", status_code=200, sync_to_thread=True)
+    def delete_openreward(self, store: Store) -> Integration:
+        store.delete_integration(OPENREWARD)
+        return to_api(None)

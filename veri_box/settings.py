@@ -1,0 +1,74 @@
+"""Every server setting, declared once with its default and help text.
+
+Settings are read once (command-line flags, then environment, then these defaults)
+and passed down; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("VERI_BOX_HOME")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".local" / "share" / "veri-box"
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = field(
+        default_factory=default_data_dir,
+        metadata={"help": "Where the database, datasets, reward functions and job files live "
+                          "(default: $VERI_BOX_HOME or ~/.local/share/veri-box)."},
+    )
+    host: str = field(default="127.0.0.1", metadata={"help": "Address to listen on."})
+    port: int = field(default=8000, metadata={"help": "Port to listen on."})
+    public_url: str | None = field(
+        default=None,
+        metadata={"help": "Base URL clients use to reach this box, for dashboard and download "
+                          "links (default: http://HOST:PORT)."},
+    )
+    gpus: str = field(
+        default="auto",
+        metadata={"help": "GPU inventory: 'auto' (detect with nvidia-smi), 'none', or a declared "
+                          "list such as 'A100-80GB:2,L4-24GB:1'."},
+    )
+    cpu_slots: int = field(
+        default=1,
+        metadata={"help": "How many jobs may train on the CPU at once (the 'cpu' device type); 0 disables it."},
+    )
+    max_upload_mb: int = field(
+        default=2048, metadata={"help": "Largest dataset or reward-function upload accepted, in MiB."}
+    )
+    download_url_ttl_s: int = field(
+        default=3600,
+        metadata={"help": "How long signed model download links stay valid, in seconds."},
+    )
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "veri-box.db"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 1024 * 1024
+
+
+def describe() -> list[tuple[str, object, str]]:
+    """(name, default, help) for every setting: the CLI and docs are built from this."""
+    rows = []
+    for f in fields(Settings):
+        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+        rows.append((f.name, default, f.metadata["help"]))
+    return rows

@@ -1,0 +1,548 @@
+"""The one place with SQL: a SQLite database in WAL mode, one connection per thread.
+
+Schema changes are named, append-only migrations (sqlite-utils' Migrations) recorded in
+the database itself. Functions here take and return plain dicts; JSON columns are decoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database, Migrations
+
+migrations = Migrations("veri_box")
+
+TERMINAL_STATUSES = ("completed", "failed", "cancelled")
+
+
+@migrations()
+def m001_initial(db: Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE api_keys (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            key_prefix TEXT NOT NULL,
+            key_hash TEXT NOT NULL UNIQUE,
+            created_at TEXT NOT NULL,
+            last_used_at TEXT,
+            revoked_at TEXT
+        );
+        CREATE TABLE datasets (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            format TEXT NOT NULL,
+            num_rows INTEGER NOT NULL,
+            columns TEXT NOT NULL,
+            bytes INTEGER NOT NULL,
+            filename TEXT NOT NULL,
+            path TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        CREATE TABLE reward_functions (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            format TEXT NOT NULL,
+            entrypoint TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            path TEXT NOT NULL,
+            inline INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL
+        );
+        CREATE TABLE jobs (
+            id TEXT PRIMARY KEY,
+            status TEXT NOT NULL,
+            base_model TEXT NOT NULL,
+            dataset_id TEXT NOT NULL,
+            reward_function_id TEXT,
+            reward_functions TEXT NOT NULL DEFAULT '[]',
+            environments TEXT,
+            method TEXT NOT NULL,
+            output_name TEXT NOT NULL,
+            hyperparameters TEXT NOT NULL,
+            gpu_requested TEXT NOT NULL,
+            gpu TEXT,
+            provider TEXT,
+            checkpoint_destination TEXT NOT NULL,
+            requires_heartbeat INTEGER NOT NULL DEFAULT 0,
+            last_heartbeat_at TEXT,
+            error_code TEXT,
+            error_message TEXT,
+            current_step INTEGER,
+            total_steps INTEGER,
+            current_loss REAL,
+            duration_seconds REAL,
+            cost_usd REAL,
+            started_at TEXT,
+            completed_at TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE INDEX jobs_status ON jobs(status);
+        CREATE INDEX jobs_dataset ON jobs(dataset_id);
+        CREATE TABLE job_reward_functions (
+            -- no foreign keys: finished jobs keep naming datasets and reward functions
+            -- that have since been deleted
+            job_id TEXT NOT NULL,
+            reward_function_id TEXT NOT NULL,
+            PRIMARY KEY (job_id, reward_function_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX job_reward_functions_rf ON job_reward_functions(reward_function_id);
+        CREATE TABLE events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            job_id TEXT NOT NULL REFERENCES jobs(id),
+            event_type TEXT NOT NULL,
+            timestamp TEXT NOT NULL,
+            metadata TEXT NOT NULL DEFAULT '{}'
+        );
+        CREATE INDEX events_job ON events(job_id, seq);
+        -- One row per (job, key, step): a chart reads one key's steps with index seeks,
+        -- so a job with millions of points answers as fast as a small one.
+        CREATE TABLE metrics (
+            job_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            step INTEGER NOT NULL,
+            value REAL,
+            PRIMARY KEY (job_id, key, step)
+        ) WITHOUT ROWID;
+        CREATE TABLE samples (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            job_id TEXT NOT NULL REFERENCES jobs(id),
+            step INTEGER NOT NULL,
+            data TEXT NOT NULL
+        );
+        CREATE INDEX samples_job_step ON samples(job_id, step, seq);
+        CREATE TABLE checkpoints (
+            id TEXT PRIMARY KEY,
+            job_id TEXT NOT NULL REFERENCES jobs(id),
+            step INTEGER NOT NULL,
+            path TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX checkpoints_job ON checkpoints(job_id, step);
+        CREATE TABLE integrations (
+            provider TEXT PRIMARY KEY,
+            api_key TEXT NOT NULL,
+            base_url TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE TABLE box (
+            name TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        );
+        """
+    )
+
+
+JSON_COLUMNS = {
+    "datasets": ("columns",),
+    "jobs": ("reward_functions", "environments", "hyperparameters", "gpu_requested", "gpu",
+             "checkpoint_destination"),
+    "events": ("metadata",),
+    "samples": ("data",),
+}
+
+
+def now() -> str:
+    """ISO-8601 UTC with a Z, millisecond precision: sortable as text."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def new_id(prefix: str = "") -> str:
+    return prefix + secrets.token_hex(12)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class Conflict(Exception):
+    """A write that would break a rule the store enforces (e.g. a row still in use)."""
+
+
+class Store:
+    """Opens one connection per thread: sqlite3 connections must not be shared across
+    threads, and a shared one would interleave their transactions."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        db = self.db
+        db.execute("PRAGMA journal_mode=WAL")
+        migrations.apply(db)
+
+    @property
+    def db(self) -> Database:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            db = Database(conn)
+            self._local.db = db
+        return db
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    def _rows(self, sql: str, params: Iterable[Any] | dict = (), table: str | None = None) -> list[dict]:
+        cursor = self.db.execute(sql, params)
+        names = [d[0] for d in cursor.description]
+        rows = [dict(zip(names, r)) for r in cursor.fetchall()]
+        if table:
+            for row in rows:
+                for col in JSON_COLUMNS.get(table, ()):
+                    if col in row and isinstance(row[col], str):
+                        row[col] = json.loads(row[col])
+        return rows
+
+    def _insert(self, table: str, row: dict, conn: sqlite3.Connection | None = None) -> None:
+        # Plain SQL rather than sqlite-utils' insert(), which commits on its own and would
+        # end an enclosing transaction early.
+        for col in JSON_COLUMNS.get(table, ()):
+            if row.get(col) is not None and not isinstance(row[col], str):
+                row = {**row, col: json.dumps(row[col])}
+        cols = ", ".join(row)
+        (conn or self.db.conn).execute(
+            f"INSERT INTO {table} ({cols}) VALUES ({', '.join('?' * len(row))})", list(row.values())
+        )
+
+    def _one(self, sql: str, params: Iterable[Any] | dict = (), table: str | None = None) -> dict | None:
+        rows = self._rows(sql, params, table)
+        return rows[0] if rows else None
+
+    # -- the box itself ------------------------------------------------------------------
+
+    def box_value(self, name: str, make: Any) -> str:
+        """A value created once per data directory (e.g. the URL-signing secret)."""
+        with self.transaction() as conn:
+            row = conn.execute("SELECT value FROM box WHERE name = ?", [name]).fetchone()
+            if row:
+                return row[0]
+            value = make()
+            conn.execute("INSERT INTO box (name, value) VALUES (?, ?)", [name, value])
+            return value
+
+    # -- pagination ------------------------------------------------------------------------
+
+    def _page(self, table: str, where: list[str], params: list[Any], limit: int,
+              after: str | None) -> tuple[list[dict], bool]:
+        """Newest first by insertion order (rowid), so ties in created_at stay stable."""
+        clauses = list(where)
+        if after is not None:
+            clauses.append(f"rowid < coalesce((SELECT rowid FROM {table} WHERE id = ?), -1)")
+            params = [*params, after]
+        sql = f"SELECT * FROM {table}"
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += " ORDER BY rowid DESC LIMIT ?"
+        rows = self._rows(sql, [*params, limit + 1], table)
+        return rows[:limit], len(rows) > limit
+
+    def exists(self, table: str, id: str) -> bool:
+        return self.db.execute(f"SELECT 1 FROM {table} WHERE id = ?", [id]).fetchone() is not None
+
+    # -- API keys --------------------------------------------------------------------------
+
+    def create_api_key(self, name: str) -> tuple[dict, str]:
+        key = "vk_" + secrets.token_hex(20)
+        row = {
+            "id": secrets.token_hex(8),
+            "name": name,
+            "key_prefix": key[:7],
+            "key_hash": hash_key(key),
+            "created_at": now(),
+            "last_used_at": None,
+            "revoked_at": None,
+        }
+        self._insert("api_keys", row)
+        return row, key
+
+    def list_api_keys(self, limit: int = 100, after: str | None = None) -> tuple[list[dict], bool]:
+        return self._page("api_keys", ["revoked_at IS NULL"], [], limit, after)
+
+    def get_api_key(self, id: str) -> dict | None:
+        return self._one("SELECT * FROM api_keys WHERE id = ? AND revoked_at IS NULL", [id])
+
+    def revoke_api_key(self, id: str) -> bool:
+        cursor = self.db.execute(
+            "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", [now(), id]
+        )
+        return cursor.rowcount > 0
+
+    def count_api_keys(self) -> int:
+        return self.db.execute("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL").fetchone()[0]
+
+    def authenticate(self, key: str) -> dict | None:
+        """The live key row for this secret, with last_used_at refreshed (at most once a
+        second per key, so a busy client does not turn every read into a write)."""
+        row = self._one(
+            "SELECT * FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL", [hash_key(key)]
+        )
+        if row is None:
+            return None
+        stamp = now()
+        if (row["last_used_at"] or "")[:19] != stamp[:19]:
+            self.db.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", [stamp, row["id"]])
+            row["last_used_at"] = stamp
+        return row
+
+    # -- datasets --------------------------------------------------------------------------
+
+    def insert_dataset(self, row: dict) -> dict:
+        self._insert("datasets", row)
+        return self.get_dataset(row["id"])  # type: ignore[return-value]
+
+    def get_dataset(self, id: str) -> dict | None:
+        return self._one("SELECT * FROM datasets WHERE id = ?", [id], "datasets")
+
+    def list_datasets(self, limit: int, after: str | None) -> tuple[list[dict], bool]:
+        return self._page("datasets", [], [], limit, after)
+
+    def delete_dataset(self, id: str) -> None:
+        """Refuses while a job that has not finished uses the dataset."""
+        with self.transaction() as conn:
+            busy = conn.execute(
+                f"SELECT id FROM jobs WHERE dataset_id = ? AND status NOT IN {TERMINAL_STATUSES} LIMIT 1",
+                [id],
+            ).fetchone()
+            if busy:
+                raise Conflict(busy[0])
+            conn.execute("DELETE FROM datasets WHERE id = ?", [id])
+
+    def dataset_in_history(self, id: str) -> bool:
+        return self.db.execute("SELECT 1 FROM jobs WHERE dataset_id = ? LIMIT 1", [id]).fetchone() is not None
+
+    # -- reward functions ------------------------------------------------------------------
+
+    def insert_reward_function(self, row: dict) -> dict:
+        self._insert("reward_functions", row)
+        return self.get_reward_function(row["id"])  # type: ignore[return-value]
+
+    def get_reward_function(self, id: str) -> dict | None:
+        return self._one("SELECT * FROM reward_functions WHERE id = ?", [id])
+
+    def list_reward_functions(self, limit: int, after: str | None) -> tuple[list[dict], bool]:
+        return self._page("reward_functions", ["inline = 0"], [], limit, after)
+
+    def delete_reward_function(self, id: str) -> None:
+        with self.transaction() as conn:
+            busy = conn.execute(
+                f"""SELECT j.id FROM job_reward_functions r JOIN jobs j ON j.id = r.job_id
+                    WHERE r.reward_function_id = ? AND j.status NOT IN {TERMINAL_STATUSES} LIMIT 1""",
+                [id],
+            ).fetchone()
+            if busy:
+                raise Conflict(busy[0])
+            conn.execute("DELETE FROM reward_functions WHERE id = ?", [id])
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def create_job(self, job: dict, inline_reward_functions: list[dict]) -> dict:
+        """The job row, its inline reward functions and its `created` event, atomically."""
+        stamp = job["created_at"]
+        with self.transaction() as conn:
+            for rf in inline_reward_functions:
+                self._insert("reward_functions", rf, conn)
+            self._insert("jobs", {**job, "updated_at": stamp}, conn)
+            for rf in job["reward_functions"]:
+                conn.execute(
+                    "INSERT OR IGNORE INTO job_reward_functions VALUES (?, ?)", [job["id"], rf["id"]]
+                )
+            self._add_event(conn, job["id"], "created", {}, stamp)
+        return self.get_job(job["id"])  # type: ignore[return-value]
+
+    def get_job(self, id: str) -> dict | None:
+        return self._one("SELECT * FROM jobs WHERE id = ?", [id], "jobs")
+
+    def list_jobs(self, limit: int, after: str | None, status: str | None = None,
+                  method: str | None = None) -> tuple[list[dict], bool]:
+        where, params = [], []
+        if status:
+            where.append("status = ?")
+            params.append(status)
+        if method:
+            where.append("method = ?")
+            params.append(method)
+        return self._page("jobs", where, params, limit, after)
+
+    def jobs_with_status(self, *statuses: str) -> list[dict]:
+        marks = ",".join("?" * len(statuses))
+        return self._rows(f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY rowid", statuses, "jobs")
+
+    def transition_job(self, id: str, to: str, *, allowed_from: Iterable[str], event_metadata: dict | None = None,
+                       **fields: Any) -> dict | None:
+        """Move a job to status `to` only if it is in one of `allowed_from`, with its event,
+        in one transaction. Returns the new row, or None if the job was not in such a state."""
+        stamp = now()
+        sets = {**fields, "status": to, "updated_at": stamp}
+        for col in JSON_COLUMNS["jobs"]:
+            if col in sets and sets[col] is not None and not isinstance(sets[col], str):
+                sets[col] = json.dumps(sets[col])
+        allowed = list(allowed_from)
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in sets)} "
+                f"WHERE id = ? AND status IN ({','.join('?' * len(allowed))})",
+                [*sets.values(), id, *allowed],
+            )
+            if cursor.rowcount == 0:
+                return None
+            self._add_event(conn, id, to, event_metadata or {}, stamp)
+        return self.get_job(id)
+
+    def update_job(self, id: str, **fields: Any) -> None:
+        fields["updated_at"] = now()
+        self.db.execute(
+            f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?", [*fields.values(), id]
+        )
+
+    # -- events ----------------------------------------------------------------------------
+
+    def _add_event(self, conn: sqlite3.Connection, job_id: str, event_type: str, metadata: dict,
+                   stamp: str | None = None) -> None:
+        conn.execute(
+            "INSERT INTO events (id, job_id, event_type, timestamp, metadata) VALUES (?, ?, ?, ?, ?)",
+            [new_id("ev_"), job_id, event_type, stamp or now(), json.dumps(metadata)],
+        )
+
+    def add_event(self, job_id: str, event_type: str, metadata: dict | None = None) -> None:
+        self._add_event(self.db.conn, job_id, event_type, metadata or {})
+
+    def list_events(self, job_id: str, limit: int) -> list[dict]:
+        """The first `limit` events in the order they happened."""
+        return self._rows(
+            "SELECT id, event_type, timestamp, metadata FROM events WHERE job_id = ? ORDER BY seq LIMIT ?",
+            [job_id, limit], "events",
+        )
+
+    # -- metrics ---------------------------------------------------------------------------
+
+    def add_metrics(self, job_id: str, points: Iterable[tuple[int, dict[str, float | None]]]) -> int:
+        """Insert (step, {key: value}) points; a step logged twice keeps its latest value."""
+        rows = [(job_id, key, step, value) for step, values in points for key, value in values.items()]
+        with self.transaction() as conn:
+            conn.executemany("INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?)", rows)
+        return len(rows)
+
+    def metric_keys(self, job_id: str) -> list[str]:
+        # A loose index scan: one seek per distinct key instead of reading every point.
+        rows = self.db.execute(
+            """WITH RECURSIVE k(key) AS (
+                   SELECT min(key) FROM metrics WHERE job_id = :job
+                   UNION ALL
+                   SELECT (SELECT min(key) FROM metrics WHERE job_id = :job AND key > k.key)
+                   FROM k WHERE k.key IS NOT NULL)
+               SELECT key FROM k WHERE key IS NOT NULL""",
+            {"job": job_id},
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def metric_step_bounds(self, job_id: str, key: str, lo: int | None, hi: int | None) -> tuple[int, int] | None:
+        lo_ = -(2**63) if lo is None else lo
+        hi_ = 2**63 - 1 if hi is None else hi
+        row = self.db.execute(
+            "SELECT min(step), max(step) FROM metrics WHERE job_id = ? AND key = ? AND step BETWEEN ? AND ?",
+            [job_id, key, lo_, hi_],
+        ).fetchone()
+        return None if row[0] is None else (row[0], row[1])
+
+    def metric_count_upto(self, job_id: str, key: str, lo: int, hi: int, cap: int) -> int:
+        """How many points lie in [lo, hi], counting no further than `cap`."""
+        return self.db.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM metrics WHERE job_id = ? AND key = ? AND step BETWEEN ? AND ? LIMIT ?)",
+            [job_id, key, lo, hi, cap],
+        ).fetchone()[0]
+
+    def metric_points(self, job_id: str, key: str, lo: int, hi: int) -> list[tuple[int, float | None]]:
+        return self.db.execute(
+            "SELECT step, value FROM metrics WHERE job_id = ? AND key = ? AND step BETWEEN ? AND ? ORDER BY step",
+            [job_id, key, lo, hi],
+        ).fetchall()
+
+    def metric_points_at_or_after(self, job_id: str, key: str, targets: list[int]) -> list[tuple[int, float | None]]:
+        """For each target step, the first stored point at or after it (one index seek each)."""
+        return self.db.execute(
+            """SELECT DISTINCT m.step, m.value FROM json_each(:targets) t
+               JOIN metrics m ON m.job_id = :job AND m.key = :key AND m.step = (
+                   SELECT step FROM metrics WHERE job_id = :job AND key = :key AND step >= t.value
+                   ORDER BY step LIMIT 1)
+               ORDER BY m.step""",
+            {"job": job_id, "key": key, "targets": json.dumps(targets)},
+        ).fetchall()
+
+    def latest_metric_step(self, job_id: str) -> int | None:
+        steps = [
+            self.db.execute("SELECT max(step) FROM metrics WHERE job_id = ? AND key = ?", [job_id, key]).fetchone()[0]
+            for key in self.metric_keys(job_id)
+        ]
+        return max(steps) if steps else None
+
+    # -- samples and checkpoints -------------------------------------------------------------
+
+    def add_samples(self, job_id: str, samples: Iterable[dict]) -> None:
+        rows = [(job_id, int(s.get("step") or 0), json.dumps(s)) for s in samples]
+        with self.transaction() as conn:
+            conn.executemany("INSERT INTO samples (job_id, step, data) VALUES (?, ?, ?)", rows)
+
+    def list_samples(self, job_id: str, step: int | None, limit: int, after: int | None) -> tuple[list[dict], bool]:
+        where, params = ["job_id = ?"], [job_id]
+        if step is not None:
+            where.append("step = ?")
+            params.append(step)
+        if after is not None:
+            where.append("seq > ?")
+            params.append(after)
+        rows = self._rows(
+            f"SELECT seq, step, data FROM samples WHERE {' AND '.join(where)} ORDER BY step, seq LIMIT ?",
+            [*params, limit + 1], "samples",
+        )
+        return rows[:limit], len(rows) > limit
+
+    def add_checkpoint(self, job_id: str, step: int, path: str) -> dict:
+        row = {"id": new_id("ckpt_"), "job_id": job_id, "step": step, "path": path, "created_at": now()}
+        self._insert("checkpoints", row)
+        return row
+
+    def list_checkpoints(self, job_id: str) -> list[dict]:
+        return self._rows("SELECT * FROM checkpoints WHERE job_id = ? ORDER BY step DESC", [job_id])
+
+    # -- integrations ----------------------------------------------------------------------
+
+    def put_integration(self, provider: str, api_key: str, base_url: str | None) -> dict:
+        stamp = now()
+        self.db.execute(
+            """INSERT INTO integrations (provider, api_key, base_url, created_at, updated_at)
+               VALUES (?, ?, ?, ?, ?) ON CONFLICT(provider) DO UPDATE SET
+               api_key = excluded.api_key, base_url = excluded.base_url, updated_at = excluded.updated_at""",
+            [provider, api_key, base_url, stamp, stamp],
+        )
+        return self.get_integration(provider)  # type: ignore[return-value]
+
+    def get_integration(self, provider: str) -> dict | None:
+        return self._one("SELECT * FROM integrations WHERE provider = ?", [provider])
+
+    def delete_integration(self, provider: str) -> bool:
+        return self.db.execute("DELETE FROM integrations WHERE provider = ?", [provider]).rowcount > 0
