@@ -6,6 +6,7 @@ link carries an expiring HMAC signature instead.
 
 from __future__ import annotations
 
+import mimetypes
 from pathlib import Path
 from typing import Annotated
 
@@ -76,4 +77,9 @@ def download(
     target = (settings.data_dir / relative).resolve()
     if not target.is_relative_to(root) or not target.is_file():
         raise ApiError(404, "file_not_found", "This file no longer exists.")
-    return File(target, filename=target.name)
+    # An explicit media type: guessed from "model.tar.gz" it would add Content-Encoding: gzip,
+    # and HTTP clients would then silently unpack the archive they asked for.
+    media_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+    if target.name.endswith(".gz"):
+        media_type = "application/gzip"
+    return File(target, filename=target.name, media_type=media_type)
