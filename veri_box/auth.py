@@ -45,7 +45,8 @@ class Signer:
         if expires is None or not signature:
             raise ApiError(401, "missing_signature", "This download link is missing its signature; "
                            "ask the API for a fresh one (GET /v1/training_jobs/{id}/model).")
-        if not hmac.compare_digest(self._mac(path, expires), signature):
+        # compare_digest raises TypeError on non-ASCII text; such a signature is simply wrong.
+        if not signature.isascii() or not hmac.compare_digest(self._mac(path, expires), signature):
             raise ApiError(401, "invalid_signature", "This download link's signature does not match.")
         if expires < time.time():
             raise ApiError(401, "link_expired", "This download link has expired; ask the API for a fresh one "

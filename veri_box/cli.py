@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         flag = "--" + name.replace("_", "-")
         kind = type(default) if default is not None else str
-        serve.add_argument(flag, type=kind, default=None, help=f"{text} (default: {default})")
+        shown = "" if default is None else f" (default: {default})"
+        serve.add_argument(flag, type=kind, default=None, help=text + shown)
     serve.set_defaults(func=cmd_serve)
 
     keys = commands.add_parser("keys", help="Create, list and revoke API keys.",

@@ -42,7 +42,7 @@ class Settings:
         metadata={"help": "How many jobs may train on the CPU at once (the 'cpu' device type); 0 disables it."},
     )
     max_upload_mb: int = field(
-        default=2048, metadata={"help": "Largest dataset or reward-function upload accepted, in MiB."}
+        default=2048, metadata={"help": "Largest dataset upload accepted, in MiB."}
     )
     download_url_ttl_s: int = field(
         default=3600,
