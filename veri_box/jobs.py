@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
+from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 from litestar.response import ServerSentEvent
 from msgspec import Meta
@@ -323,7 +324,7 @@ class JobController(Controller):
         store.update_job(job_id, last_heartbeat_at=stamp)
         return Heartbeat(id=job_id, status=job["status"], last_heartbeat_at=stamp)
 
-    @get("/{job_id:str}/logs")
+    @get("/{job_id:str}/logs", media_type="text/event-stream")
     async def logs(self, job_id: str, request: Request, store: Store, settings: Settings) -> ServerSentEvent:
         """The training log as Server-Sent Events, ending with `[Job <status>]` once the job is terminal."""
         _job(store, job_id)
@@ -333,7 +334,10 @@ class JobController(Controller):
         return ServerSentEvent(logs.stream(store, settings.data_dir, job_id, int(last or 0)),
                                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @get("/{job_id:str}/logs/full", sync_to_thread=True, media_type="text/plain")
+    @get("/{job_id:str}/logs/full", sync_to_thread=True, media_type="text/plain",
+         responses={206: ResponseSpec(data_container=str, media_type="text/plain",
+                                      generate_examples=False,
+                                      description="The log so far; the job has not finished yet.")})
     def logs_full(self, job_id: str, store: Store, settings: Settings) -> Response[bytes]:
         """The whole log as text: 200 once the job is terminal, 206 (so far) while it is not."""
         job = _job(store, job_id)
