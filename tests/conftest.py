@@ -13,10 +13,10 @@ from veri_box.app import create_app
 from veri_box.devices import build_inventory
 from veri_box.settings import Settings
 
-REWARD_SOURCE = '''
+REWARD_SOURCE = """
 def reward(completions, **kwargs):
     return [float(len(c)) for c in completions]
-'''
+"""
 
 
 class Api:
@@ -46,7 +46,9 @@ class Api:
         return self.post("/v1/datasets", data={"name": name}, files={"file": (filename, body, "application/jsonl")})
 
     def dataset(self, rows: list[dict] | None = None) -> str:
-        r = self.upload_dataset(rows or [{"prompt": "What is 2+2?", "answer": "4"}, {"prompt": "Say hi", "answer": "hi"}])
+        r = self.upload_dataset(
+            rows or [{"prompt": "What is 2+2?", "answer": "4"}, {"prompt": "Say hi", "answer": "hi"}]
+        )
         assert r.status_code == 200, r.text
         return r.json()["id"]
 
@@ -56,9 +58,17 @@ class Api:
         return r.json()["id"]
 
     def job(self, **overrides) -> dict:
-        body = {"base_model": "Qwen/Qwen3-4B", "dataset_id": overrides.pop("dataset_id", None) or self.dataset(),
-                "output_name": "test", "gpu": {"type": "cpu", "count": 1}}
-        if "reward_source" not in overrides and "environments" not in overrides and overrides.get("method") != "sft_video_gen":
+        body = {
+            "base_model": "Qwen/Qwen3-4B",
+            "dataset_id": overrides.pop("dataset_id", None) or self.dataset(),
+            "output_name": "test",
+            "gpu": {"type": "cpu", "count": 1},
+        }
+        if (
+            "reward_source" not in overrides
+            and "environments" not in overrides
+            and overrides.get("method") != "sft_video_gen"
+        ):
             body["reward_function_id"] = overrides.pop("reward_function_id", None) or self.reward_function()
         body.update(overrides)
         r = self.post("/v1/training_jobs", json=body)

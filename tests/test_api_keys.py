@@ -47,7 +47,11 @@ def test_only_hashes_are_stored(api):
 
 
 def test_key_name_is_validated(api):
-    for body, code in (({}, "missing_field"), ({"name": ""}, "invalid_value"), ({"name": "x", "extra": 1}, "unknown_field")):
+    for body, code in (
+        ({}, "missing_field"),
+        ({"name": ""}, "invalid_value"),
+        ({"name": "x", "extra": 1}, "unknown_field"),
+    ):
         r = api.post("/v1/api_keys", json=body)
         assert r.status_code == 400
         assert r.json()["error"]["code"] == code

@@ -35,9 +35,13 @@ def imported_modules(path: Path) -> list[tuple[int, str]]:
             found += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             found.append((node.lineno, node.module))
-        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
-              and isinstance(node.args[0].value, str)
-              and (getattr(node.func, "attr", None) == "import_module" or getattr(node.func, "id", None) == "__import__")):
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+            and (getattr(node.func, "attr", None) == "import_module" or getattr(node.func, "id", None) == "__import__")
+        ):
             found.append((node.lineno, node.args[0].value))
     return found
 
@@ -45,12 +49,16 @@ def imported_modules(path: Path) -> list[tuple[int, str]]:
 def violations(package: str, forbidden: set[str]) -> list[str]:
     files = sorted((ROOT / package).rglob("*.py"))
     assert files, f"no Python files under {package}/"
-    return [f"{path.relative_to(ROOT)}:{line} imports {name}"
-            for path in files for line, name in imported_modules(path)
-            if name.split(".")[0] in forbidden]
+    return [
+        f"{path.relative_to(ROOT)}:{line} imports {name}"
+        for path in files
+        for line, name in imported_modules(path)
+        if name.split(".")[0] in forbidden
+    ]
 
 
 # ---- (a) the running server -------------------------------------------------------------------
+
 
 def test_server_starts_without_loading_the_training_stack(tmp_path: Path):
     # A fresh interpreter: this test process may have loaded anything already.
@@ -69,14 +77,16 @@ for module in pkgutil.iter_modules(veri_box.__path__):
 heavy = {sorted(TRAINING_LIBRARIES)!r}
 print(json.dumps(sorted(name for name in sys.modules if name.split(".")[0] in heavy)))
 """
-    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "data")],
-                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "data")], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
     assert result.returncode == 0, result.stderr
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert loaded == [], f"the server process loaded training libraries: {loaded}"
 
 
 # ---- (b) imports, read from the source ----------------------------------------------------------
+
 
 def test_trainers_never_import_the_server():
     # Their whole contract with the server is config.json in, progress.jsonl + train.log + files out.
@@ -125,8 +135,9 @@ def test_every_setting_has_help_text(setting):
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=lambda f: f.name)
 def test_every_setting_is_a_serve_flag(setting, serve_help: str):
-    assert re.search(rf"(^|\s){re.escape(flag(setting.name))}(?![\w-])", serve_help), \
+    assert re.search(rf"(^|\s){re.escape(flag(setting.name))}(?![\w-])", serve_help), (
         f"{flag(setting.name)} is missing from `veri-box serve --help`:\n{serve_help}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +149,7 @@ def readme_settings_table() -> str:
     start = next((i for i, line in enumerate(lines) if line.startswith("#") and "settings" in line.lower()), None)
     assert start is not None, "README.md has no Settings section"
     section = []
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if line.startswith("#"):
             break
         section.append(line)
@@ -149,5 +160,6 @@ def readme_settings_table() -> str:
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=lambda f: f.name)
 def test_every_setting_is_in_the_readme_settings_table(setting, readme_settings_table: str):
-    assert re.search(rf"(?<![\w-]){re.escape(flag(setting.name))}(?![\w-])", readme_settings_table), \
+    assert re.search(rf"(?<![\w-]){re.escape(flag(setting.name))}(?![\w-])", readme_settings_table), (
         f"{flag(setting.name)} is missing from README.md's settings table"
+    )

@@ -6,9 +6,9 @@ import zipfile
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from conftest import make_settings
 from litestar.testing import TestClient
+
 from veri_box.app import create_app
 
 
@@ -37,8 +37,9 @@ def test_jsonl_upload_is_detected_and_previewable(api):
 
 
 def test_parquet_upload(api):
-    table = pa.table({"messages": [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "yo"}]],
-                      "level": [1, 2]})
+    table = pa.table(
+        {"messages": [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "yo"}]], "level": [1, 2]}
+    )
     buf = io.BytesIO()
     pq.write_table(table, buf)
     r = api.upload_dataset(buf.getvalue(), filename="chat.parquet")
@@ -96,8 +97,12 @@ def test_oversize_upload_is_a_400(tmp_path):
         _, key = app.state.store.create_api_key("t")
         line = json.dumps({"prompt": "x" * 1000}) + "\n"
         body = (line * 1200).encode()  # ~1.2 MB
-        r = client.post("/v1/datasets", headers={"Authorization": f"Bearer {key}"}, data={"name": "big"},
-                        files={"file": ("big.jsonl", body)})
+        r = client.post(
+            "/v1/datasets",
+            headers={"Authorization": f"Bearer {key}"},
+            data={"name": "big"},
+            files={"file": ("big.jsonl", body)},
+        )
         assert r.status_code == 400
         assert r.json()["error"]["code"] == "file_too_large"
         assert not (settings.data_dir / "datasets").exists() or not any((settings.data_dir / "datasets").iterdir())

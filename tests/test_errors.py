@@ -19,7 +19,9 @@ def test_unknown_route_and_method(api):
 def test_malformed_json_and_unknown_fields(api):
     r = api.post("/v1/training_jobs", content=b"{nope", headers={"content-type": "application/json"})
     assert_error(r, 400, "invalid_request_error", "invalid_json")
-    r = api.post("/v1/training_jobs", json={"base_model": "m", "dataset_id": "ds_x", "gpu": {"type": "cpu"}, "colour": 1})
+    r = api.post(
+        "/v1/training_jobs", json={"base_model": "m", "dataset_id": "ds_x", "gpu": {"type": "cpu"}, "colour": 1}
+    )
     assert_error(r, 400, "invalid_request_error", "unknown_field", "colour")
     r = api.post("/v1/training_jobs", json={"base_model": "m", "dataset_id": "ds_x", "gpu": {"type": "cpu", "size": 1}})
     assert_error(r, 400, "invalid_request_error", "unknown_field", "gpu.size")
@@ -28,7 +30,9 @@ def test_malformed_json_and_unknown_fields(api):
 def test_wrong_types_and_bounds_name_the_field(api):
     r = api.post("/v1/training_jobs", json={"base_model": 5, "dataset_id": "ds_x", "gpu": {"type": "cpu"}})
     assert_error(r, 400, "invalid_request_error", "invalid_value", "base_model")
-    r = api.post("/v1/training_jobs", json={"base_model": "m", "dataset_id": "ds_x", "gpu": {"type": "cpu", "count": 0}})
+    r = api.post(
+        "/v1/training_jobs", json={"base_model": "m", "dataset_id": "ds_x", "gpu": {"type": "cpu", "count": 0}}
+    )
     assert_error(r, 400, "invalid_request_error", "invalid_value", "gpu.count")
     r = api.get("/v1/training_jobs?limit=101")
     assert_error(r, 400, "invalid_request_error", "invalid_value", "limit")

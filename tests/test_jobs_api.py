@@ -1,24 +1,54 @@
 """Training jobs: every submit-time rule, listing, events, cancel, heartbeat, logs, model."""
 
 import tarfile
-import time
 
 import pytest
-
 from conftest import REWARD_SOURCE
 
-SEED_DEFAULTS = {"learning_rate": 1e-6, "num_epochs": 1, "max_steps": None, "rollouts_per_prompt": 8,
-                 "kl_coef": 0.001, "max_prompt_length": 1024, "max_response_length": 2048,
-                 "global_batch_size": 64, "seed": 42}
-JOB_FIELDS = {"id", "object", "status", "base_model", "dataset_id", "reward_function_id", "method", "output_name",
-              "hyperparameters", "dashboard_url", "download_url", "error", "gpu", "gpu_requested", "provider",
-              "duration_seconds", "cost_usd", "started_at", "completed_at", "created_at", "environments",
-              "current_step", "total_steps", "current_loss", "updated_at"}
+SEED_DEFAULTS = {
+    "learning_rate": 1e-6,
+    "num_epochs": 1,
+    "max_steps": None,
+    "rollouts_per_prompt": 8,
+    "kl_coef": 0.001,
+    "max_prompt_length": 1024,
+    "max_response_length": 2048,
+    "global_batch_size": 64,
+    "seed": 42,
+}
+JOB_FIELDS = {
+    "id",
+    "object",
+    "status",
+    "base_model",
+    "dataset_id",
+    "reward_function_id",
+    "method",
+    "output_name",
+    "hyperparameters",
+    "dashboard_url",
+    "download_url",
+    "error",
+    "gpu",
+    "gpu_requested",
+    "provider",
+    "duration_seconds",
+    "cost_usd",
+    "started_at",
+    "completed_at",
+    "created_at",
+    "environments",
+    "current_step",
+    "total_steps",
+    "current_loss",
+    "updated_at",
+}
 
 
 def video_dataset(api):
     import io
     import zipfile
+
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr("metadata.jsonl", '{"video": "videos/a.mp4", "caption": "a red square"}\n')
@@ -33,12 +63,25 @@ def error_of(r, status=400):
 
 def test_seed_grpo_request_is_queued_with_defaults_echoed(api):
     ds, rf = api.dataset(), api.reward_function()
-    r = api.post("/v1/training_jobs", json={
-        "base_model": "Qwen/Qwen3-4B", "dataset_id": ds, "reward_function_id": rf, "method": "grpo",
-        "output_name": "qwen3-4b-math",
-        "hyperparameters": {"learning_rate": 1e-6, "num_epochs": 1, "rollouts_per_prompt": 8,
-                            "max_response_length": 2048, "global_batch_size": 64},
-        "gpu": {"type": "A100-80GB", "count": 1}, "checkpoint_destination": {"type": "veri"}})
+    r = api.post(
+        "/v1/training_jobs",
+        json={
+            "base_model": "Qwen/Qwen3-4B",
+            "dataset_id": ds,
+            "reward_function_id": rf,
+            "method": "grpo",
+            "output_name": "qwen3-4b-math",
+            "hyperparameters": {
+                "learning_rate": 1e-6,
+                "num_epochs": 1,
+                "rollouts_per_prompt": 8,
+                "max_response_length": 2048,
+                "global_batch_size": 64,
+            },
+            "gpu": {"type": "A100-80GB", "count": 1},
+            "checkpoint_destination": {"type": "veri"},
+        },
+    )
     assert r.status_code == 200, r.text
     job = r.json()
     assert set(job) == JOB_FIELDS
@@ -55,20 +98,44 @@ def test_seed_grpo_request_is_queued_with_defaults_echoed(api):
 
 def test_seed_video_request(api):
     ds = video_dataset(api)
-    job = api.job(dataset_id=ds, method="sft_video_gen", base_model="THUDM/CogVideoX-2b", output_name="cogvideo-custom",
-                  hyperparameters={"learning_rate": 1e-3, "num_epochs": 30, "lora_rank": 64})
+    job = api.job(
+        dataset_id=ds,
+        method="sft_video_gen",
+        base_model="THUDM/CogVideoX-2b",
+        output_name="cogvideo-custom",
+        hyperparameters={"learning_rate": 1e-3, "num_epochs": 30, "lora_rank": 64},
+    )
     hp = job["hyperparameters"]
-    assert (hp["learning_rate"], hp["num_epochs"], hp["lora_rank"], hp["lora_alpha"], hp["num_frames"]) == (1e-3, 30, 64, 64, 49)
+    assert (hp["learning_rate"], hp["num_epochs"], hp["lora_rank"], hp["lora_alpha"], hp["num_frames"]) == (
+        1e-3,
+        30,
+        64,
+        64,
+        49,
+    )
     assert job["reward_function_id"] is None
 
 
 def test_sdk_shaped_request_with_inline_reward_sources(api):
     ds = api.dataset()
-    second = "def exact(completions, answer, **kwargs):\n    return [float(c == a) for c, a in zip(completions, answer)]\n"
-    r = api.post("/v1/training_jobs", json={
-        "base_model": "m", "dataset_id": ds, "output_name": "default", "method": "grpo", "hyperparameters": {},
-        "gpu": {"gpu_type": "cpu", "gpu_count": 1}, "checkpoint_destination": {"type": "veri"},
-        "requires_heartbeat": True, "reward_sources": [REWARD_SOURCE, second], "reward_weights": [1.0, 0.5]})
+    second = (
+        "def exact(completions, answer, **kwargs):\n    return [float(c == a) for c, a in zip(completions, answer)]\n"
+    )
+    r = api.post(
+        "/v1/training_jobs",
+        json={
+            "base_model": "m",
+            "dataset_id": ds,
+            "output_name": "default",
+            "method": "grpo",
+            "hyperparameters": {},
+            "gpu": {"gpu_type": "cpu", "gpu_count": 1},
+            "checkpoint_destination": {"type": "veri"},
+            "requires_heartbeat": True,
+            "reward_sources": [REWARD_SOURCE, second],
+            "reward_weights": [1.0, 0.5],
+        },
+    )
     assert r.status_code == 200, r.text
     job = r.json()
     assert job["gpu_requested"] == {"type": "cpu", "count": 1}
@@ -83,33 +150,45 @@ def test_sdk_shaped_request_with_inline_reward_sources(api):
     assert hb["id"] == job["id"] and hb["status"] == "queued" and hb["last_heartbeat_at"].endswith("Z")
 
 
-@pytest.mark.parametrize("change, code, param", [
-    ({"hyperparameters": {"global_batch_size": 60}}, "invalid_hyperparameter", "hyperparameters.global_batch_size"),
-    ({"hyperparameters": {"learning_rate": 0}}, "invalid_hyperparameter", "hyperparameters.learning_rate"),
-    ({"hyperparameters": {"learning_rate": "fast"}}, "invalid_hyperparameter", "hyperparameters.learning_rate"),
-    ({"hyperparameters": {"max_steps": 10**12}}, "invalid_hyperparameter", "hyperparameters.max_steps"),
-    ({"hyperparameters": {"num_frames": 49}}, "unknown_field", "hyperparameters.num_frames"),
-    ({"hyperparameters": {"load_in_4bit": True}}, "invalid_hyperparameter", "hyperparameters.load_in_4bit"),
-    ({"hyperparameters": {"use_vllm": True}}, "vllm_unavailable", "hyperparameters.use_vllm"),
-    ({"gpu": {"type": "H100-80GB", "count": 1}}, "gpu_unavailable", "gpu.type"),
-    ({"gpu": {"type": "A100-80GB", "count": 3}}, "gpu_unavailable", "gpu.count"),
-    ({"gpu": {"count": 1}}, "missing_field", "gpu.type"),
-    ({"gpu": {"type": "cpu", "gpu_type": "A100-80GB"}}, "invalid_value", "gpu.type"),
-    ({"provider": "runpod"}, "provider_unavailable", "provider"),
-    ({"checkpoint_destination": {"type": "s3"}}, "unsupported_checkpoint_destination", "checkpoint_destination.type"),
-    ({"method": "dpo"}, "invalid_value", "method"),
-    ({"reward_source": REWARD_SOURCE}, "conflicting_reward_sources", "reward_source"),
-    ({"environments": {"coding_sandbox": {"splits": ["train"]}}}, "conflicting_reward_sources", "environments"),
-    ({"reward_function_id": None}, "reward_source_required", "reward_function_id"),
-    ({"reward_function_id": "rf_missing"}, "reward_function_not_found", "reward_function_id"),
-    ({"dataset_id": "ds_missing"}, "dataset_not_found", "dataset_id"),
-    ({"reward_weights": [1.0, 2.0]}, "invalid_value", "reward_weights"),
-    ({"base_model": "two\nlines"}, "invalid_value", "base_model"),
-    ({"output_name": "   "}, "invalid_value", "output_name"),
-])
+@pytest.mark.parametrize(
+    "change, code, param",
+    [
+        ({"hyperparameters": {"global_batch_size": 60}}, "invalid_hyperparameter", "hyperparameters.global_batch_size"),
+        ({"hyperparameters": {"learning_rate": 0}}, "invalid_hyperparameter", "hyperparameters.learning_rate"),
+        ({"hyperparameters": {"learning_rate": "fast"}}, "invalid_hyperparameter", "hyperparameters.learning_rate"),
+        ({"hyperparameters": {"max_steps": 10**12}}, "invalid_hyperparameter", "hyperparameters.max_steps"),
+        ({"hyperparameters": {"num_frames": 49}}, "unknown_field", "hyperparameters.num_frames"),
+        ({"hyperparameters": {"load_in_4bit": True}}, "invalid_hyperparameter", "hyperparameters.load_in_4bit"),
+        ({"hyperparameters": {"use_vllm": True}}, "vllm_unavailable", "hyperparameters.use_vllm"),
+        ({"gpu": {"type": "H100-80GB", "count": 1}}, "gpu_unavailable", "gpu.type"),
+        ({"gpu": {"type": "A100-80GB", "count": 3}}, "gpu_unavailable", "gpu.count"),
+        ({"gpu": {"count": 1}}, "missing_field", "gpu.type"),
+        ({"gpu": {"type": "cpu", "gpu_type": "A100-80GB"}}, "invalid_value", "gpu.type"),
+        ({"provider": "runpod"}, "provider_unavailable", "provider"),
+        (
+            {"checkpoint_destination": {"type": "s3"}},
+            "unsupported_checkpoint_destination",
+            "checkpoint_destination.type",
+        ),
+        ({"method": "dpo"}, "invalid_value", "method"),
+        ({"reward_source": REWARD_SOURCE}, "conflicting_reward_sources", "reward_source"),
+        ({"environments": {"coding_sandbox": {"splits": ["train"]}}}, "conflicting_reward_sources", "environments"),
+        ({"reward_function_id": None}, "reward_source_required", "reward_function_id"),
+        ({"reward_function_id": "rf_missing"}, "reward_function_not_found", "reward_function_id"),
+        ({"dataset_id": "ds_missing"}, "dataset_not_found", "dataset_id"),
+        ({"reward_weights": [1.0, 2.0]}, "invalid_value", "reward_weights"),
+        ({"base_model": "two\nlines"}, "invalid_value", "base_model"),
+        ({"output_name": "   "}, "invalid_value", "output_name"),
+    ],
+)
 def test_invalid_jobs_are_rejected_with_a_named_param(api, change, code, param):
-    body = {"base_model": "m", "dataset_id": api.dataset(), "reward_function_id": api.reward_function(),
-            "output_name": "x", "gpu": {"type": "cpu", "count": 1}}
+    body = {
+        "base_model": "m",
+        "dataset_id": api.dataset(),
+        "reward_function_id": api.reward_function(),
+        "output_name": "x",
+        "gpu": {"type": "cpu", "count": 1},
+    }
     body.update(change)
     body = {k: v for k, v in body.items() if v is not None}
     r = api.post("/v1/training_jobs", json=body)
@@ -120,24 +199,56 @@ def test_invalid_jobs_are_rejected_with_a_named_param(api, change, code, param):
 
 def test_dataset_format_and_reward_rules_per_method(api):
     text_ds = api.dataset([{"text": "just text"}])
-    r = api.post("/v1/training_jobs", json={"base_model": "m", "dataset_id": text_ds, "output_name": "x",
-                                            "reward_function_id": api.reward_function(), "gpu": {"type": "cpu"}})
+    r = api.post(
+        "/v1/training_jobs",
+        json={
+            "base_model": "m",
+            "dataset_id": text_ds,
+            "output_name": "x",
+            "reward_function_id": api.reward_function(),
+            "gpu": {"type": "cpu"},
+        },
+    )
     assert error_of(r)["code"] == "dataset_format_incompatible"
     video = video_dataset(api)
-    r = api.post("/v1/training_jobs", json={"base_model": "m", "dataset_id": video, "output_name": "x",
-                                            "method": "sft_video_gen", "reward_function_id": api.reward_function(),
-                                            "gpu": {"type": "cpu"}})
+    r = api.post(
+        "/v1/training_jobs",
+        json={
+            "base_model": "m",
+            "dataset_id": video,
+            "output_name": "x",
+            "method": "sft_video_gen",
+            "reward_function_id": api.reward_function(),
+            "gpu": {"type": "cpu"},
+        },
+    )
     assert (error_of(r)["code"], error_of(r)["param"]) == ("reward_source_not_allowed", "reward_function_id")
-    r = api.post("/v1/training_jobs", json={"base_model": "m", "dataset_id": video, "output_name": "x",
-                                            "method": "sft_video_gen", "gpu": {"type": "cpu"},
-                                            "hyperparameters": {"num_frames": 48}})
+    r = api.post(
+        "/v1/training_jobs",
+        json={
+            "base_model": "m",
+            "dataset_id": video,
+            "output_name": "x",
+            "method": "sft_video_gen",
+            "gpu": {"type": "cpu"},
+            "hyperparameters": {"num_frames": 48},
+        },
+    )
     assert "8k+1" in error_of(r)["message"]
 
 
 def test_bad_inline_source_writes_nothing(api):
     ds = api.dataset()
-    r = api.post("/v1/training_jobs", json={"base_model": "m", "dataset_id": ds, "output_name": "x", "gpu": {"type": "cpu"},
-                                            "reward_sources": [REWARD_SOURCE, "def reward(:\n"]})
+    r = api.post(
+        "/v1/training_jobs",
+        json={
+            "base_model": "m",
+            "dataset_id": ds,
+            "output_name": "x",
+            "gpu": {"type": "cpu"},
+            "reward_sources": [REWARD_SOURCE, "def reward(:\n"],
+        },
+    )
     error = error_of(r)
     assert (error["code"], error["param"]) == ("invalid_reward_function", "reward_sources[1]")
     folder = api.settings.data_dir / "reward_functions"
@@ -145,8 +256,13 @@ def test_bad_inline_source_writes_nothing(api):
 
 
 def test_environments_need_the_openreward_integration(api):
-    body = {"base_model": "m", "dataset_id": api.dataset(), "output_name": "x", "gpu": {"type": "cpu"},
-            "environments": {"coding_sandbox": {"splits": ["train"]}}}
+    body = {
+        "base_model": "m",
+        "dataset_id": api.dataset(),
+        "output_name": "x",
+        "gpu": {"type": "cpu"},
+        "environments": {"coding_sandbox": {"splits": ["train"]}},
+    }
     error = error_of(api.post("/v1/training_jobs", json=body))
     assert error["code"] == "integration_not_configured"
     assert api.put("/v1/settings/integrations/openreward", json={"api_key": "or_secret_1234"}).status_code == 200
@@ -156,12 +272,23 @@ def test_environments_need_the_openreward_integration(api):
 
 def test_openreward_settings_never_return_the_key(api):
     assert api.get("/v1/settings/integrations/openreward").json()["configured"] is False
-    r = api.put("/v1/settings/integrations/openreward", json={"api_key": "or_secret_1234", "base_url": "http://127.0.0.1:9/"})
+    r = api.put(
+        "/v1/settings/integrations/openreward", json={"api_key": "or_secret_1234", "base_url": "http://127.0.0.1:9/"}
+    )
     body = r.json()
-    assert body == {"provider": "openreward", "configured": True, "key_hint": "...1234",
-                    "base_url": "http://127.0.0.1:9", "updated_at": body["updated_at"], "object": "integration"}
+    assert body == {
+        "provider": "openreward",
+        "configured": True,
+        "key_hint": "...1234",
+        "base_url": "http://127.0.0.1:9",
+        "updated_at": body["updated_at"],
+        "object": "integration",
+    }
     assert "or_secret_1234" not in api.get("/v1/settings/integrations/openreward").text
-    assert error_of(api.put("/v1/settings/integrations/openreward", json={"api_key": "k", "base_url": "ftp://x"}))["param"] == "base_url"
+    assert (
+        error_of(api.put("/v1/settings/integrations/openreward", json={"api_key": "k", "base_url": "ftp://x"}))["param"]
+        == "base_url"
+    )
     assert api.delete("/v1/settings/integrations/openreward").json()["configured"] is False
     assert api.get("/v1/settings/integrations/openreward").json()["configured"] is False
 
@@ -206,10 +333,16 @@ def test_logs_stream_and_full_text(api):
     assert data == ["step 1 loss 0.9", "step 2 loss 0.8", "[Job cancelled]"]
     ids = [line[4:] for line in r.text.splitlines() if line.startswith("id: ")]
     resumed = api.get(f"/v1/training_jobs/{job['id']}/logs", headers={"Last-Event-ID": ids[0]})
-    assert [l[6:] for l in resumed.text.splitlines() if l.startswith("data: ")] == ["step 2 loss 0.8", "[Job cancelled]"]
+    assert [line[6:] for line in resumed.text.splitlines() if line.startswith("data: ")] == [
+        "step 2 loss 0.8",
+        "[Job cancelled]",
+    ]
     full = api.get(f"/v1/training_jobs/{job['id']}/logs/full")
     assert full.status_code == 200 and full.text.endswith("partial line without newline")
-    assert error_of(api.get(f"/v1/training_jobs/{job['id']}/logs", headers={"Last-Event-ID": "abc"}))["code"] == "invalid_last_event_id"
+    assert (
+        error_of(api.get(f"/v1/training_jobs/{job['id']}/logs", headers={"Last-Event-ID": "abc"}))["code"]
+        == "invalid_last_event_id"
+    )
 
 
 def complete_with_model(api, job_id):
@@ -228,12 +361,18 @@ def test_model_manifest_links_work_without_a_header(api):
     assert error_of(api.get(f"/v1/training_jobs/{job['id']}/model"))["code"] == "model_not_ready"
     complete_with_model(api, job["id"])
     model = api.get(f"/v1/training_jobs/{job['id']}/model").json()
-    assert [(f["path"], f["bytes"]) for f in model["files"]] == [("adapter_config.json", 8), ("nested/weights.bin", 2000)]
+    assert [(f["path"], f["bytes"]) for f in model["files"]] == [
+        ("adapter_config.json", 8),
+        ("nested/weights.bin", 2000),
+    ]
     for f in model["files"]:
         r = api.client.get(f["url"].removeprefix(api.settings.base_url))  # no Authorization header
         assert r.status_code == 200 and len(r.content) == f["bytes"]
     job = api.get(f"/v1/training_jobs/{job['id']}").json()
-    assert job["download_url"] == model["download_url"] or job["download_url"].split("?")[0] == model["download_url"].split("?")[0]
+    assert (
+        job["download_url"] == model["download_url"]
+        or job["download_url"].split("?")[0] == model["download_url"].split("?")[0]
+    )
     archive = api.client.get(job["download_url"].removeprefix(api.settings.base_url))
     assert archive.status_code == 200 and "content-encoding" not in archive.headers
     assert archive.content[:2] == b"\x1f\x8b"  # still gzip: clients get the archive, not its contents
@@ -247,6 +386,7 @@ def test_model_manifest_links_work_without_a_header(api):
 def test_expired_and_escaping_links_are_refused(api):
     signer_secret = api.store.box_value("url_signing_secret", lambda: "")
     from veri_box.auth import Signer
+
     signer = Signer(signer_secret)
     expired = signer.sign("jobs/x/model.tar.gz", -10)
     assert error_of(api.client.get(f"/files/{expired}"), 401)["code"] == "link_expired"
@@ -259,5 +399,8 @@ def test_expired_and_escaping_links_are_refused(api):
 def test_gpu_availability_lists_every_device_type(api):
     body = api.get("/v1/gpu/availability").json()
     assert body["object"] == "list"
-    assert {(a["gpu_type"], a["gpu_count"], a["available"]) for a in body["availability"]} == {("A100-80GB", 2, 2), ("cpu", 1, 1)}
+    assert {(a["gpu_type"], a["gpu_count"], a["available"]) for a in body["availability"]} == {
+        ("A100-80GB", 2, 2),
+        ("cpu", 1, 1),
+    }
     assert all(a["provider"] == "local" and a["region"] == "local" for a in body["availability"])

@@ -48,18 +48,33 @@ def _seed(client: TestClient, headers: dict[str, str]) -> dict[str, str]:
     and reward function stay in use), one is the job the cancel operation gets, and one is
     cancelled at once, for the SSE log stream, which ends only once its job has finished."""
     rows = b"".join(json.dumps(r).encode() + b"\n" for r in [{"prompt": "2+2?", "answer": "4"}, {"prompt": "hi"}])
-    ds = client.post("/v1/datasets", headers=headers, data={"name": "seed"},
-                     files={"file": ("seed.jsonl", rows, "application/jsonl")})
+    ds = client.post(
+        "/v1/datasets",
+        headers=headers,
+        data={"name": "seed"},
+        files={"file": ("seed.jsonl", rows, "application/jsonl")},
+    )
     assert ds.status_code == 200, ds.text
-    rf = client.post("/v1/reward_functions", headers=headers, data={"name": "seed"},
-                     files={"file": ("reward.py", REWARD_SOURCE.encode())})
+    rf = client.post(
+        "/v1/reward_functions",
+        headers=headers,
+        data={"name": "seed"},
+        files={"file": ("reward.py", REWARD_SOURCE.encode())},
+    )
     assert rf.status_code == 200, rf.text
     ids = {"dataset_id": ds.json()["id"], "rf_id": rf.json()["id"]}
     for name in ("job_id", "cancellable_job_id", "finished_job_id"):
-        job = client.post("/v1/training_jobs", headers=headers, json={
-            "base_model": "Qwen/Qwen3-4B", "dataset_id": ids["dataset_id"], "reward_function_id": ids["rf_id"],
-            "output_name": "seed", "gpu": {"type": "cpu", "count": 1},
-        })
+        job = client.post(
+            "/v1/training_jobs",
+            headers=headers,
+            json={
+                "base_model": "Qwen/Qwen3-4B",
+                "dataset_id": ids["dataset_id"],
+                "reward_function_id": ids["rf_id"],
+                "output_name": "seed",
+                "gpu": {"type": "cpu", "count": 1},
+            },
+        )
         assert job.status_code == 200, job.text
         ids[name] = job.json()["id"]
     cancel = client.post(f"/v1/training_jobs/{ids['finished_job_id']}/cancel", headers=headers)
@@ -76,14 +91,20 @@ _, KEY = APP.state.store.create_api_key("fuzz")
 HEADERS = {"Authorization": f"Bearer {KEY}"}
 REAL_IDS: dict[str, str] = {}  # filled by the `seeded` fixture, read while cases are generated
 
-schema = schemathesis.openapi.from_asgi("/schema/openapi.json", APP, config=schemathesis.Config.from_dict({
-    "seed": 20240501,
-    "headers": HEADERS,
-    "request-timeout": 10,
-    "generation": {"max-examples": 25, "deterministic": True, "no-shrink": True, "database": "none"},
-    # Following OpenAPI links statefully would multiply the run time; the checks here are per response.
-    "phases": {"stateful": {"enabled": False}},
-}))
+schema = schemathesis.openapi.from_asgi(
+    "/schema/openapi.json",
+    APP,
+    config=schemathesis.Config.from_dict(
+        {
+            "seed": 20240501,
+            "headers": HEADERS,
+            "request-timeout": 10,
+            "generation": {"max-examples": 25, "deterministic": True, "no-shrink": True, "database": "none"},
+            # Following OpenAPI links statefully would multiply the run time; the checks here are per response.
+            "phases": {"stateful": {"enabled": False}},
+        }
+    ),
+)
 
 
 @schema.hook
@@ -109,8 +130,13 @@ def flatmap_body(context, body):
     """Half the new-job bodies name the real dataset and the cpu device, so validation goes on
     to hyperparameters and reward sources instead of stopping at the first unknown id."""
     operation = context.operation
-    if (not REAL_IDS or operation is None or operation.method != "post"
-            or operation.path != "/v1/training_jobs" or not isinstance(body, dict)):
+    if (
+        not REAL_IDS
+        or operation is None
+        or operation.method != "post"
+        or operation.path != "/v1/training_jobs"
+        or not isinstance(body, dict)
+    ):
         return st.just(body)
     real = {**body, "dataset_id": REAL_IDS["dataset_id"], "gpu": {"type": "cpu", "count": 1}}
     return st.sampled_from([body, real])

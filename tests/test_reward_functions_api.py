@@ -20,7 +20,10 @@ def test_upload_get_source_list(api):
 
 
 def test_single_public_function_is_the_entrypoint(api):
-    src = "import re\n\ndef _helper(x):\n    return x\n\ndef exact_match(completions, answer, **kwargs):\n    return [1.0]\n"
+    src = (
+        "import re\n\ndef _helper(x):\n    return x\n\n"
+        "def exact_match(completions, answer, **kwargs):\n    return [1.0]\n"
+    )
     assert upload(api, src).json()["entrypoint"] == "exact_match"
 
 
@@ -34,7 +37,10 @@ def test_the_server_never_runs_the_file(api, tmp_path):
 def test_bad_files_are_explained(api):
     cases = [
         ("def reward(completions, **kwargs)\n    return []\n", "syntax error on line 1"),
-        ("def a(completions, **kw):\n    pass\n\ndef b(completions, **kw):\n    pass\n", "public functions found: a, b"),
+        (
+            "def a(completions, **kw):\n    pass\n\ndef b(completions, **kw):\n    pass\n",
+            "public functions found: a, b",
+        ),
         ("x = 1\n", "public functions found: none"),
         ("def reward(completions):\n    return []\n", "must accept `completions` and `**kwargs`"),
         ("def reward(prompts, **kwargs):\n    return []\n", "must accept `completions`"),
@@ -48,12 +54,18 @@ def test_bad_files_are_explained(api):
         assert error["param"] == "file"
         assert message in error["message"], (source, error)
     assert upload(api, REWARD_SOURCE, filename="reward.txt").json()["error"]["code"] == "invalid_file_type"
-    r = api.post("/v1/reward_functions", data={"name": "r", "format": "openai"},
-                 files={"file": ("reward.py", REWARD_SOURCE.encode())})
+    r = api.post(
+        "/v1/reward_functions",
+        data={"name": "r", "format": "openai"},
+        files={"file": ("reward.py", REWARD_SOURCE.encode())},
+    )
     assert r.json()["error"]["param"] == "format"
     assert api.get("/v1/reward_functions").json()["data"] == []
-    assert list((api.settings.data_dir / "reward_functions").glob("*")) == [] \
-        if (api.settings.data_dir / "reward_functions").exists() else True
+    assert (
+        list((api.settings.data_dir / "reward_functions").glob("*")) == []
+        if (api.settings.data_dir / "reward_functions").exists()
+        else True
+    )
 
 
 def test_delete_is_refused_while_in_use(api):

@@ -58,8 +58,15 @@ SEED_GRPO_BODY = """{
 
 # The seed page's response for that request: every default filled in and echoed back.
 SEED_GRPO_HYPERPARAMETERS = {
-    "learning_rate": 1e-6, "num_epochs": 1, "max_steps": None, "rollouts_per_prompt": 8, "kl_coef": 0.001,
-    "max_prompt_length": 1024, "max_response_length": 2048, "global_batch_size": 64, "seed": 42,
+    "learning_rate": 1e-6,
+    "num_epochs": 1,
+    "max_steps": None,
+    "rollouts_per_prompt": 8,
+    "kl_coef": 0.001,
+    "max_prompt_length": 1024,
+    "max_response_length": 2048,
+    "global_batch_size": 64,
+    "seed": 42,
 }
 
 
@@ -109,9 +116,19 @@ class Server:
             self.port = free_port()
             with self.log_path.open("a") as log:
                 self.proc = subprocess.Popen(
-                    [str(VERI_BOX), "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
-                     "--gpus", "none"],
-                    stdout=log, stderr=subprocess.STDOUT, env=_env(self.log_path.parent),
+                    [
+                        str(VERI_BOX),
+                        "serve",
+                        "--port",
+                        str(self.port),
+                        "--data-dir",
+                        str(self.data_dir),
+                        "--gpus",
+                        "none",
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=_env(self.log_path.parent),
                 )
             if self._wait_healthy():
                 return self.output()[mark:]
@@ -185,18 +202,26 @@ def upload_dataset(http: httpx.Client, rows: list[dict] = ROWS) -> str:
 
 
 def upload_reward_function(http: httpx.Client) -> str:
-    r = http.post("/v1/reward_functions", data={"name": "has-four"},
-                  files={"file": ("reward.py", REWARD_SOURCE.encode(), "text/x-python")})
+    r = http.post(
+        "/v1/reward_functions",
+        data={"name": "has-four"},
+        files={"file": ("reward.py", REWARD_SOURCE.encode(), "text/x-python")},
+    )
     assert r.status_code == 200, r.text
     return r.json()["id"]
 
 
 def create_job(http: httpx.Client) -> dict:
-    r = http.post("/v1/training_jobs", json={
-        "base_model": "Qwen/Qwen3-4B", "dataset_id": upload_dataset(http),
-        "reward_function_id": upload_reward_function(http), "output_name": "serve-test",
-        "gpu": {"type": "cpu", "count": 1},
-    })
+    r = http.post(
+        "/v1/training_jobs",
+        json={
+            "base_model": "Qwen/Qwen3-4B",
+            "dataset_id": upload_dataset(http),
+            "reward_function_id": upload_reward_function(http),
+            "output_name": "serve-test",
+            "gpu": {"type": "cpu", "count": 1},
+        },
+    )
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -300,10 +325,24 @@ def test_reference_page_grpo_request_gets_a_queued_job_with_the_seed_defaults(se
         curl = shutil.which("curl")
         if curl:
             done = subprocess.run(
-                [curl, "-sS", "-X", "POST", f"{server.url}/v1/training_jobs",
-                 "-H", f"Authorization: Bearer {server.key}", "-H", "Content-Type: application/json",
-                 "-d", body, "-w", "\n%{http_code}"],
-                capture_output=True, text=True, timeout=30,
+                [
+                    curl,
+                    "-sS",
+                    "-X",
+                    "POST",
+                    f"{server.url}/v1/training_jobs",
+                    "-H",
+                    f"Authorization: Bearer {server.key}",
+                    "-H",
+                    "Content-Type: application/json",
+                    "-d",
+                    body,
+                    "-w",
+                    "\n%{http_code}",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
             )
             assert done.returncode == 0, done.stderr
             text, _, status = done.stdout.rpartition("\n")
@@ -318,7 +357,8 @@ def test_reference_page_grpo_request_gets_a_queued_job_with_the_seed_defaults(se
         assert job["id"].startswith("job_") and job["object"] == "training_job"
         assert job["status"] == "queued"
         assert {k: job[k] for k in ("base_model", "dataset_id", "reward_function_id", "method", "output_name")} == {
-            k: sent[k] for k in ("base_model", "dataset_id", "reward_function_id", "method", "output_name")}
+            k: sent[k] for k in ("base_model", "dataset_id", "reward_function_id", "method", "output_name")
+        }
         assert {k: job["hyperparameters"][k] for k in SEED_GRPO_HYPERPARAMETERS} == SEED_GRPO_HYPERPARAMETERS
         assert job["gpu_requested"] == {"type": "cpu", "count": 1}
         assert job["download_url"] is None and job["error"] is None and job["completed_at"] is None
@@ -358,8 +398,12 @@ def test_logs_stream_as_server_sent_events_resume_and_end_with_the_job(server: S
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text("line1\nline2\n")
 
-        with http.stream("GET", f"/v1/training_jobs/{job_id}/logs", headers={"Accept": "text/event-stream"},
-                         timeout=httpx.Timeout(30, read=10)) as stream:
+        with http.stream(
+            "GET",
+            f"/v1/training_jobs/{job_id}/logs",
+            headers={"Accept": "text/event-stream"},
+            timeout=httpx.Timeout(30, read=10),
+        ) as stream:
             assert stream.status_code == 200
             assert stream.headers["content-type"].startswith("text/event-stream")
             events = sse_events(stream)
@@ -381,9 +425,12 @@ def test_logs_stream_as_server_sent_events_resume_and_end_with_the_job(server: S
             assert list(events) == [], "the stream should end after its sentinel"
 
         # A client that lost the connection after line1 picks up where it left off.
-        with http.stream("GET", f"/v1/training_jobs/{job_id}/logs",
-                         headers={"Accept": "text/event-stream", "Last-Event-ID": first["id"]},
-                         timeout=httpx.Timeout(30, read=10)) as stream:
+        with http.stream(
+            "GET",
+            f"/v1/training_jobs/{job_id}/logs",
+            headers={"Accept": "text/event-stream", "Last-Event-ID": first["id"]},
+            timeout=httpx.Timeout(30, read=10),
+        ) as stream:
             assert stream.status_code == 200
             assert [e["data"] for e in sse_events(stream)] == ["line2", "line3", "[Job cancelled]"]
 
@@ -419,8 +466,13 @@ def test_sdk_uploads_a_dataset_and_runs_a_job_through_its_life(server: Server, s
     assert client.datasets.get(dataset.id).name == "arithmetic"
 
     job = client.training_jobs.create(
-        base_model="Qwen/Qwen3-4B", dataset_id=dataset.id, output_name="sdk-run", gpu_type="cpu", gpu_count=1,
-        reward_source=REWARD_SOURCE, hyperparameters={"max_steps": 5, "global_batch_size": 16},
+        base_model="Qwen/Qwen3-4B",
+        dataset_id=dataset.id,
+        output_name="sdk-run",
+        gpu_type="cpu",
+        gpu_count=1,
+        reward_source=REWARD_SOURCE,
+        hyperparameters={"max_steps": 5, "global_batch_size": 16},
     )
     assert job.status == "queued" and job.method == "grpo" and job.output_name == "sdk-run"
     assert job.hyperparameters["max_steps"] == 5 and job.hyperparameters["global_batch_size"] == 16
@@ -467,8 +519,13 @@ def test_sdk_raises_its_typed_errors(server: Server, sdk_home: Path):
     path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     dataset = client.datasets.upload(str(path))
     with pytest.raises(VeriRequestError) as unavailable:
-        client.training_jobs.create(base_model="Qwen/Qwen3-4B", dataset_id=dataset.id, gpu_type="H100-80GB",
-                                    gpu_count=1, reward_source=REWARD_SOURCE)
+        client.training_jobs.create(
+            base_model="Qwen/Qwen3-4B",
+            dataset_id=dataset.id,
+            gpu_type="H100-80GB",
+            gpu_count=1,
+            reward_source=REWARD_SOURCE,
+        )
     assert unavailable.value.code == "gpu_unavailable"
     assert "cpu" in str(unavailable.value), "the error should name the devices this box has"
 
@@ -481,7 +538,9 @@ def finish_job_with_files(server: Server, job_id: str) -> dict[str, bytes]:
     and record the job as completed, through the store, in the server's own database."""
     job_dir = server.data_dir / "jobs" / job_id
     files = {
-        "adapter_config.json": json.dumps({"r": 8, "lora_alpha": 16, "base_model_name_or_path": "Qwen/Qwen3-4B"}).encode(),
+        "adapter_config.json": json.dumps(
+            {"r": 8, "lora_alpha": 16, "base_model_name_or_path": "Qwen/Qwen3-4B"}
+        ).encode(),
         "sub/weights.bin": os.urandom(300_000),
     }
     for rel, data in files.items():
@@ -518,8 +577,13 @@ def test_sdk_downloads_a_completed_jobs_model_through_signed_links(server: Serve
     url = manifest["files"][0]["url"]
     parts = urlsplit(url)
     query = {k: v[0] for k, v in parse_qs(parts.query).items()}
-    tampered_signature = urlunsplit(parts._replace(query=urlencode(
-        {**query, "signature": query["signature"][:-1] + ("0" if query["signature"][-1] != "0" else "1")})))
+    tampered_signature = urlunsplit(
+        parts._replace(
+            query=urlencode(
+                {**query, "signature": query["signature"][:-1] + ("0" if query["signature"][-1] != "0" else "1")}
+            )
+        )
+    )
     error = assert_error(httpx.get(tampered_signature), 401, "invalid_signature")
     assert error["type"] == "authentication_error"
     other_file = url.replace("adapter_config.json", "sub/weights.bin")

@@ -6,6 +6,8 @@ from typing import Annotated
 
 import msgspec
 from litestar import Controller, delete, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
 from msgspec import Meta
 
 from .errors import not_found
@@ -31,8 +33,13 @@ class CreateApiKey(msgspec.Struct, forbid_unknown_fields=True):
 
 
 def to_api(row: dict) -> ApiKey:
-    return ApiKey(id=row["id"], name=row["name"], key_prefix=row["key_prefix"], created_at=row["created_at"],
-                  last_used_at=row["last_used_at"])
+    return ApiKey(
+        id=row["id"],
+        name=row["name"],
+        key_prefix=row["key_prefix"],
+        created_at=row["created_at"],
+        last_used_at=row["last_used_at"],
+    )
 
 
 class ApiKeyController(Controller):
@@ -40,17 +47,17 @@ class ApiKeyController(Controller):
     tags = ["api keys"]
 
     @post("/", status_code=200, sync_to_thread=True)
-    def create(self, store: Store, data: CreateApiKey) -> NewApiKey:
+    def create(self, store: NamedDependency[Store], data: JSONBody[CreateApiKey]) -> NewApiKey:
         row, key = store.create_api_key(data.name.strip() or data.name)
         return NewApiKey(**msgspec.structs.asdict(to_api(row)), key=key)
 
     @get("/", sync_to_thread=True)
-    def list_(self, store: Store, limit: ReadLimit = 20, after: After = None) -> ListOf[ApiKey]:
+    def list_(self, store: NamedDependency[Store], limit: ReadLimit = 20, after: After = None) -> ListOf[ApiKey]:
         rows, more = store.list_api_keys(limit, after)
         return ListOf(data=[to_api(r) for r in rows], has_more=more)
 
     @delete("/{key_id:str}", status_code=200, sync_to_thread=True)
-    def revoke(self, store: Store, key_id: str) -> Deleted:
+    def revoke(self, store: NamedDependency[Store], key_id: FromPath[str]) -> Deleted:
         if not store.revoke_api_key(key_id):
             raise not_found("api key", key_id)
         return Deleted(id=key_id, object="api_key")

@@ -55,13 +55,20 @@ def create_app(settings: Settings, inventory: Inventory | None = None) -> Litest
     signer = Signer(store.box_value("url_signing_secret", lambda: secrets.token_hex(32)))
     inventory = inventory or build_inventory(settings.gpus, settings.cpu_slots)
 
-    uploads = Router(path="/", route_handlers=[DatasetController],
-                     request_max_body_size=settings.max_upload_bytes + 1024 * 1024)
+    uploads = Router(
+        path="/", route_handlers=[DatasetController], request_max_body_size=settings.max_upload_bytes + 1024 * 1024
+    )
     api = Router(
         path="/",
         guards=[require_api_key],
-        route_handlers=[ApiKeyController, uploads, RewardFunctionController, JobController,
-                        IntegrationController, devices.availability],
+        route_handlers=[
+            ApiKeyController,
+            uploads,
+            RewardFunctionController,
+            JobController,
+            IntegrationController,
+            devices.availability,
+        ],
     )
     app = Litestar(
         route_handlers=[api, artifacts.download, healthz],
@@ -73,8 +80,9 @@ def create_app(settings: Settings, inventory: Inventory | None = None) -> Litest
         },
         exception_handlers={HTTPException: exception_handler, Exception: exception_handler},
         request_max_body_size=JSON_BODY_LIMIT,
-        openapi_config=OpenAPIConfig(title="veri-box", version=__version__, path="/schema",
-                                     render_plugins=[SwaggerRenderPlugin()]),
+        openapi_config=OpenAPIConfig(
+            title="veri-box", version=__version__, path="/schema", render_plugins=[SwaggerRenderPlugin()]
+        ),
         debug=False,
     )
     app.state.store = store

@@ -12,7 +12,8 @@ from typing import Annotated
 
 import msgspec
 from litestar import get
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, Parameter
 from litestar.response import File
 
 from .auth import Signer
@@ -51,14 +52,20 @@ def archive_url(settings: Settings, signer: Signer, job_id: str) -> str | None:
 
 def manifest(settings: Settings, signer: Signer, job: dict) -> Model:
     if job["status"] != "completed":
-        raise bad_request("model_not_ready",
-                          f"Job {job['id']} is {job['status']}; its model is available once it has completed.")
+        raise bad_request(
+            "model_not_ready", f"Job {job['id']} is {job['status']}; its model is available once it has completed."
+        )
     output = job_dir(settings.data_dir, job["id"]) / OUTPUT_DIR
     files = []
     for path in sorted(p for p in output.rglob("*") if p.is_file()):
         rel = path.relative_to(output).as_posix()
-        files.append(ModelFile(path=rel, bytes=path.stat().st_size,
-                               url=signed_url(settings, signer, f"jobs/{job['id']}/{OUTPUT_DIR}/{rel}")))
+        files.append(
+            ModelFile(
+                path=rel,
+                bytes=path.stat().st_size,
+                url=signed_url(settings, signer, f"jobs/{job['id']}/{OUTPUT_DIR}/{rel}"),
+            )
+        )
     if not files:
         raise bad_request("model_not_ready", f"Job {job['id']} completed but left no model files.")
     return Model(download_url=archive_url(settings, signer, job["id"]), files=files)
@@ -66,7 +73,9 @@ def manifest(settings: Settings, signer: Signer, job: dict) -> Model:
 
 @get("/files/{path:path}", include_in_schema=True, tags=["downloads"], sync_to_thread=True)
 def download(
-    settings: Settings, signer: Signer, path: str,
+    settings: NamedDependency[Settings],
+    signer: NamedDependency[Signer],
+    path: FromPath[str],
     expires: Annotated[int | None, Parameter(ge=0, le=2**40)] = None,
     signature: Annotated[str | None, Parameter(max_length=128)] = None,
 ) -> File:

@@ -18,9 +18,11 @@ def require_api_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
     header = connection.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError(401, "missing_api_key",
-                       "Send your API key as 'Authorization: Bearer vk_...'; create one with "
-                       "`veri-box keys create --name NAME`.")
+        raise ApiError(
+            401,
+            "missing_api_key",
+            "Send your API key as 'Authorization: Bearer vk_...'; create one with `veri-box keys create --name NAME`.",
+        )
     store: Store = connection.app.state.store
     key = store.authenticate(token.strip())
     if key is None:
@@ -43,11 +45,18 @@ class Signer:
 
     def verify(self, path: str, expires: int | None, signature: str | None) -> None:
         if expires is None or not signature:
-            raise ApiError(401, "missing_signature", "This download link is missing its signature; "
-                           "ask the API for a fresh one (GET /v1/training_jobs/{id}/model).")
+            raise ApiError(
+                401,
+                "missing_signature",
+                "This download link is missing its signature; "
+                "ask the API for a fresh one (GET /v1/training_jobs/{id}/model).",
+            )
         # compare_digest raises TypeError on non-ASCII text; such a signature is simply wrong.
         if not signature.isascii() or not hmac.compare_digest(self._mac(path, expires), signature):
             raise ApiError(401, "invalid_signature", "This download link's signature does not match.")
         if expires < time.time():
-            raise ApiError(401, "link_expired", "This download link has expired; ask the API for a fresh one "
-                           "(GET /v1/training_jobs/{id}/model).")
+            raise ApiError(
+                401,
+                "link_expired",
+                "This download link has expired; ask the API for a fresh one (GET /v1/training_jobs/{id}/model).",
+            )

@@ -18,8 +18,7 @@ def _add_data_dir(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    given = {f.name: getattr(args, f.name) for f in fields(Settings)
-             if getattr(args, f.name, None) is not None}
+    given = {f.name: getattr(args, f.name) for f in fields(Settings) if getattr(args, f.name, None) is not None}
     return Settings(**given)
 
 
@@ -27,8 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="veri-box", description="The Veri Studio training API on your own machines.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="Run the API, dashboard and scheduler.",
-                                description="Run the API, dashboard and scheduler in one process.")
+    serve = commands.add_parser(
+        "serve",
+        help="Run the API, dashboard and scheduler.",
+        description="Run the API, dashboard and scheduler in one process.",
+    )
     for name, (default, text) in HELP.items():
         if name == "data_dir":
             _add_data_dir(serve)
@@ -39,20 +41,30 @@ def build_parser() -> argparse.ArgumentParser:
         serve.add_argument(flag, type=kind, default=None, help=text + shown)
     serve.set_defaults(func=cmd_serve)
 
-    keys = commands.add_parser("keys", help="Create, list and revoke API keys.",
-                               description="Create, list and revoke API keys.")
+    keys = commands.add_parser(
+        "keys", help="Create, list and revoke API keys.", description="Create, list and revoke API keys."
+    )
     key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    create = key_commands.add_parser("create", help="Create a key and print it (shown only once).",
-                                     description="Create an API key and print it alone on stdout; it is shown only once.")
+    create = key_commands.add_parser(
+        "create",
+        help="Create a key and print it (shown only once).",
+        description="Create an API key and print it alone on stdout; it is shown only once.",
+    )
     create.add_argument("--name", required=True, help="A label for the key, e.g. who or what uses it.")
     _add_data_dir(create)
     create.set_defaults(func=cmd_keys_create)
-    list_ = key_commands.add_parser("list", help="List live keys (never the secrets).",
-                                    description="List live API keys: id, name, prefix, created, last used.")
+    list_ = key_commands.add_parser(
+        "list",
+        help="List live keys (never the secrets).",
+        description="List live API keys: id, name, prefix, created, last used.",
+    )
     _add_data_dir(list_)
     list_.set_defaults(func=cmd_keys_list)
-    revoke = key_commands.add_parser("revoke", help="Revoke a key by id; it stops working at once.",
-                                     description="Revoke an API key by id; it stops working at once.")
+    revoke = key_commands.add_parser(
+        "revoke",
+        help="Revoke a key by id; it stops working at once.",
+        description="Revoke an API key by id; it stops working at once.",
+    )
     revoke.add_argument("id", help="The key's id, as `veri-box keys list` shows it.")
     _add_data_dir(revoke)
     revoke.set_defaults(func=cmd_keys_revoke)
@@ -109,12 +121,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(
             "\nThis box had no API keys, so one was created. It is shown only this once:\n\n"
             f"    {key}\n\n"
-            f"Use it as 'Authorization: Bearer {key[:7]}...' or Client(api_key=..., base_url=\"{settings.base_url}\").\n"
+            f"Use it as 'Authorization: Bearer {key[:7]}...' or "
+            f'Client(api_key=..., base_url="{settings.base_url}").\n'
             "Make more with `veri-box keys create --name NAME`.\n",
             flush=True,
         )
-    print(f"veri-box {settings.base_url}  data: {settings.data_dir}  devices: {app.state.inventory.describe()}",
-          flush=True)
+    print(
+        f"veri-box {settings.base_url}  data: {settings.data_dir}  devices: {app.state.inventory.describe()}",
+        flush=True,
+    )
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5)
     return 0
 

@@ -34,8 +34,7 @@ ACCEPTED_SHAPES = (
     '(sharegpt), {"instruction", "input" (optional), "output"} (alpaca), {"text"} (text).'
 )
 ACCEPTED_FILES = (
-    "Upload JSON Lines (.jsonl, one JSON object per line), Parquet (.parquet), "
-    "or a .zip of videos with metadata.jsonl."
+    "Upload JSON Lines (.jsonl, one JSON object per line), Parquet (.parquet), or a .zip of videos with metadata.jsonl."
 )
 BOM = b"\xef\xbb\xbf"
 # macOS Finder adds these to every zip it makes; they are never part of the dataset.

@@ -11,11 +11,12 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, delete, get, post
 from litestar.datastructures import UploadFile
+from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
-from litestar.params import Body, Parameter
+from litestar.params import Body, FromPath, Parameter
 
 from . import dataset_files
-from .errors import ApiError, bad_request, conflict, not_found
+from .errors import bad_request, conflict, not_found
 from .schemas import After, Deleted, ListOf, ReadLimit
 from .settings import Settings
 from .store import Conflict, Store, new_id, now
@@ -50,8 +51,15 @@ class Rows(msgspec.Struct):
 
 
 def to_api(row: dict) -> Dataset:
-    return Dataset(id=row["id"], name=row["name"], format=row["format"], num_rows=row["num_rows"],
-                   columns=row["columns"], bytes=row["bytes"], created_at=row["created_at"])
+    return Dataset(
+        id=row["id"],
+        name=row["name"],
+        format=row["format"],
+        num_rows=row["num_rows"],
+        columns=row["columns"],
+        bytes=row["bytes"],
+        created_at=row["created_at"],
+    )
 
 
 def dataset_dir(data_dir: Path, dataset_id: str) -> Path:
@@ -66,8 +74,11 @@ async def _spool(upload: UploadFile, directory: Path, limit: int) -> tuple[Path,
         while chunk := await upload.read(COPY_CHUNK):
             size += len(chunk)
             if size > limit:
-                raise bad_request("file_too_large", f"Datasets are limited to {limit // 2**20} MiB on this box "
-                                  "(veri-box serve --max-upload-mb).", "file")
+                raise bad_request(
+                    "file_too_large",
+                    f"Datasets are limited to {limit // 2**20} MiB on this box (veri-box serve --max-upload-mb).",
+                    "file",
+                )
             await asyncio.to_thread(out.write, chunk)
     return Path(name), size
 
@@ -88,9 +99,17 @@ def store_upload(store: Store, settings: Settings, name: str, filename: str, upl
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    row = {"id": dataset_id, "name": name, "format": inspected.format, "num_rows": inspected.num_rows,
-           "columns": inspected.columns, "bytes": size, "filename": filename,
-           "path": inspected.stored_path, "created_at": now()}
+    row = {
+        "id": dataset_id,
+        "name": name,
+        "format": inspected.format,
+        "num_rows": inspected.num_rows,
+        "columns": inspected.columns,
+        "bytes": size,
+        "filename": filename,
+        "path": inspected.stored_path,
+        "created_at": now(),
+    }
     try:
         return store.insert_dataset(row)
     except BaseException:
@@ -104,7 +123,9 @@ class DatasetController(Controller):
 
     @post("/", status_code=200)
     async def create(
-        self, store: Store, settings: Settings,
+        self,
+        store: NamedDependency[Store],
+        settings: NamedDependency[Settings],
         data: Annotated[DatasetUpload, Body(media_type=RequestEncodingType.MULTI_PART)],
     ) -> Dataset:
         """Upload JSONL, Parquet, or a .zip of videos with metadata.jsonl; validated row by row."""
@@ -127,31 +148,42 @@ class DatasetController(Controller):
         return to_api(row)
 
     @get("/", sync_to_thread=True)
-    def list_(self, store: Store, limit: ReadLimit = 20, after: After = None) -> ListOf[Dataset]:
+    def list_(self, store: NamedDependency[Store], limit: ReadLimit = 20, after: After = None) -> ListOf[Dataset]:
         rows, more = store.list_datasets(limit, after)
         return ListOf(data=[to_api(r) for r in rows], has_more=more)
 
     @get("/{dataset_id:str}", sync_to_thread=True)
-    def retrieve(self, store: Store, dataset_id: str) -> Dataset:
+    def retrieve(self, store: NamedDependency[Store], dataset_id: FromPath[str]) -> Dataset:
         return to_api(_get(store, dataset_id))
 
     @get("/{dataset_id:str}/rows", sync_to_thread=True)
-    def rows(self, store: Store, settings: Settings, dataset_id: str,
-             limit: ReadLimit = 20, offset: Annotated[int, Parameter(ge=0, le=2**31)] = 0) -> Rows:
+    def rows(
+        self,
+        store: NamedDependency[Store],
+        settings: NamedDependency[Settings],
+        dataset_id: FromPath[str],
+        limit: ReadLimit = 20,
+        offset: Annotated[int, Parameter(ge=0, le=2**31)] = 0,
+    ) -> Rows:
         """A page of the dataset's rows, for previews."""
         row = _get(store, dataset_id)
-        page = dataset_files.preview_rows(dataset_dir(settings.data_dir, dataset_id), row["format"], row["path"],
-                                          offset, limit)
+        page = dataset_files.preview_rows(
+            dataset_dir(settings.data_dir, dataset_id), row["format"], row["path"], offset, limit
+        )
         return Rows(data=page, offset=offset, has_more=offset + len(page) < row["num_rows"])
 
     @delete("/{dataset_id:str}", status_code=200, sync_to_thread=True)
-    def remove(self, store: Store, settings: Settings, dataset_id: str) -> Deleted:
+    def remove(
+        self, store: NamedDependency[Store], settings: NamedDependency[Settings], dataset_id: FromPath[str]
+    ) -> Deleted:
         _get(store, dataset_id)
         try:
             store.delete_dataset(dataset_id)
         except Conflict as busy:
-            raise conflict("dataset_in_use", f"Dataset {dataset_id} is used by job {busy}, which has not "
-                           "finished; cancel it or wait for it to end.") from None
+            raise conflict(
+                "dataset_in_use",
+                f"Dataset {dataset_id} is used by job {busy}, which has not finished; cancel it or wait for it to end.",
+            ) from None
         shutil.rmtree(dataset_dir(settings.data_dir, dataset_id), ignore_errors=True)
         return Deleted(id=dataset_id, object="dataset")
 

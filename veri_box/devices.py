@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 from litestar import get
+from litestar.di import NamedDependency
 
 from .store import Store
 
@@ -20,11 +21,25 @@ CPU = "cpu"
 
 # (pattern in the NVIDIA product name, API family name); the memory size is appended.
 _FAMILIES = [
-    (r"\bH200\b", "H200"), (r"\bH100\b", "H100"), (r"\bH20\b", "H20"), (r"\bGH200\b", "GH200"),
-    (r"\bB200\b", "B200"), (r"\bA100\b", "A100"), (r"\bA800\b", "A800"), (r"\bA6000\b", "A6000"),
-    (r"\bA40\b", "A40"), (r"\bA10G?\b", "A10"), (r"\bL40S\b", "L40S"), (r"\bL40\b", "L40"), (r"\bL4\b", "L4"),
-    (r"\bV100\b", "V100"), (r"\bT4\b", "T4"), (r"RTX\s*PRO\s*6000", "RTXPRO6000"),
-    (r"RTX\s*6000\s*Ada", "RTX6000Ada"), (r"RTX\s*5090", "RTX5090"), (r"RTX\s*4090", "RTX4090"),
+    (r"\bH200\b", "H200"),
+    (r"\bH100\b", "H100"),
+    (r"\bH20\b", "H20"),
+    (r"\bGH200\b", "GH200"),
+    (r"\bB200\b", "B200"),
+    (r"\bA100\b", "A100"),
+    (r"\bA800\b", "A800"),
+    (r"\bA6000\b", "A6000"),
+    (r"\bA40\b", "A40"),
+    (r"\bA10G?\b", "A10"),
+    (r"\bL40S\b", "L40S"),
+    (r"\bL40\b", "L40"),
+    (r"\bL4\b", "L4"),
+    (r"\bV100\b", "V100"),
+    (r"\bT4\b", "T4"),
+    (r"RTX\s*PRO\s*6000", "RTXPRO6000"),
+    (r"RTX\s*6000\s*Ada", "RTX6000Ada"),
+    (r"RTX\s*5090", "RTX5090"),
+    (r"RTX\s*4090", "RTX4090"),
     (r"RTX\s*3090", "RTX3090"),
 ]
 # Marketed sizes: nvidia-smi reports a little less than the number on the box.
@@ -72,7 +87,10 @@ def detect_nvidia() -> list[tuple[int, str, int]]:
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=20, check=True,
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
@@ -102,9 +120,12 @@ def build_inventory(gpus: str, cpu_slots: int) -> Inventory:
         for part in spec.split(","):
             name, _, count = part.strip().partition(":")
             if not name or not count.isdigit() or int(count) < 1 or name == CPU:
-                raise InventoryError(f"--gpus expects 'auto', 'none' or TYPE:N[,TYPE:N] (e.g. A100-80GB:2); got {part!r}")
+                raise InventoryError(
+                    f"--gpus expects 'auto', 'none' or TYPE:N[,TYPE:N] (e.g. A100-80GB:2); got {part!r}"
+                )
             inventory.types.setdefault(name, DeviceType(name, [])).indices.extend(
-                range(next_index, next_index + int(count)))
+                range(next_index, next_index + int(count))
+            )
             next_index += int(count)
     if cpu_slots < 0:
         raise InventoryError("--cpu-slots must be 0 or more")
@@ -138,13 +159,21 @@ def in_use(store: Store) -> dict[str, int]:
 
 
 @get("/v1/gpu/availability", tags=["devices"], sync_to_thread=True)
-def availability(store: Store, inventory: Inventory) -> AvailabilityList:
+def availability(store: NamedDependency[Store], inventory: NamedDependency[Inventory]) -> AvailabilityList:
     """Every device type on this box with its total and free counts."""
     used = in_use(store)
     rows = []
     for device in inventory.types.values():
         free = max(device.count - used.get(device.type, 0), 0)
-        rows.append(Availability(provider="local", gpu_type=device.type, region="local", gpu_count=device.count,
-                                 available=free, status="available" if free else "busy",
-                                 price_per_hr=device.price_per_hr))
+        rows.append(
+            Availability(
+                provider="local",
+                gpu_type=device.type,
+                region="local",
+                gpu_count=device.count,
+                available=free,
+                status="available" if free else "busy",
+                price_per_hr=device.price_per_hr,
+            )
+        )
     return AvailabilityList(availability=rows)

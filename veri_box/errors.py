@@ -24,8 +24,9 @@ TYPES_BY_STATUS = {
 class ApiError(Exception):
     """An error a client can act on; `status` picks the HTTP status and error type."""
 
-    def __init__(self, status: int, code: str, message: str, param: str | None = None,
-                 headers: dict[str, str] | None = None):
+    def __init__(
+        self, status: int, code: str, message: str, param: str | None = None, headers: dict[str, str] | None = None
+    ):
         super().__init__(message)
         self.status = status
         self.code = code
@@ -109,8 +110,11 @@ def to_api_error(exc: Exception) -> ApiError:
         detail = exc.detail or ""
         if status == 413 or "Request Entity Too Large" in detail:
             # API.md: an oversize upload is a 400 like every other bad input.
-            return bad_request("file_too_large", "The request body is larger than this box accepts "
-                               "(see `veri-box serve --max-upload-mb`).", "file")
+            return bad_request(
+                "file_too_large",
+                "The request body is larger than this box accepts (see `veri-box serve --max-upload-mb`).",
+                "file",
+            )
         if status == 400 and "malformed" in detail.lower():
             return bad_request("invalid_json", f"The request body is not valid JSON: {detail}.")
         if status == 404:
@@ -131,5 +135,9 @@ def exception_handler(request: Request, exc: Exception) -> Response:
         headers.setdefault("WWW-Authenticate", "Bearer")
     if err.status == 405 and isinstance(exc, HTTPException) and exc.headers:
         headers.update(exc.headers)
-    return Response(error_body(err.status, err.code, err.message, err.param), status_code=err.status,
-                    headers=headers, media_type="application/json")
+    return Response(
+        error_body(err.status, err.code, err.message, err.param),
+        status_code=err.status,
+        headers=headers,
+        media_type="application/json",
+    )

@@ -86,7 +86,8 @@ def resolve(method: str, given: dict[str, Any] | None) -> dict[str, Any]:
         code = "unknown_field" if message.startswith("Object contains unknown field") else "invalid_hyperparameter"
         if code == "unknown_field":
             allowed = ", ".join(f.name for f in msgspec.structs.fields(SCHEMAS[method]))
-            message = f"Unknown hyperparameter '{param.removeprefix('hyperparameters.')}' for method {method}; known: {allowed}"
+            name = param.removeprefix("hyperparameters.")
+            message = f"Unknown hyperparameter '{name}' for method {method}; known: {allowed}"
         else:
             message = f"Invalid {param}: {message[0].lower()}{message[1:]}"
         raise bad_request(code, f"{message}.", param) from None
@@ -103,31 +104,39 @@ def _check_grpo(hp: dict[str, Any]) -> dict[str, Any]:
             "hyperparameters.global_batch_size",
         )
     if hp["load_in_4bit"] and hp["lora_rank"] is None:
-        raise bad_request("invalid_hyperparameter",
-                          "load_in_4bit trains a LoRA on a 4-bit base model (QLoRA); set lora_rank too.",
-                          "hyperparameters.load_in_4bit")
+        raise bad_request(
+            "invalid_hyperparameter",
+            "load_in_4bit trains a LoRA on a 4-bit base model (QLoRA); set lora_rank too.",
+            "hyperparameters.load_in_4bit",
+        )
     if hp["lora_rank"] is None:
         if hp["lora_alpha"] is not None:
-            raise bad_request("invalid_hyperparameter",
-                              "lora_alpha only applies to LoRA training; set lora_rank too.",
-                              "hyperparameters.lora_alpha")
+            raise bad_request(
+                "invalid_hyperparameter",
+                "lora_alpha only applies to LoRA training; set lora_rank too.",
+                "hyperparameters.lora_alpha",
+            )
     elif hp["lora_alpha"] is None:
         hp["lora_alpha"] = 2 * hp["lora_rank"]
     if hp["use_vllm"] and importlib.util.find_spec("vllm") is None:
-        raise bad_request("vllm_unavailable",
-                          "use_vllm needs vLLM installed on this box (pip install vllm in its environment); "
-                          "leave use_vllm false to generate with transformers.",
-                          "hyperparameters.use_vllm")
+        raise bad_request(
+            "vllm_unavailable",
+            "use_vllm needs vLLM installed on this box (pip install vllm in its environment); "
+            "leave use_vllm false to generate with transformers.",
+            "hyperparameters.use_vllm",
+        )
     return hp
 
 
 def _check_video(hp: dict[str, Any]) -> dict[str, Any]:
     if (hp["num_frames"] - 1) % 8:
         lower = (hp["num_frames"] - 1) // 8 * 8 + 1
-        raise bad_request("invalid_hyperparameter",
-                          f"num_frames must be 8k+1 for CogVideoX's VAE (e.g. 9, 17, 49); "
-                          f"{hp['num_frames']} is not; try {lower} or {lower + 8}.",
-                          "hyperparameters.num_frames")
+        raise bad_request(
+            "invalid_hyperparameter",
+            f"num_frames must be 8k+1 for CogVideoX's VAE (e.g. 9, 17, 49); "
+            f"{hp['num_frames']} is not; try {lower} or {lower + 8}.",
+            "hyperparameters.num_frames",
+        )
     if hp["lora_alpha"] is None:
         hp["lora_alpha"] = hp["lora_rank"]
     return hp

@@ -8,6 +8,8 @@ from urllib.parse import urlparse
 
 import msgspec
 from litestar import Controller, delete, get, put
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
 from msgspec import Meta
 
 from .errors import bad_request
@@ -33,8 +35,13 @@ class Integration(msgspec.Struct):
 def to_api(row: dict | None) -> Integration:
     if row is None:
         return Integration(provider=OPENREWARD, configured=False, key_hint=None, base_url=None, updated_at=None)
-    return Integration(provider=OPENREWARD, configured=True, key_hint="..." + row["api_key"][-4:],
-                       base_url=row["base_url"], updated_at=row["updated_at"])
+    return Integration(
+        provider=OPENREWARD,
+        configured=True,
+        key_hint="..." + row["api_key"][-4:],
+        base_url=row["base_url"],
+        updated_at=row["updated_at"],
+    )
 
 
 class IntegrationController(Controller):
@@ -42,7 +49,7 @@ class IntegrationController(Controller):
     tags = ["settings"]
 
     @put("/", sync_to_thread=True)
-    def put_openreward(self, store: Store, data: OpenRewardSettings) -> Integration:
+    def put_openreward(self, store: NamedDependency[Store], data: JSONBody[OpenRewardSettings]) -> Integration:
         key = data.api_key.strip()
         if not key or any(c.isspace() for c in key):
             raise bad_request("invalid_value", "api_key must be a single token without spaces.", "api_key")
@@ -50,15 +57,16 @@ class IntegrationController(Controller):
         if base_url:
             parsed = urlparse(base_url)
             if parsed.scheme not in ("http", "https") or not parsed.netloc:
-                raise bad_request("invalid_value", "base_url must be an http(s) URL such as https://api.openreward.ai.",
-                                  "base_url")
+                raise bad_request(
+                    "invalid_value", "base_url must be an http(s) URL such as https://api.openreward.ai.", "base_url"
+                )
         return to_api(store.put_integration(OPENREWARD, key, base_url))
 
     @get("/", sync_to_thread=True)
-    def get_openreward(self, store: Store) -> Integration:
+    def get_openreward(self, store: NamedDependency[Store]) -> Integration:
         return to_api(store.get_integration(OPENREWARD))
 
     @delete("/", status_code=200, sync_to_thread=True)
-    def delete_openreward(self, store: Store) -> Integration:
+    def delete_openreward(self, store: NamedDependency[Store]) -> Integration:
         store.delete_integration(OPENREWARD)
         return to_api(None)

@@ -6,8 +6,9 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
+from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
-from litestar.params import Parameter
+from litestar.params import FromPath, JSONBody, Parameter
 from litestar.response import ServerSentEvent
 from msgspec import Meta
 
@@ -29,6 +30,7 @@ Step = Annotated[int | None, Parameter(ge=0, le=2**62)]
 
 class GpuRequest(msgspec.Struct, forbid_unknown_fields=True):
     """`{type, count}` as on the reference page, or the SDK's `{gpu_type, gpu_count}`."""
+
     type: Annotated[str, Meta(min_length=1, max_length=100)] | None = None
     count: Annotated[int, Meta(ge=1, le=64)] | None = None
     gpu_type: Annotated[str, Meta(min_length=1, max_length=100)] | None = None
@@ -40,8 +42,9 @@ class CheckpointDestination(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class EnvironmentSpec(msgspec.Struct, forbid_unknown_fields=True):
-    splits: Annotated[list[Annotated[str, Meta(min_length=1, max_length=200)]], Meta(min_length=1, max_length=20)] = msgspec.field(
-        default_factory=lambda: ["train"])
+    splits: Annotated[list[Annotated[str, Meta(min_length=1, max_length=200)]], Meta(min_length=1, max_length=20)] = (
+        msgspec.field(default_factory=lambda: ["train"])
+    )
 
 
 class CreateJob(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -57,8 +60,12 @@ class CreateJob(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     reward_source: Source | None = None
     reward_sources: Annotated[list[Source], Meta(min_length=1, max_length=16)] | None = None
     reward_weights: Annotated[list[Annotated[float, Meta(ge=-1e6, le=1e6)]], Meta(max_length=16)] | None = None
-    environments: Annotated[dict[Annotated[str, Meta(min_length=1, max_length=200)], EnvironmentSpec],
-                            Meta(min_length=1, max_length=16)] | None = None
+    environments: (
+        Annotated[
+            dict[Annotated[str, Meta(min_length=1, max_length=200)], EnvironmentSpec], Meta(min_length=1, max_length=16)
+        ]
+        | None
+    ) = None
     requires_heartbeat: bool = False
 
 
@@ -127,19 +134,36 @@ def to_api(job: dict, settings: Settings, signer: Signer) -> Job:
     error = JobError(job["error_code"], job["error_message"] or "") if job["error_code"] else None
     download = artifacts.archive_url(settings, signer, job["id"]) if job["status"] == "completed" else None
     return Job(
-        id=job["id"], object="training_job", status=job["status"], base_model=job["base_model"],
-        dataset_id=job["dataset_id"], reward_function_id=job["reward_function_id"], method=job["method"],
-        output_name=job["output_name"], hyperparameters=job["hyperparameters"],
-        dashboard_url=f"{settings.base_url}/jobs/{job['id']}", download_url=download, error=error,
-        gpu=Gpu(**job["gpu"]) if job["gpu"] else None, gpu_requested=Gpu(**job["gpu_requested"]),
-        provider=job["provider"], duration_seconds=job["duration_seconds"], cost_usd=job["cost_usd"],
-        started_at=job["started_at"], completed_at=job["completed_at"], created_at=job["created_at"],
-        environments=job["environments"], current_step=job["current_step"], total_steps=job["total_steps"],
-        current_loss=job["current_loss"], updated_at=job["updated_at"],
+        id=job["id"],
+        object="training_job",
+        status=job["status"],
+        base_model=job["base_model"],
+        dataset_id=job["dataset_id"],
+        reward_function_id=job["reward_function_id"],
+        method=job["method"],
+        output_name=job["output_name"],
+        hyperparameters=job["hyperparameters"],
+        dashboard_url=f"{settings.base_url}/jobs/{job['id']}",
+        download_url=download,
+        error=error,
+        gpu=Gpu(**job["gpu"]) if job["gpu"] else None,
+        gpu_requested=Gpu(**job["gpu_requested"]),
+        provider=job["provider"],
+        duration_seconds=job["duration_seconds"],
+        cost_usd=job["cost_usd"],
+        started_at=job["started_at"],
+        completed_at=job["completed_at"],
+        created_at=job["created_at"],
+        environments=job["environments"],
+        current_step=job["current_step"],
+        total_steps=job["total_steps"],
+        current_loss=job["current_loss"],
+        updated_at=job["updated_at"],
     )
 
 
 # -- submit-time validation ----------------------------------------------------------------
+
 
 def _gpu(request: GpuRequest, inventory: Inventory) -> dict:
     if request.type and request.gpu_type and request.type != request.gpu_type:
@@ -152,12 +176,15 @@ def _gpu(request: GpuRequest, inventory: Inventory) -> dict:
         raise bad_request("missing_field", f"gpu.type is required; this box has: {inventory.describe()}.", "gpu.type")
     device = inventory.types.get(gpu_type)
     if device is None:
-        raise bad_request("gpu_unavailable",
-                          f"This box has no '{gpu_type}' devices; it has: {inventory.describe()}.", "gpu.type")
+        raise bad_request(
+            "gpu_unavailable", f"This box has no '{gpu_type}' devices; it has: {inventory.describe()}.", "gpu.type"
+        )
     if count > device.count:
-        raise bad_request("gpu_unavailable",
-                          f"gpu.count {count} is more than the {device.count} {gpu_type} device(s) this box has.",
-                          "gpu.count")
+        raise bad_request(
+            "gpu_unavailable",
+            f"gpu.count {count} is more than the {device.count} {gpu_type} device(s) this box has.",
+            "gpu.count",
+        )
     return {"type": gpu_type, "count": count}
 
 
@@ -167,50 +194,78 @@ def _reward_sources(body: CreateJob, store: Store, settings: Settings) -> tuple[
     inline_param = "reward_source"
     if body.reward_sources:
         if inline:
-            raise bad_request("conflicting_reward_sources", "Send reward_source or reward_sources, not both.",
-                              "reward_sources")
+            raise bad_request(
+                "conflicting_reward_sources", "Send reward_source or reward_sources, not both.", "reward_sources"
+            )
         inline, inline_param = list(body.reward_sources), "reward_sources"
-    given = [name for name, present in (("reward_function_id", body.reward_function_id), (inline_param, inline),
-                                         ("environments", body.environments)) if present]
+    given = [
+        name
+        for name, present in (
+            ("reward_function_id", body.reward_function_id),
+            (inline_param, inline),
+            ("environments", body.environments),
+        )
+        if present
+    ]
     if body.method == "sft_video_gen":
         if given:
-            raise bad_request("reward_source_not_allowed",
-                              f"sft_video_gen trains on captions and takes no reward; remove {given[0]}.", given[0])
+            raise bad_request(
+                "reward_source_not_allowed",
+                f"sft_video_gen trains on captions and takes no reward; remove {given[0]}.",
+                given[0],
+            )
         return [], []
     if len(given) > 1:
-        raise bad_request("conflicting_reward_sources",
-                          f"A grpo job takes exactly one reward source; got {' and '.join(given)}.", given[1])
+        raise bad_request(
+            "conflicting_reward_sources",
+            f"A grpo job takes exactly one reward source; got {' and '.join(given)}.",
+            given[1],
+        )
     if not given:
-        raise bad_request("reward_source_required",
-                          "A grpo job needs a reward source: reward_function_id, reward_source(s) or environments.",
-                          "reward_function_id")
+        raise bad_request(
+            "reward_source_required",
+            "A grpo job needs a reward source: reward_function_id, reward_source(s) or environments.",
+            "reward_function_id",
+        )
     count = 1 if body.reward_function_id else len(inline)
     weights = body.reward_weights
     if weights is not None:
         if body.environments:
-            raise bad_request("invalid_value", "reward_weights apply to reward functions, not environments.",
-                              "reward_weights")
+            raise bad_request(
+                "invalid_value", "reward_weights apply to reward functions, not environments.", "reward_weights"
+            )
         if len(weights) != count:
-            raise bad_request("invalid_value",
-                              f"reward_weights has {len(weights)} entries for {count} reward source(s).",
-                              "reward_weights")
+            raise bad_request(
+                "invalid_value",
+                f"reward_weights has {len(weights)} entries for {count} reward source(s).",
+                "reward_weights",
+            )
     weights = weights or [1.0] * count
     if body.environments:
         if store.get_integration("openreward") is None:
-            raise bad_request("integration_not_configured",
-                              "Jobs with environments need the OpenReward integration; set it with "
-                              "PUT /v1/settings/integrations/openreward.", "environments")
+            raise bad_request(
+                "integration_not_configured",
+                "Jobs with environments need the OpenReward integration; set it with "
+                "PUT /v1/settings/integrations/openreward.",
+                "environments",
+            )
         return [], []
     if body.reward_function_id:
         if store.get_reward_function(body.reward_function_id) is None:
-            raise ApiError(404, "reward_function_not_found",
-                           f"No reward function with id '{body.reward_function_id}'.", "reward_function_id")
+            raise ApiError(
+                404,
+                "reward_function_not_found",
+                f"No reward function with id '{body.reward_function_id}'.",
+                "reward_function_id",
+            )
         return [{"id": body.reward_function_id, "weight": weights[0]}], []
     params = [inline_param if inline_param == "reward_source" else f"reward_sources[{i}]" for i in range(count)]
     for source, param in zip(inline, params):  # check every source before writing any
         reward_functions.find_entrypoint(source, param)
-    rows = [reward_functions.prepare(settings, f"{body.output_name} reward {i}", source, inline=True, param=param)
-            for i, (source, param) in enumerate(zip(inline, params))]
+    rows = [
+        reward_functions.prepare(settings, f"{body.output_name} reward {i}", source, inline=True, param=param)
+        for i, (source, param) in enumerate(zip(inline, params))
+    ]
     return [{"id": r["id"], "weight": w} for r, w in zip(rows, weights)], rows
 
 
@@ -219,34 +274,51 @@ def create(body: CreateJob, store: Store, settings: Settings, inventory: Invento
     if dataset is None:
         raise ApiError(404, "dataset_not_found", f"No dataset with id '{body.dataset_id}'.", "dataset_id")
     if body.method not in dataset_files.compatible_methods(dataset["format"]):
-        raise bad_request("dataset_format_incompatible",
-                          f"Dataset {dataset['id']} is {dataset['format']}, which {body.method} cannot train on.",
-                          "dataset_id")
+        raise bad_request(
+            "dataset_format_incompatible",
+            f"Dataset {dataset['id']} is {dataset['format']}, which {body.method} cannot train on.",
+            "dataset_id",
+        )
     if not body.base_model.strip() or any(c in body.base_model for c in "\n\r\t\0"):
-        raise bad_request("invalid_value", "base_model must be a Hugging Face model id or a directory path.",
-                          "base_model")
+        raise bad_request(
+            "invalid_value", "base_model must be a Hugging Face model id or a directory path.", "base_model"
+        )
     if not body.output_name.strip():
         raise bad_request("invalid_value", "output_name must not be blank.", "output_name")
     if body.provider not in (None, "local"):
-        raise bad_request("provider_unavailable",
-                          f"Provider '{body.provider}' is not configured on this box; omit provider or use 'local'.",
-                          "provider")
+        raise bad_request(
+            "provider_unavailable",
+            f"Provider '{body.provider}' is not configured on this box; omit provider or use 'local'.",
+            "provider",
+        )
     if body.checkpoint_destination and body.checkpoint_destination.type != "veri":
-        raise bad_request("unsupported_checkpoint_destination",
-                          "This box keeps checkpoints itself; checkpoint_destination.type must be 'veri'.",
-                          "checkpoint_destination.type")
+        raise bad_request(
+            "unsupported_checkpoint_destination",
+            "This box keeps checkpoints itself; checkpoint_destination.type must be 'veri'.",
+            "checkpoint_destination.type",
+        )
     hp = hyperparameters.resolve(body.method, body.hyperparameters)
     gpu = _gpu(body.gpu, inventory)
     sources, inline_rows = _reward_sources(body, store, settings)
     stamp = now()
     job = {
-        "id": new_id("job_"), "status": "queued", "base_model": body.base_model.strip(),
-        "dataset_id": dataset["id"], "reward_function_id": sources[0]["id"] if sources else None,
+        "id": new_id("job_"),
+        "status": "queued",
+        "base_model": body.base_model.strip(),
+        "dataset_id": dataset["id"],
+        "reward_function_id": sources[0]["id"] if sources else None,
         "reward_functions": sources,
-        "environments": {k: msgspec.to_builtins(v) for k, v in body.environments.items()} if body.environments else None,
-        "method": body.method, "output_name": body.output_name.strip(), "hyperparameters": hp,
-        "gpu_requested": gpu, "gpu": None, "provider": None,
-        "checkpoint_destination": {"type": "veri"}, "requires_heartbeat": int(body.requires_heartbeat),
+        "environments": {k: msgspec.to_builtins(v) for k, v in body.environments.items()}
+        if body.environments
+        else None,
+        "method": body.method,
+        "output_name": body.output_name.strip(),
+        "hyperparameters": hp,
+        "gpu_requested": gpu,
+        "gpu": None,
+        "provider": None,
+        "checkpoint_destination": {"type": "veri"},
+        "requires_heartbeat": int(body.requires_heartbeat),
         "created_at": stamp,
     }
     try:
@@ -258,6 +330,7 @@ def create(body: CreateJob, store: Store, settings: Settings, inventory: Invento
 
 
 # -- controller -------------------------------------------------------------------------------
+
 
 def _job(store: Store, job_id: str) -> dict:
     job = store.get_job(job_id)
@@ -271,36 +344,59 @@ class JobController(Controller):
     tags = ["training jobs"]
 
     @post("/", status_code=200, sync_to_thread=True)
-    def create(self, data: CreateJob, store: Store, settings: Settings, inventory: Inventory,
-               signer: Signer) -> Job:
+    def create(
+        self,
+        data: JSONBody[CreateJob],
+        store: NamedDependency[Store],
+        settings: NamedDependency[Settings],
+        inventory: NamedDependency[Inventory],
+        signer: NamedDependency[Signer],
+    ) -> Job:
         return to_api(create(data, store, settings, inventory), settings, signer)
 
     @get("/", sync_to_thread=True)
     def list_(
-        self, store: Store, settings: Settings, signer: Signer,
-        limit: Annotated[int, Parameter(ge=1, le=100)] = 20, after: After = None,
-        status: Annotated[Literal["queued", "provisioning", "running", "completed", "failed", "cancelled"] | None,
-                          Parameter()] = None,
+        self,
+        store: NamedDependency[Store],
+        settings: NamedDependency[Settings],
+        signer: NamedDependency[Signer],
+        limit: Annotated[int, Parameter(ge=1, le=100)] = 20,
+        after: After = None,
+        status: Annotated[
+            Literal["queued", "provisioning", "running", "completed", "failed", "cancelled"] | None, Parameter()
+        ] = None,
         method: Annotated[Literal["grpo", "sft_video_gen"] | None, Parameter()] = None,
     ) -> ListOf[Job]:
         rows, more = store.list_jobs(limit, after, status, method)
         return ListOf(data=[to_api(r, settings, signer) for r in rows], has_more=more)
 
     @get("/{job_id:str}", sync_to_thread=True)
-    def retrieve(self, job_id: str, store: Store, settings: Settings, signer: Signer) -> Job:
+    def retrieve(
+        self,
+        job_id: FromPath[str],
+        store: NamedDependency[Store],
+        settings: NamedDependency[Settings],
+        signer: NamedDependency[Signer],
+    ) -> Job:
         return to_api(_job(store, job_id), settings, signer)
 
     @get("/{job_id:str}/events", sync_to_thread=True)
-    def events(self, job_id: str, store: Store, limit: Annotated[int, Parameter(ge=1, le=1000)] = 50) -> Events:
+    def events(
+        self, job_id: FromPath[str], store: NamedDependency[Store], limit: Annotated[int, Parameter(ge=1, le=1000)] = 50
+    ) -> Events:
         _job(store, job_id)
-        return Events(items=[Event(e["event_type"], e["timestamp"], e["metadata"])
-                             for e in store.list_events(job_id, limit)])
+        return Events(
+            items=[Event(e["event_type"], e["timestamp"], e["metadata"]) for e in store.list_events(job_id, limit)]
+        )
 
     @get("/{job_id:str}/metrics", sync_to_thread=True)
     def metrics(
-        self, job_id: str, store: Store,
+        self,
+        job_id: FromPath[str],
+        store: NamedDependency[Store],
         keys: Annotated[str | None, Parameter(max_length=2000, description="Comma-separated metric keys.")] = None,
-        from_step: Step = None, to_step: Step = None,
+        from_step: Step = None,
+        to_step: Step = None,
         max_points: Annotated[int, Parameter(ge=1, le=10_000)] = 500,
     ) -> metrics.Metrics:
         _job(store, job_id)
@@ -308,37 +404,57 @@ class JobController(Controller):
         return metrics.query(store, job_id, wanted, from_step, to_step, max_points)
 
     @post("/{job_id:str}/cancel", status_code=200, sync_to_thread=True)
-    def cancel(self, job_id: str, store: Store) -> CancelResult:
+    def cancel(self, job_id: FromPath[str], store: NamedDependency[Store]) -> CancelResult:
         job = _job(store, job_id)
         if job["status"] in TERMINAL_STATUSES or runner.cancel(store, job_id) is None:
             job = _job(store, job_id)
-            raise bad_request("job_not_cancellable",
-                              f"Job {job_id} is already {job['status']}; only queued, provisioning or running "
-                              "jobs can be cancelled.")
+            raise bad_request(
+                "job_not_cancellable",
+                f"Job {job_id} is already {job['status']}; only queued, provisioning or running jobs can be cancelled.",
+            )
         return CancelResult(id=job_id, status="cancelled")
 
     @post("/{job_id:str}/heartbeat", status_code=200, sync_to_thread=True)
-    def heartbeat(self, job_id: str, store: Store) -> Heartbeat:
+    def heartbeat(self, job_id: FromPath[str], store: NamedDependency[Store]) -> Heartbeat:
         job = _job(store, job_id)
         stamp = now()
         store.update_job(job_id, last_heartbeat_at=stamp)
         return Heartbeat(id=job_id, status=job["status"], last_heartbeat_at=stamp)
 
     @get("/{job_id:str}/logs", media_type="text/event-stream")
-    async def logs(self, job_id: str, request: Request, store: Store, settings: Settings) -> ServerSentEvent:
+    async def logs(
+        self,
+        job_id: FromPath[str],
+        request: Request,
+        store: NamedDependency[Store],
+        settings: NamedDependency[Settings],
+    ) -> ServerSentEvent:
         """The training log as Server-Sent Events, ending with `[Job <status>]` once the job is terminal."""
         _job(store, job_id)
         last = request.headers.get("last-event-id", "").strip()
         if last and not last.isdigit():
             raise bad_request("invalid_last_event_id", "Last-Event-ID must be an id this stream sent.")
-        return ServerSentEvent(logs.stream(store, settings.data_dir, job_id, int(last or 0)),
-                               headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return ServerSentEvent(
+            logs.stream(store, settings.data_dir, job_id, int(last or 0)),
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
-    @get("/{job_id:str}/logs/full", sync_to_thread=True, media_type="text/plain",
-         responses={206: ResponseSpec(data_container=str, media_type="text/plain",
-                                      generate_examples=False,
-                                      description="The log so far; the job has not finished yet.")})
-    def logs_full(self, job_id: str, store: Store, settings: Settings) -> Response[bytes]:
+    @get(
+        "/{job_id:str}/logs/full",
+        sync_to_thread=True,
+        media_type="text/plain",
+        responses={
+            206: ResponseSpec(
+                data_container=str,
+                media_type="text/plain",
+                generate_examples=False,
+                description="The log so far; the job has not finished yet.",
+            )
+        },
+    )
+    def logs_full(
+        self, job_id: FromPath[str], store: NamedDependency[Store], settings: NamedDependency[Settings]
+    ) -> Response[bytes]:
         """The whole log as text: 200 once the job is terminal, 206 (so far) while it is not."""
         job = _job(store, job_id)
         path = logs.log_path(settings.data_dir, job_id)
@@ -347,5 +463,11 @@ class JobController(Controller):
         return Response(text, status_code=status, media_type="text/plain; charset=utf-8")
 
     @get("/{job_id:str}/model", sync_to_thread=True)
-    def model(self, job_id: str, store: Store, settings: Settings, signer: Signer) -> artifacts.Model:
+    def model(
+        self,
+        job_id: FromPath[str],
+        store: NamedDependency[Store],
+        settings: NamedDependency[Settings],
+        signer: NamedDependency[Signer],
+    ) -> artifacts.Model:
         return artifacts.manifest(settings, signer, _job(store, job_id))

@@ -28,8 +28,9 @@ def _targets(lo: int, hi: int, max_points: int) -> list[int]:
     return [lo + (span * i) // (max_points - 1) for i in range(max_points)]
 
 
-def _key_points(store: Store, job_id: str, key: str, lo: int | None, hi: int | None,
-                max_points: int) -> list[tuple[int, Any]]:
+def _key_points(
+    store: Store, job_id: str, key: str, lo: int | None, hi: int | None, max_points: int
+) -> list[tuple[int, Any]]:
     bounds = store.metric_step_bounds(job_id, key, lo, hi)
     if bounds is None:
         return []
@@ -41,8 +42,9 @@ def _key_points(store: Store, job_id: str, key: str, lo: int | None, hi: int | N
     return store.metric_points_at_or_after(job_id, key, _targets(first, last, max_points))
 
 
-def query(store: Store, job_id: str, keys: list[str] | None, from_step: int | None, to_step: int | None,
-          max_points: int) -> Metrics:
+def query(
+    store: Store, job_id: str, keys: list[str] | None, from_step: int | None, to_step: int | None, max_points: int
+) -> Metrics:
     available = store.metric_keys(job_id)
     wanted = available if not keys else [k for k in keys if k in available]
     by_step: dict[int, dict[str, Any]] = {}

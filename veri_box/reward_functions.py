@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import ast
 import hashlib
-from pathlib import Path
 from typing import Annotated
 
 import msgspec
 from litestar import Controller, Response, delete, get, post
 from litestar.datastructures import UploadFile
+from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
-from litestar.params import Body, Parameter
+from litestar.params import Body, FromPath
 
 from . import store as store_mod
 from .errors import bad_request, conflict, not_found
-from .schemas import Deleted, ListOf, ReadLimit, After
+from .schemas import After, Deleted, ListOf, ReadLimit
 from .settings import Settings
 from .store import Store
 
@@ -33,8 +33,9 @@ def find_entrypoint(source: str, param: str = "file") -> str:
     try:
         tree = ast.parse(source)
     except SyntaxError as err:
-        raise bad_request("invalid_reward_function",
-                          f"The reward function has a syntax error on line {err.lineno}: {err.msg}.", param) from None
+        raise bad_request(
+            "invalid_reward_function", f"The reward function has a syntax error on line {err.lineno}: {err.msg}.", param
+        ) from None
     functions = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
     by_name = {f.name: f for f in functions}
     if "reward" in by_name:
@@ -58,9 +59,11 @@ def _check_signature(func: ast.FunctionDef | ast.AsyncFunctionDef, param: str) -
     args = func.args
     names = [a.arg for a in args.posonlyargs + args.args + args.kwonlyargs]
     if isinstance(func, ast.AsyncFunctionDef):
-        raise bad_request("invalid_reward_function",
-                          f"`{func.name}` (line {func.lineno}) is async; reward functions must be plain functions.",
-                          param)
+        raise bad_request(
+            "invalid_reward_function",
+            f"`{func.name}` (line {func.lineno}) is async; reward functions must be plain functions.",
+            param,
+        )
     # TRL passes everything by keyword: prompts, completions, completion_ids and each dataset column.
     if "completions" not in names or args.kwarg is None:
         raise bad_request(
@@ -70,9 +73,11 @@ def _check_signature(func: ast.FunctionDef | ast.AsyncFunctionDef, param: str) -
             param,
         )
     if any(a.arg in ("completions",) for a in args.posonlyargs):
-        raise bad_request("invalid_reward_function",
-                          f"`completions` must not be positional-only in `{func.name}`; TRL passes it by keyword.",
-                          param)
+        raise bad_request(
+            "invalid_reward_function",
+            f"`completions` must not be positional-only in `{func.name}`; TRL passes it by keyword.",
+            param,
+        )
 
 
 class RewardFunction(msgspec.Struct):
@@ -86,12 +91,19 @@ class RewardFunction(msgspec.Struct):
 
 
 def to_api(row: dict) -> RewardFunction:
-    return RewardFunction(id=row["id"], name=row["name"], format=row["format"], entrypoint=row["entrypoint"],
-                          sha256=row["sha256"], created_at=row["created_at"])
+    return RewardFunction(
+        id=row["id"],
+        name=row["name"],
+        format=row["format"],
+        entrypoint=row["entrypoint"],
+        sha256=row["sha256"],
+        created_at=row["created_at"],
+    )
 
 
-def prepare(settings: Settings, name: str, source: str, fmt: str = "trl", inline: bool = False,
-            param: str = "file") -> dict:
+def prepare(
+    settings: Settings, name: str, source: str, fmt: str = "trl", inline: bool = False, param: str = "file"
+) -> dict:
     """Check `source` and write it under the data dir; returns the row to insert."""
     entrypoint = find_entrypoint(source, param)
     rf_id = store_mod.new_id("rf_")
@@ -103,9 +115,14 @@ def prepare(settings: Settings, name: str, source: str, fmt: str = "trl", inline
     tmp.write_bytes(data)
     tmp.replace(path)
     return {
-        "id": rf_id, "name": name, "format": fmt, "entrypoint": entrypoint,
-        "sha256": hashlib.sha256(data).hexdigest(), "path": str(path.relative_to(settings.data_dir)),
-        "inline": int(inline), "created_at": store_mod.now(),
+        "id": rf_id,
+        "name": name,
+        "format": fmt,
+        "entrypoint": entrypoint,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "path": str(path.relative_to(settings.data_dir)),
+        "inline": int(inline),
+        "created_at": store_mod.now(),
     }
 
 
@@ -117,8 +134,9 @@ def decode_source(raw: bytes, param: str = "file") -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise bad_request("invalid_encoding", f"The reward function is not UTF-8 text (byte {err.start}).",
-                          param) from None
+        raise bad_request(
+            "invalid_encoding", f"The reward function is not UTF-8 text (byte {err.start}).", param
+        ) from None
 
 
 class RewardFunctionUpload(msgspec.Struct):
@@ -133,7 +151,9 @@ class RewardFunctionController(Controller):
 
     @post("/", status_code=200, request_max_body_size=2 * MAX_SOURCE_BYTES)
     async def create(
-        self, store: Store, settings: Settings,
+        self,
+        store: NamedDependency[Store],
+        settings: NamedDependency[Settings],
         data: Annotated[RewardFunctionUpload, Body(media_type=RequestEncodingType.MULTI_PART)],
     ) -> RewardFunction:
         name = data.name.strip()
@@ -148,28 +168,36 @@ class RewardFunctionController(Controller):
         return to_api(store.insert_reward_function(row))
 
     @get("/")
-    async def list_(self, store: Store, limit: ReadLimit = 20, after: After = None) -> ListOf[RewardFunction]:
+    async def list_(
+        self, store: NamedDependency[Store], limit: ReadLimit = 20, after: After = None
+    ) -> ListOf[RewardFunction]:
         rows, more = store.list_reward_functions(limit, after)
         return ListOf(data=[to_api(r) for r in rows], has_more=more)
 
     @get("/{rf_id:str}")
-    async def retrieve(self, store: Store, rf_id: str) -> RewardFunction:
+    async def retrieve(self, store: NamedDependency[Store], rf_id: FromPath[str]) -> RewardFunction:
         return to_api(_get(store, rf_id))
 
     @get("/{rf_id:str}/source", media_type="text/x-python")
-    async def source(self, store: Store, settings: Settings, rf_id: str) -> Response[bytes]:
+    async def source(
+        self, store: NamedDependency[Store], settings: NamedDependency[Settings], rf_id: FromPath[str]
+    ) -> Response[bytes]:
         row = _get(store, rf_id)
         return Response((settings.data_dir / row["path"]).read_bytes(), media_type="text/x-python; charset=utf-8")
 
     @delete("/{rf_id:str}", status_code=200)
-    async def remove(self, store: Store, settings: Settings, rf_id: str) -> Deleted:
+    async def remove(
+        self, store: NamedDependency[Store], settings: NamedDependency[Settings], rf_id: FromPath[str]
+    ) -> Deleted:
         row = _get(store, rf_id)
         try:
             store.delete_reward_function(rf_id)
         except store_mod.Conflict as busy:
-            raise conflict("reward_function_in_use",
-                           f"Reward function {rf_id} is used by job {busy}, which has not finished; "
-                           "cancel it or wait for it to end.") from None
+            raise conflict(
+                "reward_function_in_use",
+                f"Reward function {rf_id} is used by job {busy}, which has not finished; "
+                "cancel it or wait for it to end.",
+            ) from None
         # Jobs that ran keep their own copy in their job directory, so the file can go.
         (settings.data_dir / row["path"]).unlink(missing_ok=True)
         return Deleted(id=rf_id, object="reward_function")

@@ -22,28 +22,32 @@ def default_data_dir() -> Path:
 class Settings:
     data_dir: Path = field(
         default_factory=default_data_dir,
-        metadata={"help": "Where the database, datasets, reward functions and job files live "
-                          "(default: $VERI_BOX_HOME or ~/.local/share/veri-box)."},
+        metadata={
+            "help": "Where the database, datasets, reward functions and job files live "
+            "(default: $VERI_BOX_HOME or ~/.local/share/veri-box)."
+        },
     )
     host: str = field(default="127.0.0.1", metadata={"help": "Address to listen on."})
     port: int = field(default=8000, metadata={"help": "Port to listen on."})
     public_url: str | None = field(
         default=None,
-        metadata={"help": "Base URL clients use to reach this box, for dashboard and download "
-                          "links (default: http://HOST:PORT)."},
+        metadata={
+            "help": "Base URL clients use to reach this box, for dashboard and download "
+            "links (default: http://HOST:PORT)."
+        },
     )
     gpus: str = field(
         default="auto",
-        metadata={"help": "GPU inventory: 'auto' (detect with nvidia-smi), 'none', or a declared "
-                          "list such as 'A100-80GB:2,L4-24GB:1'."},
+        metadata={
+            "help": "GPU inventory: 'auto' (detect with nvidia-smi), 'none', or a declared "
+            "list such as 'A100-80GB:2,L4-24GB:1'."
+        },
     )
     cpu_slots: int = field(
         default=1,
         metadata={"help": "How many jobs may train on the CPU at once (the 'cpu' device type); 0 disables it."},
     )
-    max_upload_mb: int = field(
-        default=2048, metadata={"help": "Largest dataset upload accepted, in MiB."}
-    )
+    max_upload_mb: int = field(default=2048, metadata={"help": "Largest dataset upload accepted, in MiB."})
     download_url_ttl_s: int = field(
         default=3600,
         metadata={"help": "How long signed model download links stay valid, in seconds."},

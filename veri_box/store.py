@@ -14,10 +14,9 @@ import sys
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
 
 
 def _import_sqlite_utils():
@@ -168,8 +167,7 @@ def m001_initial(db: Database) -> None:
 
 JSON_COLUMNS = {
     "datasets": ("columns",),
-    "jobs": ("reward_functions", "environments", "hyperparameters", "gpu_requested", "gpu",
-             "checkpoint_destination"),
+    "jobs": ("reward_functions", "environments", "hyperparameters", "gpu_requested", "gpu", "checkpoint_destination"),
     "events": ("metadata",),
     "samples": ("data",),
 }
@@ -177,7 +175,7 @@ JSON_COLUMNS = {
 
 def now() -> str:
     """ISO-8601 UTC with a Z, millisecond precision: sortable as text."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def new_id(prefix: str = "") -> str:
@@ -268,8 +266,9 @@ class Store:
 
     # -- pagination ------------------------------------------------------------------------
 
-    def _page(self, table: str, where: list[str], params: list[Any], limit: int,
-              after: str | None) -> tuple[list[dict], bool]:
+    def _page(
+        self, table: str, where: list[str], params: list[Any], limit: int, after: str | None
+    ) -> tuple[list[dict], bool]:
         """Newest first by insertion order (rowid), so ties in created_at stay stable."""
         clauses = list(where)
         if after is not None:
@@ -308,9 +307,7 @@ class Store:
         return self._one("SELECT * FROM api_keys WHERE id = ? AND revoked_at IS NULL", [id])
 
     def revoke_api_key(self, id: str) -> bool:
-        cursor = self.db.execute(
-            "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", [now(), id]
-        )
+        cursor = self.db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", [now(), id])
         return cursor.rowcount > 0
 
     def count_api_keys(self) -> int:
@@ -319,9 +316,7 @@ class Store:
     def authenticate(self, key: str) -> dict | None:
         """The live key row for this secret, with last_used_at refreshed (at most once a
         second per key, so a busy client does not turn every read into a write)."""
-        row = self._one(
-            "SELECT * FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL", [hash_key(key)]
-        )
+        row = self._one("SELECT * FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL", [hash_key(key)])
         if row is None:
             return None
         stamp = now()
@@ -389,17 +384,16 @@ class Store:
                 self._insert("reward_functions", rf, conn)
             self._insert("jobs", {**job, "updated_at": stamp}, conn)
             for rf in job["reward_functions"]:
-                conn.execute(
-                    "INSERT OR IGNORE INTO job_reward_functions VALUES (?, ?)", [job["id"], rf["id"]]
-                )
+                conn.execute("INSERT OR IGNORE INTO job_reward_functions VALUES (?, ?)", [job["id"], rf["id"]])
             self._add_event(conn, job["id"], "created", {}, stamp)
         return self.get_job(job["id"])  # type: ignore[return-value]
 
     def get_job(self, id: str) -> dict | None:
         return self._one("SELECT * FROM jobs WHERE id = ?", [id], "jobs")
 
-    def list_jobs(self, limit: int, after: str | None, status: str | None = None,
-                  method: str | None = None) -> tuple[list[dict], bool]:
+    def list_jobs(
+        self, limit: int, after: str | None, status: str | None = None, method: str | None = None
+    ) -> tuple[list[dict], bool]:
         where, params = [], []
         if status:
             where.append("status = ?")
@@ -413,8 +407,9 @@ class Store:
         marks = ",".join("?" * len(statuses))
         return self._rows(f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY rowid", statuses, "jobs")
 
-    def transition_job(self, id: str, to: str, *, allowed_from: Iterable[str], event_metadata: dict | None = None,
-                       **fields: Any) -> dict | None:
+    def transition_job(
+        self, id: str, to: str, *, allowed_from: Iterable[str], event_metadata: dict | None = None, **fields: Any
+    ) -> dict | None:
         """Move a job to status `to` only if it is in one of `allowed_from`, with its event,
         in one transaction. Returns the new row, or None if the job was not in such a state."""
         stamp = now()
@@ -436,14 +431,13 @@ class Store:
 
     def update_job(self, id: str, **fields: Any) -> None:
         fields["updated_at"] = now()
-        self.db.execute(
-            f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?", [*fields.values(), id]
-        )
+        self.db.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?", [*fields.values(), id])
 
     # -- events ----------------------------------------------------------------------------
 
-    def _add_event(self, conn: sqlite3.Connection, job_id: str, event_type: str, metadata: dict,
-                   stamp: str | None = None) -> None:
+    def _add_event(
+        self, conn: sqlite3.Connection, job_id: str, event_type: str, metadata: dict, stamp: str | None = None
+    ) -> None:
         conn.execute(
             "INSERT INTO events (id, job_id, event_type, timestamp, metadata) VALUES (?, ?, ?, ?, ?)",
             [new_id("ev_"), job_id, event_type, stamp or now(), json.dumps(metadata)],
@@ -456,7 +450,8 @@ class Store:
         """The first `limit` events in the order they happened."""
         return self._rows(
             "SELECT id, event_type, timestamp, metadata FROM events WHERE job_id = ? ORDER BY seq LIMIT ?",
-            [job_id, limit], "events",
+            [job_id, limit],
+            "events",
         )
 
     # -- metrics ---------------------------------------------------------------------------
@@ -493,7 +488,8 @@ class Store:
     def metric_count_upto(self, job_id: str, key: str, lo: int, hi: int, cap: int) -> int:
         """How many points lie in [lo, hi], counting no further than `cap`."""
         return self.db.execute(
-            "SELECT count(*) FROM (SELECT 1 FROM metrics WHERE job_id = ? AND key = ? AND step BETWEEN ? AND ? LIMIT ?)",
+            "SELECT count(*) FROM (SELECT 1 FROM metrics"
+            " WHERE job_id = ? AND key = ? AND step BETWEEN ? AND ? LIMIT ?)",
             [job_id, key, lo, hi, cap],
         ).fetchone()[0]
 
@@ -538,7 +534,8 @@ class Store:
             params.append(after)
         rows = self._rows(
             f"SELECT seq, step, data FROM samples WHERE {' AND '.join(where)} ORDER BY step, seq LIMIT ?",
-            [*params, limit + 1], "samples",
+            [*params, limit + 1],
+            "samples",
         )
         return rows[:limit], len(rows) > limit
 
