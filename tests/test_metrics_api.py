@@ -72,3 +72,15 @@ def test_bounds_are_enforced(api):
         r = api.get(f"/v1/training_jobs/{job['id']}/metrics{query}")
         assert r.status_code == 400, query
         assert r.json()["error"]["code"] == "invalid_value"
+
+
+def test_keys_logged_at_different_rates_are_each_downsampled(api):
+    job = api.job()
+    fill(api, job["id"], range(0, 5000), keys=("loss",))
+    api.store.add_metrics(job["id"], [(s, {"eval_reward": s / 7}) for s in range(3, 5000, 7)])
+    body = metrics(api, job["id"], "?max_points=50")
+    loss = [p["step"] for p in body["metrics"] if "loss" in p["values"]]
+    evals = [p["step"] for p in body["metrics"] if "eval_reward" in p["values"]]
+    assert len(loss) == 50 and loss[-1] == 4999
+    assert 40 <= len(evals) <= 50 and evals[0] == 3 and evals[-1] == 4999 - (4999 - 3) % 7
+    assert all((s - 3) % 7 == 0 for s in evals)

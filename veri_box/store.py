@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 
 def _import_sqlite_utils():
     """sqlite-utils imports pandas and numpy when they are installed (the training stack
@@ -126,13 +128,20 @@ def m001_initial(db: Database) -> None:
             metadata TEXT NOT NULL DEFAULT '{}'
         );
         CREATE INDEX events_job ON events(job_id, seq);
-        -- One row per (job, key, step): a chart reads one key's steps with index seeks,
-        -- so a job with millions of points answers as fast as a small one.
+        -- Each logged step twice: one row per step with all its values (a chart of dense
+        -- keys reads max_points rows, whatever the run's length), and one row per
+        -- (key, step) so that keys logged now and then are counted and read on their own.
+        CREATE TABLE metric_steps (
+            job_id TEXT NOT NULL,
+            step INTEGER NOT NULL,
+            vals TEXT NOT NULL,
+            PRIMARY KEY (job_id, step)
+        ) WITHOUT ROWID;
         CREATE TABLE metrics (
             job_id TEXT NOT NULL,
             key TEXT NOT NULL,
             step INTEGER NOT NULL,
-            value REAL,
+            value REAL NOT NULL,
             PRIMARY KEY (job_id, key, step)
         ) WITHOUT ROWID;
         CREATE TABLE samples (
@@ -164,6 +173,8 @@ def m001_initial(db: Database) -> None:
         """
     )
 
+
+_decode_vals = msgspec.json.Decoder(dict[str, float]).decode
 
 JSON_COLUMNS = {
     "datasets": ("columns",),
@@ -209,6 +220,9 @@ class Store:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             conn.execute("PRAGMA busy_timeout=30000")
             conn.execute("PRAGMA synchronous=NORMAL")
+            # Reads of a long run touch pages all over the file; mapping it saves a read()
+            # call per page (charts of 1M-point jobs got 2x faster).
+            conn.execute("PRAGMA mmap_size=1073741824")
             conn.execute("PRAGMA foreign_keys=ON")
             db = Database(conn)
             self._local.db = db
@@ -456,12 +470,19 @@ class Store:
 
     # -- metrics ---------------------------------------------------------------------------
 
-    def add_metrics(self, job_id: str, points: Iterable[tuple[int, dict[str, float | None]]]) -> int:
-        """Insert (step, {key: value}) points; a step logged twice keeps its latest value."""
-        rows = [(job_id, key, step, value) for step, values in points for key, value in values.items()]
+    def add_metrics(self, job_id: str, points: Iterable[tuple[int, dict[str, float]]]) -> int:
+        """Insert (step, {key: value}) points; a step logged twice keeps each key's latest value.
+        Values must be finite numbers (JSON has no NaN)."""
+        points = [(step, values) for step, values in points if values]
+        narrow = [(job_id, key, step, value) for step, values in points for key, value in values.items()]
         with self.transaction() as conn:
-            conn.executemany("INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?)", rows)
-        return len(rows)
+            conn.executemany("INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?)", narrow)
+            conn.executemany(
+                """INSERT INTO metric_steps VALUES (?, ?, ?)
+                   ON CONFLICT (job_id, step) DO UPDATE SET vals = json_patch(vals, excluded.vals)""",
+                [(job_id, step, json.dumps(values)) for step, values in points],
+            )
+        return len(narrow)
 
     def metric_keys(self, job_id: str) -> list[str]:
         # A loose index scan: one seek per distinct key instead of reading every point.
@@ -476,46 +497,68 @@ class Store:
         ).fetchall()
         return [r[0] for r in rows]
 
-    def metric_step_bounds(self, job_id: str, key: str, lo: int | None, hi: int | None) -> tuple[int, int] | None:
-        lo_ = -(2**63) if lo is None else lo
-        hi_ = 2**63 - 1 if hi is None else hi
+    # Reads below take `key=None` for the per-step table (every step) or a key name for that
+    # key's own points; [lo, hi] bounds the steps (None: unbounded).
+
+    def _metric_where(self, job_id: str, key: str | None, lo: int | None, hi: int | None) -> tuple[str, str, dict]:
+        table = "metric_steps" if key is None else "metrics"
+        params = {
+            "job": job_id,
+            "key": key,
+            "lo": -(2**63) if lo is None else lo,
+            "hi": 2**63 - 1 if hi is None else hi,
+        }
+        where = "job_id = :job AND step BETWEEN :lo AND :hi" + ("" if key is None else " AND key = :key")
+        return table, where, params
+
+    def metric_step_bounds(
+        self, job_id: str, key: str | None, lo: int | None, hi: int | None
+    ) -> tuple[int, int] | None:
+        """First and last step within [lo, hi]: two index seeks (min()/max() over a range
+        would read every point in it)."""
+        table, where, params = self._metric_where(job_id, key, lo, hi)
         row = self.db.execute(
-            "SELECT min(step), max(step) FROM metrics WHERE job_id = ? AND key = ? AND step BETWEEN ? AND ?",
-            [job_id, key, lo_, hi_],
+            f"""SELECT (SELECT step FROM {table} WHERE {where} ORDER BY step LIMIT 1),
+                       (SELECT step FROM {table} WHERE {where} ORDER BY step DESC LIMIT 1)""",
+            params,
         ).fetchone()
         return None if row[0] is None else (row[0], row[1])
 
-    def metric_count_upto(self, job_id: str, key: str, lo: int, hi: int, cap: int) -> int:
-        """How many points lie in [lo, hi], counting no further than `cap`."""
+    def metric_count_upto(self, job_id: str, key: str | None, lo: int, hi: int, cap: int) -> int:
+        """How many steps lie in [lo, hi], counting no further than `cap`."""
+        table, where, params = self._metric_where(job_id, key, lo, hi)
         return self.db.execute(
-            "SELECT count(*) FROM (SELECT 1 FROM metrics"
-            " WHERE job_id = ? AND key = ? AND step BETWEEN ? AND ? LIMIT ?)",
-            [job_id, key, lo, hi, cap],
+            f"SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {where} LIMIT :cap)", {**params, "cap": cap}
         ).fetchone()[0]
 
-    def metric_points(self, job_id: str, key: str, lo: int, hi: int) -> list[tuple[int, float | None]]:
-        return self.db.execute(
-            "SELECT step, value FROM metrics WHERE job_id = ? AND key = ? AND step BETWEEN ? AND ? ORDER BY step",
-            [job_id, key, lo, hi],
-        ).fetchall()
+    def metric_points(self, job_id: str, key: str | None, lo: int, hi: int) -> list[tuple[int, Any]]:
+        """(step, value) of a key, or (step, {key: value}) of every step, in [lo, hi]."""
+        table, where, params = self._metric_where(job_id, key, lo, hi)
+        column = "vals" if key is None else "value"
+        rows = self.db.execute(f"SELECT step, {column} FROM {table} WHERE {where} ORDER BY step", params).fetchall()
+        return [(step, _decode_vals(vals)) for step, vals in rows] if key is None else rows
 
-    def metric_points_at_or_after(self, job_id: str, key: str, targets: list[int]) -> list[tuple[int, float | None]]:
+    def metric_points_at_or_after(self, job_id: str, key: str | None, targets: list[int]) -> list[tuple[int, Any]]:
         """For each target step, the first stored point at or after it (one index seek each)."""
-        return self.db.execute(
-            """SELECT DISTINCT m.step, m.value FROM json_each(:targets) t
-               JOIN metrics m ON m.job_id = :job AND m.key = :key AND m.step = (
-                   SELECT step FROM metrics WHERE job_id = :job AND key = :key AND step >= t.value
-                   ORDER BY step LIMIT 1)
-               ORDER BY m.step""",
-            {"job": job_id, "key": key, "targets": json.dumps(targets)},
+        table = "metric_steps" if key is None else "metrics"
+        where = "job_id = :job" + ("" if key is None else " AND key = :key")
+        params = {"job": job_id, "key": key}
+        column = "vals" if key is None else "value"
+        # CROSS JOIN keeps the targets as the outer loop; a plain JOIN lets SQLite scan every
+        # point and re-run the subquery for each.
+        rows = self.db.execute(
+            f"""SELECT DISTINCT m.step, m.{column} FROM json_each(:targets) t
+                CROSS JOIN {table} m ON m.job_id = :job
+                    {"" if key is None else "AND m.key = :key"} AND m.step = (
+                    SELECT step FROM {table} WHERE {where} AND step >= t.value ORDER BY step LIMIT 1)
+                ORDER BY m.step""",
+            {**params, "targets": json.dumps(targets)},
         ).fetchall()
+        return [(step, _decode_vals(vals)) for step, vals in rows] if key is None else rows
 
     def latest_metric_step(self, job_id: str) -> int | None:
-        steps = [
-            self.db.execute("SELECT max(step) FROM metrics WHERE job_id = ? AND key = ?", [job_id, key]).fetchone()[0]
-            for key in self.metric_keys(job_id)
-        ]
-        return max(steps) if steps else None
+        bounds = self.metric_step_bounds(job_id, None, None, None)
+        return bounds[1] if bounds else None
 
     # -- samples and checkpoints -------------------------------------------------------------
 
