@@ -87,7 +87,7 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def api(settings: Settings) -> Iterator[Api]:
-    app = create_app(settings, build_inventory("A100-80GB:2", settings.cpu_slots))
+    app = create_app(settings, build_inventory("A100-80GB:2", settings.cpu_slots), run_jobs=False)
     with TestClient(app) as client:
         _, key = app.state.store.create_api_key("test")
         yield Api(client, key, settings)

@@ -92,7 +92,7 @@ def test_bad_uploads_name_the_problem_and_leave_nothing(api):
 
 def test_oversize_upload_is_a_400(tmp_path):
     settings = make_settings(tmp_path, max_upload_mb=1)
-    app = create_app(settings)
+    app = create_app(settings, run_jobs=False)
     with TestClient(app) as client:
         _, key = app.state.store.create_api_key("t")
         line = json.dumps({"prompt": "x" * 1000}) + "\n"

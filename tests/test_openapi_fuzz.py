@@ -86,7 +86,8 @@ def _seed(client: TestClient, headers: dict[str, str]) -> dict[str, str]:
 # from it), so the app lives in a temp dir made here and removed when the process exits.
 DATA_DIR = Path(tempfile.mkdtemp(prefix="veri-box-fuzz-"))
 atexit.register(shutil.rmtree, DATA_DIR, ignore_errors=True)
-APP = create_app(Settings(data_dir=DATA_DIR / "data", gpus="none"))
+# The API layer alone: jobs the fuzzer creates stay queued instead of starting trainers.
+APP = create_app(Settings(data_dir=DATA_DIR / "data", gpus="none"), run_jobs=False)
 _, KEY = APP.state.store.create_api_key("fuzz")
 HEADERS = {"Authorization": f"Bearer {KEY}"}
 REAL_IDS: dict[str, str] = {}  # filled by the `seeded` fixture, read while cases are generated

@@ -7,12 +7,9 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tarfile
 import time
 from collections.abc import Iterator
@@ -22,13 +19,10 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import httpx
 import pytest
+from serving import FAKE_TRAINERS, KEY, Server, run_cli
 
 from veri_box.settings import Settings
 from veri_box.store import Store, now
-
-VERI_BOX = Path(sys.executable).parent / "veri-box"
-KEY = re.compile(r"vk_[0-9a-f]{40}")
-HEALTHY_WITHIN_S = 15
 
 REWARD_SOURCE = "def reward(completions, **kwargs):\n    return [float('4' in c) for c in completions]\n"
 ROWS = [{"prompt": "What is 2+2?", "answer": "4"}, {"prompt": "What is 3+1?", "answer": "4"}]
@@ -70,115 +64,46 @@ SEED_GRPO_HYPERPARAMETERS = {
 }
 
 
-# ---- a real server process ------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([str(VERI_BOX), *args], capture_output=True, text=True, timeout=timeout, env=_env())
-
-
-def _env(home: Path | None = None) -> dict[str, str]:
-    """This environment, minus anything that would point a process at a user's own box."""
-    env = {k: v for k, v in os.environ.items() if k not in ("VERI_BOX_HOME", "VERI_API_KEY", "VERI_API_URL")}
-    env["PYTHONUNBUFFERED"] = "1"
-    if home is not None:
-        env["HOME"] = str(home)
-    return env
-
-
-class Server:
-    """One `veri-box serve` process; its stdout and stderr go to a file we can show on failure."""
-
-    def __init__(self, data_dir: Path, log_path: Path):
-        self.data_dir = data_dir
-        self.log_path = log_path
-        self.proc: subprocess.Popen | None = None
-        self.port = 0
-        self.key = ""  # the key the first start printed
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def start(self) -> str:
-        """Start and wait for /healthz; returns what the process printed while starting."""
-        for _ in range(3):  # another process may take the free port between bind and listen
-            mark = len(self.output())
-            self.port = free_port()
-            with self.log_path.open("a") as log:
-                self.proc = subprocess.Popen(
-                    [
-                        str(VERI_BOX),
-                        "serve",
-                        "--port",
-                        str(self.port),
-                        "--data-dir",
-                        str(self.data_dir),
-                        "--gpus",
-                        "none",
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=_env(self.log_path.parent),
-                )
-            if self._wait_healthy():
-                return self.output()[mark:]
-            if "address already in use" not in self.output()[mark:].lower():
-                break
-        output = self.output()
-        self.stop()
-        pytest.fail(f"veri-box serve did not become healthy within {HEALTHY_WITHIN_S}s:\n{output}")
-
-    def _wait_healthy(self) -> bool:
-        deadline = time.monotonic() + HEALTHY_WITHIN_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return False
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return True
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        return False
-
-    def stop(self) -> int | None:
-        """SIGTERM, then SIGKILL if it does not exit; returns the exit code."""
-        if self.proc is None:
-            return None
-        proc, self.proc = self.proc, None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        return proc.returncode
-
-
 @pytest.fixture(scope="module")
 def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One server shared by the tests of this module, on a fresh data dir."""
+    """One server shared by the tests of this module, on a fresh data dir. Its one cpu slot is
+    held by a trainer that waits to be cancelled, so the jobs these tests submit stay queued."""
     base = tmp_path_factory.mktemp("serve")
-    server = Server(base / "data", base / "serve.log")
+    server = Server(
+        base / "data", base / "serve.log", "--gpus", "none", "--cpu-slots", "1", "--trainers", FAKE_TRAINERS
+    )
+    blocker = None
     try:
         startup = server.start()
         keys = KEY.findall(startup)
         assert len(keys) == 1, f"expected the first start to print one API key:\n{startup}"
         server.key = keys[0]
+        with client_for(server) as http:
+            blocker = create_job(http, base_model="fake:hang=1")["id"]
+            assert wait_until(lambda: http.get(f"/v1/training_jobs/{blocker}").json()["status"] == "running"), (
+                server.output()
+            )
         yield server
     finally:
+        if blocker and server.proc is not None:
+            with client_for(server) as http:
+                http.post(f"/v1/training_jobs/{blocker}/cancel")
+                wait_until(lambda: cpu_free(http))
         server.stop()
+
+
+def wait_until(predicate, timeout: float = 20) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def cpu_free(http: httpx.Client) -> bool:
+    rows = http.get("/v1/gpu/availability").json()["availability"]
+    return next(r for r in rows if r["gpu_type"] == "cpu")["available"] == 1
 
 
 @pytest.fixture
@@ -211,11 +136,11 @@ def upload_reward_function(http: httpx.Client) -> str:
     return r.json()["id"]
 
 
-def create_job(http: httpx.Client) -> dict:
+def create_job(http: httpx.Client, base_model: str = "Qwen/Qwen3-4B") -> dict:
     r = http.post(
         "/v1/training_jobs",
         json={
-            "base_model": "Qwen/Qwen3-4B",
+            "base_model": base_model,
             "dataset_id": upload_dataset(http),
             "reward_function_id": upload_reward_function(http),
             "output_name": "serve-test",

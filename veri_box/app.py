@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
 
+import anyio
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from litestar import Litestar, Router, get
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
@@ -19,11 +24,13 @@ from .errors import ErrorBody, exception_handler
 from .integrations import IntegrationController
 from .jobs import JobController
 from .reward_functions import RewardFunctionController
+from .runner import Runner
 from .settings import Settings
 from .store import Store
 
 # Bodies other than uploads are small; uploads get their own, configurable limit.
 JSON_BODY_LIMIT = 8 * 1024 * 1024
+TICK_S = 1.0
 
 ERROR_RESPONSES = {
     status: ResponseSpec(data_container=ErrorBody, description=description)
@@ -49,11 +56,38 @@ def _document_errors(app: Litestar) -> None:
             handler.responses = {**ERROR_RESPONSES, **(handler.responses or {})}
 
 
-def create_app(settings: Settings, inventory: Inventory | None = None) -> Litestar:
+def create_app(settings: Settings, inventory: Inventory | None = None, run_jobs: bool = True) -> Litestar:
+    """The whole box. `run_jobs=False` serves the API without placing jobs (tests of the API
+    layer use it so their jobs stay queued)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(settings.db_path)
     signer = Signer(store.box_value("url_signing_secret", lambda: secrets.token_hex(32)))
-    inventory = inventory or build_inventory(settings.gpus, settings.cpu_slots)
+    inventory = inventory or build_inventory(settings.gpus, settings.cpu_slots, settings.prices())
+    runner = Runner(store, settings, inventory)
+
+    @asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        if not run_jobs:
+            yield
+            return
+        await anyio.to_thread.run_sync(runner.recover)
+        scheduler = AsyncIOScheduler()
+        # Supervision touches files and SQLite: it runs in a worker thread, never on the loop.
+        scheduler.add_job(
+            anyio.to_thread.run_sync,
+            "interval",
+            args=[runner.tick],
+            seconds=TICK_S,
+            max_instances=1,
+            coalesce=True,
+            next_run_time=datetime.now(),
+        )
+        scheduler.start()
+        try:
+            yield
+        finally:
+            # Trainers run in their own sessions and keep going; the next start re-attaches.
+            scheduler.shutdown(wait=False)
 
     uploads = Router(
         path="/", route_handlers=[DatasetController], request_max_body_size=settings.max_upload_bytes + 1024 * 1024
@@ -77,7 +111,9 @@ def create_app(settings: Settings, inventory: Inventory | None = None) -> Litest
             "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
             "inventory": Provide(lambda: inventory, use_cache=True, sync_to_thread=False),
             "signer": Provide(lambda: signer, use_cache=True, sync_to_thread=False),
+            "runner": Provide(lambda: runner, use_cache=True, sync_to_thread=False),
         },
+        lifespan=[lifespan],
         exception_handlers={HTTPException: exception_handler, Exception: exception_handler},
         request_max_body_size=JSON_BODY_LIMIT,
         openapi_config=OpenAPIConfig(
@@ -88,5 +124,6 @@ def create_app(settings: Settings, inventory: Inventory | None = None) -> Litest
     app.state.store = store
     app.state.settings = settings
     app.state.inventory = inventory
+    app.state.runner = runner
     _document_errors(app)
     return app

@@ -36,6 +36,14 @@ class Model(msgspec.Struct):
     object: str = "model"
 
 
+class Checkpoint(msgspec.Struct):
+    id: str
+    step: int
+    created_at: str
+    files: list[ModelFile]
+    object: str = "checkpoint"
+
+
 def job_dir(data_dir: Path, job_id: str) -> Path:
     return data_dir / "jobs" / job_id
 
@@ -50,25 +58,33 @@ def archive_url(settings: Settings, signer: Signer, job_id: str) -> str | None:
     return signed_url(settings, signer, f"jobs/{job_id}/{MODEL_ARCHIVE}")
 
 
+def _files(settings: Settings, signer: Signer, job_id: str, relative_dir: str) -> list[ModelFile]:
+    """Every file under JOB_DIR/relative_dir, each with a signed link."""
+    root = job_dir(settings.data_dir, job_id) / relative_dir
+    files = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        url = signed_url(settings, signer, f"jobs/{job_id}/{relative_dir}/{rel}")
+        files.append(ModelFile(path=rel, bytes=path.stat().st_size, url=url))
+    return files
+
+
 def manifest(settings: Settings, signer: Signer, job: dict) -> Model:
     if job["status"] != "completed":
         raise bad_request(
             "model_not_ready", f"Job {job['id']} is {job['status']}; its model is available once it has completed."
         )
-    output = job_dir(settings.data_dir, job["id"]) / OUTPUT_DIR
-    files = []
-    for path in sorted(p for p in output.rglob("*") if p.is_file()):
-        rel = path.relative_to(output).as_posix()
-        files.append(
-            ModelFile(
-                path=rel,
-                bytes=path.stat().st_size,
-                url=signed_url(settings, signer, f"jobs/{job['id']}/{OUTPUT_DIR}/{rel}"),
-            )
-        )
+    files = _files(settings, signer, job["id"], OUTPUT_DIR)
     if not files:
         raise bad_request("model_not_ready", f"Job {job['id']} completed but left no model files.")
     return Model(download_url=archive_url(settings, signer, job["id"]), files=files)
+
+
+def checkpoint(settings: Settings, signer: Signer, row: dict) -> Checkpoint:
+    """A checkpoint row; its path is relative to the job directory (the trainer's contract)."""
+    relative = Path(row["path"]).as_posix().strip("/")
+    files = [] if ".." in relative.split("/") else _files(settings, signer, row["job_id"], relative)
+    return Checkpoint(id=row["id"], step=row["step"], created_at=row["created_at"], files=files)
 
 
 @get("/files/{path:path}", include_in_schema=True, tags=["downloads"], sync_to_thread=True)

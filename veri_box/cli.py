@@ -108,11 +108,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .app import create_app
     from .devices import InventoryError
+    from .settings import SettingsError
 
     settings = _settings(args)
     try:
         app = create_app(settings)
-    except InventoryError as err:
+    except (InventoryError, SettingsError) as err:
         print(f"veri-box: {err}", file=sys.stderr)
         return 2
     store = app.state.store

@@ -106,7 +106,7 @@ class InventoryError(ValueError):
     pass
 
 
-def build_inventory(gpus: str, cpu_slots: int) -> Inventory:
+def build_inventory(gpus: str, cpu_slots: int, prices: dict[str, float] | None = None) -> Inventory:
     """From the --gpus and --cpu-slots settings: 'auto' detects, 'none' has no GPUs, and
     'TYPE:N,TYPE:N' declares them (indices counted in order) for machines detection gets wrong."""
     inventory = Inventory()
@@ -131,6 +131,8 @@ def build_inventory(gpus: str, cpu_slots: int) -> Inventory:
         raise InventoryError("--cpu-slots must be 0 or more")
     if cpu_slots:
         inventory.types[CPU] = DeviceType(CPU, list(range(cpu_slots)))
+    for device in inventory.types.values():
+        device.price_per_hr = (prices or {}).get(device.type, 0.0)
     return inventory
 
 
@@ -150,11 +152,10 @@ class AvailabilityList(msgspec.Struct):
 
 
 def in_use(store: Store) -> dict[str, int]:
-    """Devices held by jobs that have been placed and not yet finished, by type."""
+    """Devices held by jobs whose trainer may still be running, by type."""
     used: dict[str, int] = {}
-    for job in store.jobs_with_status("provisioning", "running"):
-        if job["gpu"]:
-            used[job["gpu"]["type"]] = used.get(job["gpu"]["type"], 0) + job["gpu"]["count"]
+    for job in store.jobs_holding_devices():
+        used[job["gpu"]["type"]] = used.get(job["gpu"]["type"], 0) + len(job["devices"])
     return used
 
 

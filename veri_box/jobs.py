@@ -12,10 +12,11 @@ from litestar.params import FromPath, JSONBody, Parameter
 from litestar.response import ServerSentEvent
 from msgspec import Meta
 
-from . import artifacts, dataset_files, hyperparameters, logs, metrics, reward_functions, runner
+from . import artifacts, dataset_files, hyperparameters, logs, metrics, reward_functions
 from .auth import Signer
 from .devices import Inventory
 from .errors import ApiError, bad_request, not_found
+from .runner import Runner
 from .schemas import After, ListOf
 from .settings import Settings
 from .store import TERMINAL_STATUSES, Store, new_id, now
@@ -404,9 +405,11 @@ class JobController(Controller):
         return metrics.query(store, job_id, wanted, from_step, to_step, max_points)
 
     @post("/{job_id:str}/cancel", status_code=200, sync_to_thread=True)
-    def cancel(self, job_id: FromPath[str], store: NamedDependency[Store]) -> CancelResult:
+    def cancel(
+        self, job_id: FromPath[str], store: NamedDependency[Store], runner: NamedDependency[Runner]
+    ) -> CancelResult:
         job = _job(store, job_id)
-        if job["status"] in TERMINAL_STATUSES or runner.cancel(store, job_id) is None:
+        if job["status"] in TERMINAL_STATUSES or runner.cancel(job_id) is None:
             job = _job(store, job_id)
             raise bad_request(
                 "job_not_cancellable",
@@ -471,3 +474,16 @@ class JobController(Controller):
         signer: NamedDependency[Signer],
     ) -> artifacts.Model:
         return artifacts.manifest(settings, signer, _job(store, job_id))
+
+    @get("/{job_id:str}/checkpoints", sync_to_thread=True)
+    def checkpoints(
+        self,
+        job_id: FromPath[str],
+        store: NamedDependency[Store],
+        settings: NamedDependency[Settings],
+        signer: NamedDependency[Signer],
+    ) -> ListOf[artifacts.Checkpoint]:
+        """Intermediate checkpoints the trainer saved, newest step first, with signed file links."""
+        _job(store, job_id)
+        rows = store.list_checkpoints(job_id)
+        return ListOf(data=[artifacts.checkpoint(settings, signer, row) for row in rows], has_more=False)

@@ -18,6 +18,23 @@ def default_data_dir() -> Path:
     return Path.home() / ".local" / "share" / "veri-box"
 
 
+DEFAULT_TRAINERS = {"grpo": "trainers.grpo", "sft_video_gen": "trainers.video"}
+
+
+class SettingsError(ValueError):
+    pass
+
+
+def _pairs(text: str, flag: str) -> dict[str, str]:
+    pairs = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise SettingsError(f"{flag} expects NAME=VALUE pairs separated by commas; got {part!r}")
+        pairs[name.strip()] = value.strip()
+    return pairs
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path = field(
@@ -52,6 +69,38 @@ class Settings:
         default=3600,
         metadata={"help": "How long signed model download links stay valid, in seconds."},
     )
+    price_per_hour: str = field(
+        default="",
+        metadata={
+            "help": "Price per device-hour used for cost_usd, as TYPE=USD pairs such as "
+            "'A100-80GB=1.89,H100-80GB=2.99' (unlisted types, and cpu, cost 0)."
+        },
+    )
+    cancel_grace_s: float = field(
+        default=5.0,
+        metadata={"help": "Seconds a cancelled trainer gets to save and stop after SIGTERM before SIGKILL."},
+    )
+    trainers: str = field(
+        default="",
+        metadata={
+            "help": "Trainer module per method, as METHOD=MODULE pairs (default: "
+            "grpo=trainers.grpo,sft_video_gen=trainers.video); for custom trainers."
+        },
+    )
+
+    def prices(self) -> dict[str, float]:
+        prices = {}
+        for name, price in _pairs(self.price_per_hour, "--price-per-hour").items():
+            try:
+                prices[name] = float(price)
+            except ValueError:
+                raise SettingsError(f"--price-per-hour: {price!r} for {name} is not a number") from None
+            if prices[name] < 0:
+                raise SettingsError(f"--price-per-hour: the price for {name} must not be negative")
+        return prices
+
+    def trainer_modules(self) -> dict[str, str]:
+        return {**DEFAULT_TRAINERS, **_pairs(self.trainers, "--trainers")}
 
     @property
     def base_url(self) -> str:

@@ -176,12 +176,47 @@ def m001_initial(db: Database) -> None:
 
 _decode_vals = msgspec.json.Decoder(dict[str, float]).decode
 
+
+@migrations()
+def m002_runner(db: Database) -> None:
+    """What the runner needs to supervise a trainer across server restarts."""
+    db.executescript(
+        """
+        ALTER TABLE jobs ADD COLUMN devices TEXT;            -- indices held, NULL once released
+        ALTER TABLE jobs ADD COLUMN pid INTEGER;
+        ALTER TABLE jobs ADD COLUMN pid_started TEXT;        -- /proc start time: pids get reused
+        ALTER TABLE jobs ADD COLUMN progress_offset INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE jobs ADD COLUMN trainer_state TEXT;      -- last event the trainer reported
+        ALTER TABLE jobs ADD COLUMN reported_error TEXT;     -- the trainer's own error record
+        ALTER TABLE jobs ADD COLUMN cancel_requested_at TEXT;
+        ALTER TABLE jobs ADD COLUMN terminated_at TEXT;      -- when SIGTERM was sent
+        CREATE INDEX jobs_devices ON jobs(devices) WHERE devices IS NOT NULL;
+        """
+    )
+
+
 JSON_COLUMNS = {
     "datasets": ("columns",),
-    "jobs": ("reward_functions", "environments", "hyperparameters", "gpu_requested", "gpu", "checkpoint_destination"),
+    "jobs": (
+        "devices",
+        "reported_error",
+        "reward_functions",
+        "environments",
+        "hyperparameters",
+        "gpu_requested",
+        "gpu",
+        "checkpoint_destination",
+    ),
     "events": ("metadata",),
     "samples": ("data",),
 }
+
+
+def _encode_job_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: json.dumps(v) if k in JSON_COLUMNS["jobs"] and v is not None and not isinstance(v, str) else v
+        for k, v in fields.items()
+    }
 
 
 def now() -> str:
@@ -422,15 +457,20 @@ class Store:
         return self._rows(f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY rowid", statuses, "jobs")
 
     def transition_job(
-        self, id: str, to: str, *, allowed_from: Iterable[str], event_metadata: dict | None = None, **fields: Any
+        self,
+        id: str,
+        to: str,
+        *,
+        allowed_from: Iterable[str],
+        event: str | None = None,
+        event_metadata: dict | None = None,
+        **fields: Any,
     ) -> dict | None:
-        """Move a job to status `to` only if it is in one of `allowed_from`, with its event,
-        in one transaction. Returns the new row, or None if the job was not in such a state."""
+        """Move a job to status `to` only if it is in one of `allowed_from`, with its event
+        (named `event`, default the new status), in one transaction. Returns the new row, or
+        None if the job was not in such a state."""
         stamp = now()
-        sets = {**fields, "status": to, "updated_at": stamp}
-        for col in JSON_COLUMNS["jobs"]:
-            if col in sets and sets[col] is not None and not isinstance(sets[col], str):
-                sets[col] = json.dumps(sets[col])
+        sets = _encode_job_fields({**fields, "status": to, "updated_at": stamp})
         allowed = list(allowed_from)
         with self.transaction() as conn:
             cursor = conn.execute(
@@ -440,12 +480,56 @@ class Store:
             )
             if cursor.rowcount == 0:
                 return None
-            self._add_event(conn, id, to, event_metadata or {}, stamp)
+            self._add_event(conn, id, event or to, event_metadata or {}, stamp)
         return self.get_job(id)
 
     def update_job(self, id: str, **fields: Any) -> None:
-        fields["updated_at"] = now()
+        fields = _encode_job_fields({**fields, "updated_at": now()})
         self.db.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?", [*fields.values(), id])
+
+    def jobs_holding_devices(self) -> list[dict]:
+        """Jobs whose process may still exist: placed and not yet released, oldest first."""
+        return self._rows("SELECT * FROM jobs WHERE devices IS NOT NULL ORDER BY rowid", (), "jobs")
+
+    def ingest_progress(
+        self,
+        job_id: str,
+        offset: int,
+        *,
+        points: list[tuple[int, dict[str, float]]],
+        samples: list[dict],
+        checkpoints: list[tuple[int, str, str]],
+        events: list[tuple[str, dict, str]],
+        fields: dict[str, Any],
+        running: dict | None,
+    ) -> None:
+        """Everything read from one stretch of progress.jsonl, and the offset just past it, in
+        one transaction: a crash in between neither loses records nor reads them twice."""
+        with self.transaction() as conn:
+            self._add_metric_rows(conn, job_id, points)
+            conn.executemany(
+                "INSERT INTO samples (job_id, step, data) VALUES (?, ?, ?)",
+                [(job_id, int(s.get("step") or 0), json.dumps(s)) for s in samples],
+            )
+            for step, path, stamp in checkpoints:
+                conn.execute(
+                    "INSERT INTO checkpoints (id, job_id, step, path, created_at) VALUES (?, ?, ?, ?, ?)",
+                    [new_id("ckpt_"), job_id, step, path, stamp],
+                )
+            for event_type, metadata, stamp in events:
+                self._add_event(conn, job_id, event_type, metadata, stamp)
+            if running is not None:
+                moved = conn.execute(
+                    "UPDATE jobs SET status = 'running', started_at = ?, total_steps = ? "
+                    "WHERE id = ? AND status = 'provisioning'",
+                    [running["at"], running["total_steps"], job_id],
+                ).rowcount
+                if moved:
+                    self._add_event(conn, job_id, "running", running["metadata"], running["at"])
+            sets = _encode_job_fields({**fields, "progress_offset": offset, "updated_at": now()})
+            conn.execute(
+                f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in sets)} WHERE id = ?", [*sets.values(), job_id]
+            )
 
     # -- events ----------------------------------------------------------------------------
 
@@ -473,15 +557,20 @@ class Store:
     def add_metrics(self, job_id: str, points: Iterable[tuple[int, dict[str, float]]]) -> int:
         """Insert (step, {key: value}) points; a step logged twice keeps each key's latest value.
         Values must be finite numbers (JSON has no NaN)."""
+        with self.transaction() as conn:
+            return self._add_metric_rows(conn, job_id, points)
+
+    def _add_metric_rows(
+        self, conn: sqlite3.Connection, job_id: str, points: Iterable[tuple[int, dict[str, float]]]
+    ) -> int:
         points = [(step, values) for step, values in points if values]
         narrow = [(job_id, key, step, value) for step, values in points for key, value in values.items()]
-        with self.transaction() as conn:
-            conn.executemany("INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?)", narrow)
-            conn.executemany(
-                """INSERT INTO metric_steps VALUES (?, ?, ?)
-                   ON CONFLICT (job_id, step) DO UPDATE SET vals = json_patch(vals, excluded.vals)""",
-                [(job_id, step, json.dumps(values)) for step, values in points],
-            )
+        conn.executemany("INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?)", narrow)
+        conn.executemany(
+            """INSERT INTO metric_steps VALUES (?, ?, ?)
+               ON CONFLICT (job_id, step) DO UPDATE SET vals = json_patch(vals, excluded.vals)""",
+            [(job_id, step, json.dumps(values)) for step, values in points],
+        )
         return len(narrow)
 
     def metric_keys(self, job_id: str) -> list[str]:
