@@ -8,6 +8,7 @@ are still alive and fails the ones that are gone, and a clean shutdown leaves th
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
@@ -53,6 +54,32 @@ def process_start_time(pid: int) -> str | None:
     return fields[19]
 
 
+def trainer_command(module: str, job_dir: Path, kind: str, indices: list[int]) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of a trainer: the server's own interpreter, one
+    process per GPU through accelerate when there are several, only its devices visible, and
+    no downloads from a hub at run time."""
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "HF_HUB_OFFLINE": "1",
+        "CUDA_VISIBLE_DEVICES": "" if kind == CPU else ",".join(map(str, indices)),
+    }
+    command = [sys.executable, "-m", module, str(job_dir)]
+    if kind != CPU and len(indices) > 1:
+        launch = ["-m", "accelerate.commands.launch", "--num_processes", str(len(indices)), "--num_machines", "1"]
+        command = [sys.executable, *launch, "-m", module, str(job_dir)]
+    return command, env
+
+
+def _module_exists(module: str | None) -> bool:
+    """Whether `python -m module` can start, without importing it (trainers' heavy imports
+    stay in their own processes)."""
+    try:
+        return module is not None and importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _iso(unix: Any) -> str:
     if isinstance(unix, int | float) and math.isfinite(unix):
         return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
@@ -66,19 +93,21 @@ def _seconds_between(start: str | None, end: str) -> float | None:
     return max((parse(end) - parse(start)).total_seconds(), 0.0)
 
 
-def _signal_group(pid: int | None, sig: int) -> bool:
-    """Signal the trainer's whole process group (data loaders, accelerate workers...)."""
+def _signal_group(job: dict, sig: int) -> bool:
+    """Signal the trainer's whole process group (data loaders, accelerate workers...), unless
+    its pid now belongs to another process. While any member of the group lives, the kernel
+    does not hand its id to a new process, so a dead leader's group is still ours."""
+    pid = job["pid"]
     if not pid:
+        return False
+    started = process_start_time(pid)
+    if started is not None and started != job["pid_started"]:
         return False
     try:
         os.killpg(pid, sig)
         return True
     except (ProcessLookupError, PermissionError):
         return False
-
-
-def _group_alive(pid: int | None) -> bool:
-    return _signal_group(pid, 0)
 
 
 class Runner:
@@ -164,6 +193,14 @@ class Runner:
         job_dir = artifacts.job_dir(self.settings.data_dir, job["id"])
         kind = job["gpu_requested"]["type"]
         module = self.modules.get(job["method"])
+        if not _module_exists(module):
+            self._fail_queued(
+                job,
+                "trainer_unavailable",
+                f"This box has no trainer for method {job['method']}: module {module} is not installed "
+                "(see veri-box serve --trainers).",
+            )
+            return
         try:
             job_dir.mkdir(parents=True, exist_ok=True)
             config = self._write_config(job, indices, job_dir)
@@ -182,24 +219,7 @@ class Runner:
         )
         if placed is None:  # cancelled while being prepared
             return
-        env = {
-            **os.environ,
-            "PYTHONUNBUFFERED": "1",
-            "HF_HUB_OFFLINE": "1",
-            "CUDA_VISIBLE_DEVICES": "" if kind == CPU else ",".join(map(str, indices)),
-        }
-        command = [sys.executable, "-m", module, str(job_dir)]
-        if kind != CPU and len(indices) > 1:
-            command = [
-                sys.executable,
-                "-m",
-                "accelerate.commands.launch",
-                "--num_processes",
-                str(len(indices)),
-                "-m",
-                module,
-                str(job_dir),
-            ]
+        command, env = trainer_command(module, job_dir, kind, indices)
         try:
             with open(job_dir / "train.log", "ab") as log_file:
                 child = subprocess.Popen(
@@ -275,7 +295,7 @@ class Runner:
     # -- supervision -------------------------------------------------------------------------
 
     def _terminate(self, job: dict) -> None:
-        if _signal_group(job["pid"], signal.SIGTERM):
+        if _signal_group(job, signal.SIGTERM):
             log.info("sent SIGTERM to %s (pid %s)", job["id"], job["pid"])
         self.store.update_job(job["id"], terminated_at=now())
 
@@ -285,7 +305,7 @@ class Runner:
             if job["pid"] and not job["terminated_at"]:
                 self._terminate(job)
             elif job["terminated_at"] and _seconds_between(job["terminated_at"], now()) >= self.settings.cancel_grace_s:
-                _signal_group(job["pid"], signal.SIGKILL)
+                _signal_group(job, signal.SIGKILL)
         running, exit_code = self._poll(job)
         if running:
             return
@@ -341,7 +361,7 @@ class Runner:
     def _finish(
         self, job: dict, exit_code: int | None, abandoned: bool = False, start_error: str | None = None
     ) -> None:
-        _signal_group(job["pid"], signal.SIGKILL)  # no stray workers outlive their job
+        _signal_group(job, signal.SIGKILL)  # no stray workers outlive their job
         self._children.pop(job["id"], None)
         stamp = now()
         # A cancelled job ended when it was cancelled, however long its trainer took to stop.
