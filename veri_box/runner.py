@@ -126,7 +126,7 @@ class Runner:
         """At start-up: re-attach to trainers still alive, fail those that are gone."""
         with self._tick:
             for job in self.store.jobs_holding_devices():
-                job = self._ingest(job)
+                job = self._ingest(job, drain=True)
                 if job["pid"] and process_start_time(job["pid"]) == job["pid_started"]:
                     log.info("re-attached to %s (pid %s)", job["id"], job["pid"])
                     continue
@@ -309,7 +309,7 @@ class Runner:
         running, exit_code = self._poll(job)
         if running:
             return
-        self._finish(self._ingest(job), exit_code)
+        self._finish(self._ingest(job, drain=True), exit_code)
 
     def _poll(self, job: dict) -> tuple[bool, int | None]:
         """(still running, exit code if we know it). Only our own children have exit codes;
@@ -322,39 +322,43 @@ class Runner:
             return True, None
         return False, None
 
-    def _ingest(self, job: dict) -> dict:
-        """Read progress.jsonl from the stored offset into SQLite; returns the fresh job row."""
+    def _ingest(self, job: dict, drain: bool = False) -> dict:
+        """Read progress.jsonl from the stored offset into SQLite; returns the fresh job row.
+        A tick reads a bounded stretch; `drain` reads to the end (the trainer has stopped)."""
         path = artifacts.job_dir(self.settings.data_dir, job["id"]) / "progress.jsonl"
-        offset = job["progress_offset"]
-        try:
-            with path.open("rb") as fh:
-                fh.seek(offset)
-                data = fh.read(READ_PER_TICK)
-        except FileNotFoundError:
-            return job
-        end = data.rfind(b"\n")
-        if end < 0:
-            return job
-        batch = _Batch()
-        for line in data[: end + 1].splitlines():
+        while True:
+            offset = job["progress_offset"]
             try:
-                record = json.loads(line)
-            except ValueError:
-                log.warning("%s: skipped a progress line that is not JSON: %r", job["id"], line[:200])
-                continue
-            if isinstance(record, dict):
-                batch.add(record)
-        self.store.ingest_progress(
-            job["id"],
-            offset + end + 1,
-            points=batch.points,
-            samples=batch.samples,
-            checkpoints=batch.checkpoints,
-            events=batch.events,
-            fields=batch.fields,
-            running=batch.running,
-        )
-        return self.store.get_job(job["id"])  # type: ignore[return-value]
+                with path.open("rb") as fh:
+                    fh.seek(offset)
+                    data = fh.read(READ_PER_TICK)
+            except FileNotFoundError:
+                return job
+            end = data.rfind(b"\n")
+            if end < 0:
+                return job
+            batch = _Batch()
+            for line in data[: end + 1].splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    log.warning("%s: skipped a progress line that is not JSON: %r", job["id"], line[:200])
+                    continue
+                if isinstance(record, dict):
+                    batch.add(record)
+            self.store.ingest_progress(
+                job["id"],
+                offset + end + 1,
+                points=batch.points,
+                samples=batch.samples,
+                checkpoints=batch.checkpoints,
+                events=batch.events,
+                fields=batch.fields,
+                running=batch.running,
+            )
+            job = self.store.get_job(job["id"])  # type: ignore[assignment]
+            if not drain or len(data) < READ_PER_TICK:
+                return job
 
     # -- the end of a job ----------------------------------------------------------------------
 
@@ -363,6 +367,7 @@ class Runner:
     ) -> None:
         _signal_group(job, signal.SIGKILL)  # no stray workers outlive their job
         self._children.pop(job["id"], None)
+        outcome, fields = self._outcome(job, exit_code, abandoned, start_error)
         stamp = now()
         # A cancelled job ended when it was cancelled, however long its trainer took to stop.
         end = job["completed_at"] if job["status"] == "cancelled" and job["completed_at"] else stamp
@@ -373,44 +378,45 @@ class Runner:
             "duration_seconds": duration,
             "cost_usd": None if duration is None else self._cost(job, duration),
         }
-        if job["status"] == "cancelled":
+        ended = outcome and self.store.transition_job(
+            job["id"],
+            outcome,
+            allowed_from=PLACED_STATUSES,
+            event_metadata=fields.pop("event", {}),
+            completed_at=stamp,
+            **fields,
+            **released,
+        )
+        if not ended:  # cancelled, now or while we looked: the cancel already set its status
             self.store.update_job(job["id"], **released)
-            return
+
+    def _outcome(
+        self, job: dict, exit_code: int | None, abandoned: bool, start_error: str | None
+    ) -> tuple[str | None, dict]:
+        """How a placed job ended: (status, fields to set), or (None, {}) if it was cancelled."""
+        if job["status"] == "cancelled":
+            return None, {}
         reported = job["reported_error"]
         succeeded = exit_code == 0 or (exit_code is None and not abandoned and job["trainer_state"] == "completed")
         if succeeded and not reported:
             problem = self._package(job)
             if problem is None:
-                self.store.transition_job(
-                    job["id"], "completed", allowed_from=PLACED_STATUSES, completed_at=stamp, **released
-                )
-                return
+                return "completed", {}
             reported = {"code": "trainer_crashed", "message": problem}
         if reported:
             code, message = reported["code"], reported["message"]
         elif start_error:
             code, message = "trainer_crashed", f"The trainer could not be started: {start_error}"
         elif abandoned:
-            code, message = (
-                "abandoned",
-                (
-                    f"The server restarted and the trainer process (pid {job['pid']}) was gone."
-                    if job["pid"]
-                    else "The server restarted before the trainer started."
-                ),
+            code = "abandoned"
+            message = (
+                f"The server restarted and the trainer process (pid {job['pid']}) was gone."
+                if job["pid"]
+                else "The server restarted before the trainer started."
             )
         else:
             code, message = self._diagnose(job, exit_code)
-        self.store.transition_job(
-            job["id"],
-            "failed",
-            allowed_from=PLACED_STATUSES,
-            event_metadata={"code": code},
-            error_code=code,
-            error_message=message,
-            completed_at=stamp,
-            **released,
-        )
+        return "failed", {"error_code": code, "error_message": message, "event": {"code": code}}
 
     def _cost(self, job: dict, seconds: float) -> float:
         gpu = job["gpu"] or job["gpu_requested"]
