@@ -33,7 +33,7 @@ log = logging.getLogger("veri_box.runner")
 
 ACTIVE_STATUSES = ("queued", "provisioning", "running")
 PLACED_STATUSES = ("provisioning", "running")
-READ_PER_TICK = 16 * 1024 * 1024
+READ_PER_TICK = 4 * 1024 * 1024  # keeps a tick short; a drain reads on to the end
 OOM_MARKERS = ("CUDA out of memory", "OutOfMemoryError", "CUBLAS_STATUS_ALLOC_FAILED", "HIP out of memory")
 OOM_HINT = (
     "Lower global_batch_size or max_response_length (batch_size or num_frames for video), "
@@ -130,7 +130,8 @@ class Runner:
                 if job["pid"] and process_start_time(job["pid"]) == job["pid_started"]:
                     log.info("re-attached to %s (pid %s)", job["id"], job["pid"])
                     continue
-                self._finish(job, exit_code=None, abandoned=True)
+                # A trainer that reported completion before it went finished its job, server or not.
+                self._finish(job, exit_code=None, abandoned=job["trainer_state"] != "completed")
 
     def tick(self) -> None:
         """One pass of supervision and placement; the scheduler calls it about once a second."""
