@@ -3,8 +3,8 @@
 import subprocess
 
 import pytest
-
 from serving import VERI_BOX
+
 from veri_box.devices import InventoryError, build_inventory, type_name
 
 

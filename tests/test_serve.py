@@ -85,11 +85,13 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             )
         yield server
     finally:
-        if blocker and server.proc is not None:
-            with client_for(server) as http:
-                http.post(f"/v1/training_jobs/{blocker}/cancel")
-                wait_until(lambda: cpu_free(http))
-        server.stop()
+        try:
+            if blocker and server.proc is not None:
+                with client_for(server) as http:
+                    http.post(f"/v1/training_jobs/{blocker}/cancel")
+                    wait_until(lambda: cpu_free(http))
+        finally:
+            server.stop()
 
 
 def wait_until(predicate, timeout: float = 20) -> bool:

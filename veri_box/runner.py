@@ -126,10 +126,11 @@ class Runner:
         """At start-up: re-attach to trainers still alive, fail those that are gone."""
         with self._tick:
             for job in self.store.jobs_holding_devices():
-                job = self._ingest(job, drain=True)
                 if job["pid"] and process_start_time(job["pid"]) == job["pid_started"]:
+                    # Its backlog of progress is read by the ticks, not before the server answers.
                     log.info("re-attached to %s (pid %s)", job["id"], job["pid"])
                     continue
+                job = self._ingest(job, drain=True)
                 # A trainer that reported completion before it went finished its job, server or not.
                 self._finish(job, exit_code=None, abandoned=job["trainer_state"] != "completed")
 
