@@ -280,3 +280,19 @@ def test_sigterm_is_not_sent_to_unrelated_processes(box):
     assert box.get(f"/v1/training_jobs/{job_id}").json()["error"]["code"] == "trainer_crashed"
     assert alive(pid)  # not ours any more as far as the runner can tell, so left alone
     os.killpg(pid, signal.SIGKILL)
+
+
+def test_samples_are_listed_by_step_and_paged(box):
+    job_id = submit(box, "steps=3")
+    until(box, lambda: status(box, job_id) == "completed")
+    every = box.get(f"/v1/training_jobs/{job_id}/samples").json()
+    assert [(s["step"], s["prompt"], s["completion"]) for s in every["data"]] == [
+        (1, "p1", "c1"),
+        (2, "p2", "c2"),
+        (3, "p3", "c3"),
+    ]
+    first = box.get(f"/v1/training_jobs/{job_id}/samples?limit=2").json()
+    assert len(first["data"]) == 2 and first["has_more"]
+    rest = box.get(f"/v1/training_jobs/{job_id}/samples?limit=2&after={first['data'][-1]['id']}").json()
+    assert [s["step"] for s in rest["data"]] == [3] and not rest["has_more"]
+    assert [s["step"] for s in box.get(f"/v1/training_jobs/{job_id}/samples?step=2").json()["data"]] == [2]

@@ -487,3 +487,18 @@ class JobController(Controller):
         _job(store, job_id)
         rows = store.list_checkpoints(job_id)
         return ListOf(data=[artifacts.checkpoint(settings, signer, row) for row in rows], has_more=False)
+
+    @get("/{job_id:str}/samples", sync_to_thread=True)
+    def samples(
+        self,
+        job_id: FromPath[str],
+        store: NamedDependency[Store],
+        step: Annotated[int | None, Parameter(ge=0, le=2**62)] = None,
+        limit: Annotated[int, Parameter(ge=1, le=1000)] = 50,
+        after: Annotated[int | None, Parameter(ge=0, le=2**62, description="id of the last sample seen.")] = None,
+    ) -> ListOf[dict[str, Any]]:
+        """Rollouts (GRPO: prompt, completion, reward, rewards per function, advantage) or validation
+        clips (video) the trainer reported, in step order; `step` picks one step."""
+        _job(store, job_id)
+        rows, more = store.list_samples(job_id, step, limit, after)
+        return ListOf(data=[{"id": r["seq"], **r["data"]} for r in rows], has_more=more)

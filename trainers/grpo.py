@@ -1,0 +1,241 @@
+"""GRPO fine-tuning of a language model with TRL, as `python -m trainers.grpo JOB_DIR`.
+
+config.json in (see veri_box/runner.py); progress.jsonl, train.log and output/ out. The API's
+hyperparameters map onto TRL as the README's table says; every derived value is logged.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from trainers import models, prompts, rewards
+from trainers.errors import TrainerError
+from trainers.progress import Progress, install_sigterm_handler, load_config, log, stop_requested
+
+PER_DEVICE_BATCH_CAP = 16  # completions per forward pass and device; the rest is accumulation
+SAMPLES_PER_STEP = 64
+
+
+def batch_split(global_batch: int, processes: int, cap: int = PER_DEVICE_BATCH_CAP) -> tuple[int, int]:
+    """(per-device batch, gradient accumulation) with per_device * accumulation * processes equal
+    to the API's global_batch_size (completions per optimizer step)."""
+    if global_batch % processes:
+        raise TrainerError(
+            "invalid_hyperparameter",
+            f"global_batch_size ({global_batch}) must divide evenly over the job's {processes} GPUs.",
+        )
+    per_process = global_batch // processes
+    accumulation = next(a for a in range(1, per_process + 1) if per_process % a == 0 and per_process // a <= cap)
+    return per_process // accumulation, accumulation
+
+
+def grpo_args(config: dict, processes: int, on_gpu: bool, bf16: bool) -> dict[str, Any]:
+    hp = config["hyperparameters"]
+    per_device, accumulation = batch_split(hp["global_batch_size"], processes)
+    save = {"save_strategy": "steps", "save_steps": hp["save_steps"]} if hp["save_steps"] else {"save_strategy": "no"}
+    vllm = {"use_vllm": True, "vllm_mode": "colocate"} if hp["use_vllm"] else {}
+    return {
+        "output_dir": config["checkpoints_dir"],
+        "learning_rate": hp["learning_rate"],
+        "num_train_epochs": hp["num_epochs"],
+        "max_steps": hp["max_steps"] or -1,
+        "num_generations": hp["rollouts_per_prompt"],
+        "beta": hp["kl_coef"],
+        "max_completion_length": hp["max_response_length"],
+        "per_device_train_batch_size": per_device,
+        "gradient_accumulation_steps": accumulation,
+        "temperature": hp["temperature"],
+        "seed": hp["seed"],
+        "reward_weights": [r["weight"] for r in config["reward_functions"]] or None,
+        "logging_steps": 1,
+        "report_to": [],
+        "disable_tqdm": True,
+        "use_cpu": not on_gpu,
+        "bf16": bf16,
+        "gradient_checkpointing": on_gpu,
+        **save,
+        **vllm,
+    }
+
+
+def main(job_dir: str) -> int:
+    install_sigterm_handler()
+    config = load_config(job_dir)
+    with Progress(job_dir) as progress:
+        try:
+            return train(config, progress)
+        except TrainerError as err:
+            log(f"error ({err.code}): {err.message}")
+            progress.error(err.code, err.message)
+            return 1
+
+
+def train(config: dict, progress: Progress) -> int:
+    import torch
+    import transformers
+    from peft import LoraConfig
+    from trl import GRPOConfig, GRPOTrainer
+
+    hp = config["hyperparameters"]
+    transformers.set_seed(hp["seed"])
+    on_gpu = config["devices"]["type"] != "cpu" and torch.cuda.is_available()
+    bf16 = on_gpu and torch.cuda.is_bf16_supported()
+    processes = max(config["devices"]["count"], 1) if on_gpu else 1
+    model_path = models.resolve(config["base_model"])
+    log(f"base model {config['base_model']} from {model_path}; {'GPU' if on_gpu else 'CPU'}, bf16={bf16}")
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    rows, changed = prompts.build(
+        prompts.read_rows(config["dataset"]),
+        config["dataset"]["format"],
+        tokenizer,
+        hp["system_prompt"],
+        hp["max_prompt_length"],
+    )
+    if changed["truncated"] or changed["dropped"]:
+        log(
+            f"max_prompt_length {hp['max_prompt_length']}: {changed['truncated']} prompts shortened from the start, "
+            f"{changed['dropped']} chat prompts left out"
+        )
+    import datasets
+
+    dataset = datasets.Dataset.from_list(rows)
+    functions, _ = rewards.load(config["reward_functions"])
+
+    args = grpo_args(config, processes, on_gpu, bf16)
+    log("TRL settings: " + ", ".join(f"{k}={v}" for k, v in args.items() if k not in ("output_dir", "report_to")))
+    init = {"dtype": torch.bfloat16 if bf16 else torch.float32}
+    if hp["load_in_4bit"]:
+        init["quantization_config"] = transformers.BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=init["dtype"],
+        )
+    peft_config = None
+    if hp["lora_rank"]:
+        peft_config = LoraConfig(
+            r=hp["lora_rank"],
+            lora_alpha=hp["lora_alpha"],
+            lora_dropout=hp["lora_dropout"],
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        )
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(model_path, **init)
+    except (OSError, ValueError) as err:
+        raise TrainerError(
+            "model_not_found", f"Could not load a causal language model from {model_path}: {err}"
+        ) from None
+
+    trainer = _trainer_class(GRPOTrainer)(
+        model=model,
+        reward_funcs=functions,
+        args=GRPOConfig(**args),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[_progress_callback(progress)],
+    )
+    trainer.veri_progress = progress
+    trainer.train()
+    output = Path(config["output_dir"])
+    if stop_requested():
+        log(f"stopped on SIGTERM at step {trainer.state.global_step}")
+        raise TrainerError("interrupted", f"The trainer was stopped (SIGTERM) at step {trainer.state.global_step}.")
+    trainer.save_model(str(output))
+    tokenizer.save_pretrained(str(output))
+    log(f"saved the {'LoRA adapter' if peft_config else 'model'} to {output}")
+    progress.completed(steps=trainer.state.global_step)
+    return 0
+
+
+def _progress_callback(progress: Progress) -> Any:
+    from transformers import TrainerCallback
+
+    class ProgressCallback(TrainerCallback):
+        """Every logged step's metrics, each checkpoint, and SIGTERM as save-and-stop."""
+
+        def __init__(self) -> None:
+            self.last = time.monotonic()
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            progress.started(total_steps=state.max_steps)
+            log(f"training for {state.max_steps} steps")
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            now = time.monotonic()
+            values = {k: v for k, v in (logs or {}).items() if isinstance(v, int | float) and math.isfinite(v)}
+            values.setdefault("step_time", now - self.last)
+            self.last = now
+            progress.metrics(state.global_step, values)
+            shown = ", ".join(f"{k} {values[k]:.4g}" for k in ("loss", "reward", "reward_std", "kl") if k in values)
+            log(f"step {state.global_step}/{state.max_steps}: {shown}")
+
+        def on_save(self, args, state, control, **kwargs):
+            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if path.is_dir():
+                progress.checkpoint(state.global_step, path)
+                log(f"checkpoint saved: {path}")
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if stop_requested():
+                control.should_save = True
+                control.should_training_stop = True
+
+    return ProgressCallback()
+
+
+def _trainer_class(base: type) -> type:
+    class VeriGRPOTrainer(base):  # type: ignore[misc, valid-type]
+        """TRL's trainer, also reporting the rollouts behind each logged step as samples."""
+
+        veri_progress: Progress
+        _veri_last: list | None = None
+
+        def log(self, logs: dict, start_time: float | None = None) -> None:
+            super().log(logs, start_time)
+            completions = list(self._logs["completion"])
+            if not completions or completions == self._veri_last or not self.accelerator.is_main_process:
+                return
+            self._veri_last = completions
+            rewards_by_name = {name: list(values) for name, values in self._logs["rewards"].items()}
+            weights = self.reward_weights.tolist()
+            names = list(rewards_by_name)
+            for i, (prompt, completion) in enumerate(zip(list(self._logs["prompt"]), completions)):
+                if i >= SAMPLES_PER_STEP:
+                    break
+                per_function = {n: _finite(rewards_by_name[n][i]) for n in names}
+                total = sum(w * v for w, v in zip(weights, per_function.values()) if v is not None)
+                self.veri_progress.sample(
+                    self.state.global_step,
+                    prompt=_text(prompt),
+                    completion=_text(completion),
+                    reward=total,
+                    rewards=per_function,
+                    advantage=_finite(list(self._logs["advantages"])[i]),
+                    group=i // self.num_generations,
+                )
+
+    return VeriGRPOTrainer
+
+
+def _finite(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def _text(value: Any) -> str:
+    """A prompt or completion as text: chat messages become `role: content` lines."""
+    if isinstance(value, str):
+        return value
+    return "\n".join(f"{m.get('role')}: {m.get('content')}" for m in value)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
