@@ -144,6 +144,7 @@ def train(config: dict, progress: Progress) -> int:
         callbacks=[_progress_callback(progress)],
     )
     trainer.veri_progress = progress
+    trainer.remove_callback(transformers.PrinterCallback)  # our callback logs each step once, readably
     trainer.train()
     output = Path(config["output_dir"])
     if stop_requested():
@@ -170,6 +171,9 @@ def _progress_callback(progress: Progress) -> Any:
             log(f"training for {state.max_steps} steps")
 
         def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "train_runtime" in logs:  # the closing summary, not a step
+                progress.event("train_summary", **logs)
+                return
             now = time.monotonic()
             values = {k: v for k, v in (logs or {}).items() if isinstance(v, int | float) and math.isfinite(v)}
             values.setdefault("step_time", now - self.last)
