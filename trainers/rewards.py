@@ -8,6 +8,7 @@ import importlib.util
 import math
 import numbers
 import traceback
+from pathlib import Path
 from collections.abc import Callable
 
 from trainers.errors import TrainerError
@@ -39,7 +40,10 @@ def _import(entry: dict) -> Callable:
 
 
 def _where(err: BaseException) -> str:
-    return "".join(traceback.format_exception(err)[-3:]).strip()
+    """The user's own frames of the traceback (ours add nothing), most recent last."""
+    ours = str(Path(__file__).parent)
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if not f.filename.startswith(ours)]
+    return "".join(traceback.format_list(frames[-3:])).rstrip()
 
 
 def _short(value: object, limit: int = 500) -> str:
