@@ -261,8 +261,9 @@ def test_a_queued_job_whose_device_type_disappeared_fails(tmp_path, monkeypatch)
 
 
 def test_trainer_command_line():
-    command, env = trainer_command("trainers.grpo", Path("/data/jobs/j"), "cpu", [0])
+    command, env = trainer_command("trainers.grpo", Path("/data/jobs/j"), "cpu", [0], cpu_threads=2)
     assert command[1:] == ["-m", "trainers.grpo", "/data/jobs/j"] and env["CUDA_VISIBLE_DEVICES"] == ""
+    assert env["OMP_NUM_THREADS"] == "2"
     assert env["HF_HUB_OFFLINE"] == "1"
     command, env = trainer_command("trainers.grpo", Path("/data/jobs/j"), "H100-80GB", [2, 3])
     assert command[1:4] == ["-m", "accelerate.commands.launch", "--num_processes"] and command[4] == "2"

@@ -56,7 +56,7 @@ def grpo_args(config: dict, processes: int, on_gpu: bool, bf16: bool) -> dict[st
         "disable_tqdm": True,
         "use_cpu": not on_gpu,
         "bf16": bf16,
-        "gradient_checkpointing": on_gpu,
+        "activation_checkpointing": on_gpu,
         **save,
         **vllm,
     }

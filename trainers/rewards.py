@@ -8,8 +8,8 @@ import importlib.util
 import math
 import numbers
 import traceback
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 from trainers.errors import TrainerError
 

@@ -54,16 +54,21 @@ def process_start_time(pid: int) -> str | None:
     return fields[19]
 
 
-def trainer_command(module: str, job_dir: Path, kind: str, indices: list[int]) -> tuple[list[str], dict[str, str]]:
+def trainer_command(
+    module: str, job_dir: Path, kind: str, indices: list[int], cpu_threads: int = 0
+) -> tuple[list[str], dict[str, str]]:
     """The command line and environment of a trainer: the server's own interpreter, one
     process per GPU through accelerate when there are several, only its devices visible, and
-    no downloads from a hub at run time."""
+    no downloads from a hub at run time. A cpu job gets its share of the cores: torch
+    processes that each take every core slow one another down several times over."""
     env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
         "HF_HUB_OFFLINE": "1",
         "CUDA_VISIBLE_DEVICES": "" if kind == CPU else ",".join(map(str, indices)),
     }
+    if kind == CPU and cpu_threads:
+        env["OMP_NUM_THREADS"] = str(cpu_threads)
     command = [sys.executable, "-m", module, str(job_dir)]
     if kind != CPU and len(indices) > 1:
         launch = ["-m", "accelerate.commands.launch", "--num_processes", str(len(indices)), "--num_machines", "1"]
@@ -221,7 +226,8 @@ class Runner:
         )
         if placed is None:  # cancelled while being prepared
             return
-        command, env = trainer_command(module, job_dir, kind, indices)
+        cpu_threads = max(1, (os.cpu_count() or 1) // max(self.settings.cpu_slots, 1))
+        command, env = trainer_command(module, job_dir, kind, indices, cpu_threads)
         try:
             with open(job_dir / "train.log", "ab") as log_file:
                 child = subprocess.Popen(

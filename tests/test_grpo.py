@@ -1,0 +1,187 @@
+"""GRPO end to end through the API on the cpu pool: real TRL training of the tiny offline model,
+with metrics, rollouts, checkpoints, logs and a downloaded adapter that loads and generates."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from conftest import Api
+from litestar.testing import TestClient
+
+from veri_box.app import create_app
+from veri_box.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+PROMPTS = [
+    "Say something:",
+    "Tell me a number.",
+    "Write a short word.",
+    "Hello! How are you?",
+    "What is 2 + 3?",
+    "Count to five:",
+    "Name a color.",
+    "Give me a letter.",
+    "Answer yes or no.",
+    "Write anything.",
+    "What comes after b?",
+    "Say hi.",
+    "Pick a word:",
+    "Write a number:",
+    "Tell me something short.",
+    "Continue:",
+]
+A_RATIO = '''
+def reward(completions, **kwargs):
+    """Fraction of the completion's characters that are 'a'."""
+    return [c.count("a") / len(c) if c else 0.0 for c in completions]
+'''
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    from trainers.tiny import build_tiny_lm
+
+    return build_tiny_lm(tmp_path_factory.mktemp("tiny") / "model", seed=0)
+
+
+@pytest.fixture
+def box(tmp_path: Path):
+    settings = Settings(data_dir=tmp_path / "data", gpus="none", cpu_slots=1)
+    app = create_app(settings, run_jobs=False)
+    with TestClient(app) as client:
+        _, key = app.state.store.create_api_key("t")
+        api = Api(client, key, settings)
+        yield api
+        for job in api.store.jobs_with_status("queued", "provisioning", "running"):
+            app.state.runner.cancel(job["id"])
+        run_until(api, lambda: not api.store.jobs_holding_devices(), timeout=30)
+
+
+def run_until(api: Api, predicate, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        api.client.app.state.runner.tick()
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"not true within {timeout}s")
+
+
+def finished(api: Api, job_id: str) -> dict:
+    run_until(api, lambda: api.store.get_job(job_id)["status"] in ("completed", "failed", "cancelled"), timeout=600)
+    return api.get(f"/v1/training_jobs/{job_id}").json()
+
+
+def grpo_job(api: Api, model: Path, source: str = A_RATIO, **hyperparameters) -> str:
+    dataset = api.dataset([{"prompt": p, "answer": "a"} for p in PROMPTS])
+    rf = api.reward_function(source, name="a_ratio")
+    # Settings with which the tiny model learns within 30 steps (bench/tiny_grpo_learning.py).
+    hp = {
+        "learning_rate": 0.05,
+        "rollouts_per_prompt": 8,
+        "global_batch_size": 32,
+        "max_response_length": 16,
+        "max_prompt_length": 64,
+        "lora_rank": 8,
+        "lora_alpha": 16,
+        "lora_dropout": 0.0,
+        "seed": 0,
+        **hyperparameters,
+    }
+    return api.job(base_model=str(model), dataset_id=dataset, reward_function_id=rf, hyperparameters=hp)["id"]
+
+
+def test_lora_job_learns_and_delivers_a_loadable_adapter(box, tiny_model, tmp_path):
+    job_id = grpo_job(box, tiny_model, max_steps=30, save_steps=10)
+    job = finished(box, job_id)
+    assert job["status"] == "completed", (job["error"], box.get(f"/v1/training_jobs/{job_id}/logs/full").text[-3000:])
+    assert (job["current_step"], job["total_steps"]) == (30, 30)
+
+    metrics = box.get(f"/v1/training_jobs/{job_id}/metrics?max_points=1000").json()
+    assert {
+        "loss",
+        "reward",
+        "reward_std",
+        "rewards/a_ratio/mean",
+        "kl",
+        "entropy",
+        "completions/mean_length",
+        "completions/clipped_ratio",
+        "learning_rate",
+        "grad_norm",
+        "step_time",
+    } <= set(metrics["available_keys"])
+    reward = [p["values"]["reward"] for p in metrics["metrics"] if "reward" in p["values"]]
+    assert len(reward) == 30
+    first, last = sum(reward[:5]) / 5, sum(reward[-5:]) / 5
+    assert last - first >= 0.1, reward
+
+    samples = box.get(f"/v1/training_jobs/{job_id}/samples?step=30&limit=100").json()["data"]
+    assert len(samples) == 32
+    assert {"prompt", "completion", "reward", "rewards", "advantage"} <= set(samples[0])
+    assert samples[0]["rewards"]["a_ratio"] == pytest.approx(samples[0]["reward"])
+    assert "<|im_start|>user" in samples[0]["prompt"]
+
+    assert [c["step"] for c in box.get(f"/v1/training_jobs/{job_id}/checkpoints").json()["data"]] == [30, 20, 10]
+    log = box.get(f"/v1/training_jobs/{job_id}/logs").text
+    assert "step 30/30" in log and log.rstrip().endswith("data: [Job completed]")
+
+    adapter = tmp_path / "adapter"
+    for f in box.get(f"/v1/training_jobs/{job_id}/model").json()["files"]:
+        target = adapter / f["path"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(box.client.get(f["url"].removeprefix(box.settings.base_url)).content)
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), adapter)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Say something:"}], tokenize=False, add_generation_prompt=True
+    )
+    out = model.generate(**tokenizer(text, return_tensors="pt"), max_new_tokens=8, do_sample=False)
+    assert out.shape[1] > len(tokenizer(text)["input_ids"])
+
+
+def test_full_fine_tune_saves_a_whole_model(box, tiny_model, tmp_path):
+    job_id = grpo_job(
+        box, tiny_model, max_steps=2, lora_rank=None, lora_alpha=None, lora_dropout=0.05, learning_rate=0.01
+    )
+    job = finished(box, job_id)
+    assert job["status"] == "completed", job["error"]
+    files = {f["path"] for f in box.get(f"/v1/training_jobs/{job_id}/model").json()["files"]}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= files
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(box.settings.data_dir / "jobs" / job_id / "output")
+
+
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        (
+            "    raise KeyError('score')\n",
+            ["raised KeyError", "'score'", "while scoring the prompt: <|im_start|>user", "line 2, in reward"],
+        ),
+        ("    return [float('nan')] * len(completions)\n", ["returned nan", "Prompt:"]),
+        ("    return [0.0]\n", ["returned 1 rewards for 32 completions"]),
+    ],
+)
+def test_reward_function_failures_stop_the_job_with_a_reason(box, tiny_model, body, words):
+    source = "def reward(completions, **kwargs):\n" + body
+    job_id = grpo_job(box, tiny_model, source, max_steps=2)
+    job = finished(box, job_id)
+    assert job["status"] == "failed" and job["error"]["code"] == "reward_function_error", job["error"]
+    assert all(w in job["error"]["message"] for w in words), job["error"]["message"]
+
+
+def test_a_model_that_is_not_on_the_box_fails_clearly(box, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    job_id = grpo_job(box, Path("no-such-org/no-such-model"), max_steps=1)
+    job = finished(box, job_id)
+    assert job["error"]["code"] == "model_not_found"
+    assert "no-such-org/no-such-model" in job["error"]["message"] and str(tmp_path / "hf") in job["error"]["message"]
+    assert os.environ["HF_HOME"] == str(tmp_path / "hf")
