@@ -159,6 +159,16 @@ def test_full_fine_tune_saves_a_whole_model(box, tiny_model, tmp_path):
     AutoModelForCausalLM.from_pretrained(box.settings.data_dir / "jobs" / job_id / "output")
 
 
+def test_4bit_qlora_job_runs(box, tiny_model):
+    job_id = grpo_job(box, tiny_model, max_steps=2, load_in_4bit=True)
+    job = finished(box, job_id)
+    assert job["status"] == "completed", job["error"]
+    log = box.get(f"/v1/training_jobs/{job_id}/logs/full").text
+    assert "loaded in 4-bit (QLoRA): 14 linear layers quantized" in log
+    files = {f["path"] for f in box.get(f"/v1/training_jobs/{job_id}/model").json()["files"]}
+    assert "adapter_model.safetensors" in files
+
+
 @pytest.mark.parametrize(
     "body, words",
     [

@@ -133,6 +133,9 @@ def train(config: dict, progress: Progress) -> int:
         raise TrainerError(
             "model_not_found", f"Could not load a causal language model from {model_path}: {err}"
         ) from None
+    if hp["load_in_4bit"]:
+        quantized = sum(type(m).__name__ == "Linear4bit" for m in model.modules())
+        log(f"loaded in 4-bit (QLoRA): {quantized} linear layers quantized with bitsandbytes nf4")
 
     trainer = _trainer_class(GRPOTrainer)(
         model=model,
