@@ -60,7 +60,10 @@ def trainer_command(
     """The command line and environment of a trainer: the server's own interpreter, one
     process per GPU through accelerate when there are several, only its devices visible, and
     no downloads from a hub at run time. A cpu job gets its share of the cores: torch
-    processes that each take every core slow one another down several times over."""
+    processes that each take every core slow one another down several times over. Its
+    OpenMP threads sleep rather than spin while they wait: with any other busy process on
+    the box, spinning made each step of a small model about 50 times slower (and a cancelled
+    trainer then could not finish its step and save within the grace period)."""
     env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
@@ -69,6 +72,7 @@ def trainer_command(
     }
     if kind == CPU and cpu_threads:
         env["OMP_NUM_THREADS"] = str(cpu_threads)
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     command = [sys.executable, "-m", module, str(job_dir)]
     if kind != CPU and len(indices) > 1:
         launch = ["-m", "accelerate.commands.launch", "--num_processes", str(len(indices)), "--num_machines", "1"]
