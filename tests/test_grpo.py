@@ -11,33 +11,17 @@ import pytest
 from conftest import Api
 from litestar.testing import TestClient
 
+from veri_box import demo
 from veri_box.app import create_app
 from veri_box.settings import Settings
 
-REPO = Path(__file__).resolve().parent.parent
-PROMPTS = [
-    "Say something:",
-    "Tell me a number.",
-    "Write a short word.",
-    "Hello! How are you?",
-    "What is 2 + 3?",
-    "Count to five:",
-    "Name a color.",
-    "Give me a letter.",
-    "Answer yes or no.",
-    "Write anything.",
-    "What comes after b?",
-    "Say hi.",
-    "Pick a word:",
-    "Write a number:",
-    "Tell me something short.",
-    "Continue:",
-]
-A_RATIO = '''
-def reward(completions, **kwargs):
-    """Fraction of the completion's characters that are 'a'."""
-    return [c.count("a") / len(c) if c else 0.0 for c in completions]
-'''
+# The demo's dataset, reward ("fraction of the letter a") and the settings with which the tiny
+# model learns within 30 steps: the tests train exactly what a newcomer's first job trains.
+PROMPTS, A_RATIO, LEARNS = (
+    demo.PROMPTS,
+    demo.REWARD,
+    {k: v for k, v in demo.HYPERPARAMETERS.items() if k != "max_steps"},
+)
 
 
 @pytest.fixture(scope="module")
@@ -79,18 +63,7 @@ def grpo_job(api: Api, model: Path, source: str = A_RATIO, **hyperparameters) ->
     dataset = api.dataset([{"prompt": p, "answer": "a"} for p in PROMPTS])
     rf = api.reward_function(source, name="a_ratio")
     # Settings with which the tiny model learns within 30 steps (bench/tiny_grpo_learning.py).
-    hp = {
-        "learning_rate": 0.05,
-        "rollouts_per_prompt": 8,
-        "global_batch_size": 32,
-        "max_response_length": 16,
-        "max_prompt_length": 64,
-        "lora_rank": 8,
-        "lora_alpha": 16,
-        "lora_dropout": 0.0,
-        "seed": 0,
-        **hyperparameters,
-    }
+    hp = {**LEARNS, "seed": 0, **hyperparameters}
     return api.job(base_model=str(model), dataset_id=dataset, reward_function_id=rf, hyperparameters=hp)["id"]
 
 
@@ -195,3 +168,36 @@ def test_a_model_that_is_not_on_the_box_fails_clearly(box, monkeypatch, tmp_path
     assert job["error"]["code"] == "model_not_found"
     assert "no-such-org/no-such-model" in job["error"]["message"] and str(tmp_path / "hf") in job["error"]["message"]
     assert os.environ["HF_HOME"] == str(tmp_path / "hf")
+
+
+def cpu_available(api: Api) -> int:
+    rows = api.get("/v1/gpu/availability").json()["availability"]
+    return next(r["available"] for r in rows if r["gpu_type"] == "cpu")
+
+
+def test_cancel_saves_a_checkpoint_and_frees_the_device_quickly(box, tiny_model):
+    job_id = grpo_job(box, tiny_model, max_steps=200)
+    run_until(box, lambda: (box.store.get_job(job_id)["current_step"] or 0) >= 3, timeout=300)
+    assert cpu_available(box) == 0
+
+    r = box.post(f"/v1/training_jobs/{job_id}/cancel")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+    cancelled = time.monotonic()
+    run_until(box, lambda: cpu_available(box) == 1, timeout=30)
+    took = time.monotonic() - cancelled
+    log = box.get(f"/v1/training_jobs/{job_id}/logs/full").text
+    assert took < 10, (took, log[-3000:])
+
+    job = box.get(f"/v1/training_jobs/{job_id}").json()
+    assert job["status"] == "cancelled"
+    last_step = job["current_step"]
+    assert 3 <= last_step < 200
+
+    checkpoints = box.get(f"/v1/training_jobs/{job_id}/checkpoints").json()["data"]
+    assert len(checkpoints) == 1, (checkpoints, log[-3000:])
+    assert checkpoints[0]["step"] == last_step  # the step it was in when SIGTERM came, logged then saved
+    assert "adapter_model.safetensors" in {f["path"] for f in checkpoints[0]["files"]}
+
+    assert f"stopped on SIGTERM at step {checkpoints[0]['step']}" in log, log[-3000:]
+    sse = box.get(f"/v1/training_jobs/{job_id}/logs").text
+    assert sse.rstrip().endswith("data: [Job cancelled]"), sse[-500:]
