@@ -153,10 +153,11 @@ def train(config: dict, progress: Progress) -> int:
     if stop_requested():
         log(f"stopped on SIGTERM at step {trainer.state.global_step}")
         raise TrainerError("interrupted", f"The trainer was stopped (SIGTERM) at step {trainer.state.global_step}.")
-    trainer.save_model(str(output))
-    tokenizer.save_pretrained(str(output))
-    log(f"saved the {'LoRA adapter' if peft_config else 'model'} to {output}")
-    progress.completed(steps=trainer.state.global_step)
+    trainer.save_model(str(output))  # gathers and writes once, from the main process
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(output))
+        log(f"saved the {'LoRA adapter' if peft_config else 'model'} to {output}")
+        progress.completed(steps=trainer.state.global_step)
     return 0
 
 
@@ -170,10 +171,14 @@ def _progress_callback(progress: Progress) -> Any:
             self.last = time.monotonic()
 
         def on_train_begin(self, args, state, control, **kwargs):
+            if not state.is_world_process_zero:  # with several GPUs, one rank reports
+                return
             progress.started(total_steps=state.max_steps)
             log(f"training for {state.max_steps} steps")
 
         def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero:
+                return
             if logs and "train_runtime" in logs:  # the closing summary, not a step
                 progress.event("train_summary", **logs)
                 return
@@ -187,7 +192,7 @@ def _progress_callback(progress: Progress) -> Any:
 
         def on_save(self, args, state, control, **kwargs):
             path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if path.is_dir():
+            if state.is_world_process_zero and path.is_dir():
                 progress.checkpoint(state.global_step, path)
                 log(f"checkpoint saved: {path}")
 
