@@ -45,24 +45,7 @@ DEFAULTS = {
     "lora": dict(lr=5e-2),
     "full": dict(lr=1e-2),
 }
-PROMPTS = [
-    "Say something:",
-    "Tell me a number.",
-    "Write a short word.",
-    "Hello! How are you?",
-    "What is 2 + 3?",
-    "Count to five:",
-    "Name a color.",
-    "Give me a letter.",
-    "Answer yes or no.",
-    "Write anything.",
-    "What comes after b?",
-    "Say hi.",
-    "Pick a word:",
-    "Write a number:",
-    "Tell me something short.",
-    "Continue:",
-]
+from veri_box.demo import PROMPTS  # noqa: E402 - the demo's own prompts (after the sys.path line)
 
 
 def make_reward(target: str):
