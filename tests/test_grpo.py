@@ -201,3 +201,33 @@ def test_cancel_saves_a_checkpoint_and_frees_the_device_quickly(box, tiny_model)
     assert f"stopped on SIGTERM at step {checkpoints[0]['step']}" in log, log[-3000:]
     sse = box.get(f"/v1/training_jobs/{job_id}/logs").text
     assert sse.rstrip().endswith("data: [Job cancelled]"), sse[-500:]
+
+
+def test_several_weighted_reward_functions_and_their_prints(box, tiny_model):
+    dataset = box.dataset([{"prompt": p, "target": "a"} for p in PROMPTS])
+    loud = (
+        'def reward(completions, target, **kwargs):\n    print("scored", len(completions), "for", target[0])\n'
+        "    return [c.count(target[0]) / len(c) if c else 0.0 for c in completions]\n"
+    )
+    short = "def reward(completions, **kwargs):\n    return [1.0 / (1 + len(c)) for c in completions]\n"
+    r = box.post(
+        "/v1/training_jobs",
+        json={
+            "base_model": str(tiny_model),
+            "dataset_id": dataset,
+            "output_name": "mix",
+            "gpu": {"gpu_type": "cpu", "gpu_count": 1},
+            "reward_sources": [loud, short],
+            "reward_weights": [1.0, 0.5],
+            "hyperparameters": {**LEARNS, "seed": 0, "max_steps": 2},
+        },
+    )
+    assert r.status_code == 200, r.text
+    job = finished(box, r.json()["id"])
+    assert job["status"] == "completed", job["error"]
+    keys = box.get(f"/v1/training_jobs/{job['id']}/metrics").json()["available_keys"]
+    assert {"rewards/mix reward 0/mean", "rewards/mix reward 1/mean"} <= set(keys)
+    sample = box.get(f"/v1/training_jobs/{job['id']}/samples?limit=1").json()["data"][0]
+    parts = sample["rewards"]
+    assert sample["reward"] == pytest.approx(parts["mix reward 0"] + 0.5 * parts["mix reward 1"])
+    assert "scored 32 for a" in box.get(f"/v1/training_jobs/{job['id']}/logs/full").text
