@@ -23,6 +23,21 @@ VERI_BOX = str(VENV_BIN / "veri-box") if (VENV_BIN / "veri-box").exists() else s
 REWARD_SOURCE = "def reward(completions, **kwargs):\n    return [0.0 for _ in completions]\n"
 
 
+# The ten keys a GRPO step logs, more or less: the shape the metrics benches fill.
+METRIC_KEYS = [
+    "loss",
+    "reward",
+    "reward_std",
+    "kl",
+    "entropy",
+    "learning_rate",
+    "grad_norm",
+    "completion_length",
+    "clipped_ratio",
+    "step_time",
+]
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -33,9 +48,10 @@ class Server:
     """A `veri-box serve` subprocess on a free port; its output goes to a log file in the data dir
     (uvicorn logs every request, and an unread pipe would eventually block the server)."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None):
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, flags: tuple[str, ...] = ("--gpus", "none")):
         self.data_dir = Path(data_dir)
         self._env = env
+        self.flags = flags
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -43,7 +59,7 @@ class Server:
         self._log = open(self.log_path, "wb")
         self.t0 = time.perf_counter()
         self.proc = subprocess.Popen(
-            [VERI_BOX, "serve", "--port", str(self.port), "--data-dir", str(self.data_dir), "--gpus", "none"],
+            [VERI_BOX, "serve", "--port", str(self.port), "--data-dir", str(self.data_dir), *flags],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
@@ -67,7 +83,7 @@ class Server:
     def restart(self) -> float:
         """Stop this server (e.g. one stuck in a runaway query) and start a fresh one on the same data dir."""
         self.stop()
-        self.__init__(self.data_dir, self._env)
+        Server.__init__(self, self.data_dir, self._env, self.flags)
         return self.wait_healthy()
 
     def log_tail(self, n: int = 30) -> str:

@@ -25,20 +25,9 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import Server, create_key, emit_json, exit_on_sigterm, make_job, print_table, summary_ms  # noqa: E402
+from _common import METRIC_KEYS, Server, create_key, emit_json, exit_on_sigterm, make_job, print_table, summary_ms  # noqa: E402
 
-KEY_NAMES = [
-    "loss",
-    "reward",
-    "reward_std",
-    "kl",
-    "entropy",
-    "learning_rate",
-    "grad_norm",
-    "completion_length",
-    "clipped_ratio",
-    "step_time",
-]
+KEY_NAMES = METRIC_KEYS
 TARGET_MEDIAN_MS = 20.0
 
 

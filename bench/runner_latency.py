@@ -39,15 +39,14 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
+    METRIC_KEYS,
     REWARD_SOURCE,
     ROOT,
-    VERI_BOX,
     Server,
     _ok,
     create_key,
     emit_json,
     exit_on_sigterm,
-    free_port,
     print_table,
     summary_ms,
     upload_dataset,
@@ -59,18 +58,7 @@ TARGET_CANCEL_S = 10.0
 TARGET_POINTS_PER_S = 20_000
 API_ANSWERING_P90_MS = 1000.0
 MAX_LAG_S = 2.5  # two ticks and change  # "still answering": every request a 200, p90 under a second
-KEYS10 = [
-    "loss",
-    "reward",
-    "reward_std",
-    "kl",
-    "entropy",
-    "learning_rate",
-    "grad_norm",
-    "completion_length",
-    "clipped_ratio",
-    "step_time",
-]
+KEYS10 = METRIC_KEYS
 
 # Appends `steps` metrics lines of 10 keys to a progress.jsonl, 1,000 lines per write() (whole
 # lines only, O_APPEND, as trainers.progress does), as fast as it can.
@@ -95,21 +83,8 @@ class Box(Server):
     """_common.Server with the runner's flags, and trainers that import tests.fake_trainer."""
 
     def __init__(self, data_dir: Path, *flags: str):
-        self.data_dir = Path(data_dir)
-        self.flags = flags
-        self._env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = self.data_dir.parent / f"server-{self.port}.log"
-        self._log = open(self.log_path, "wb")
-        self.t0 = time.perf_counter()
-        self.proc = subprocess.Popen(
-            [VERI_BOX, "serve", "--port", str(self.port), "--data-dir", str(self.data_dir), *flags],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **self._env},
-        )
+        env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        super().__init__(data_dir, env, flags)
 
     def stop(self) -> None:
         """Stop the server, then every trainer it started: they run in their own process groups

@@ -4,7 +4,7 @@
     poll GET /healthz every 10 ms, time Popen -> first 200; repeated (default 5 times).
 (b) idle RSS: on one server, 1,000 mixed authenticated requests (list jobs, list datasets, get a
     job, GPU availability, a job's metrics; every 50th a dataset upload), sleep 2 s, then VmRSS of
-    the server process (and any children) from /proc/PID/status, before and after.
+    the server process itself (trainers it started are counted apart) from /proc/PID/status, before and after.
 (c) heavy libraries in the server: torch / transformers / trl / pyarrow, from /proc/PID/maps
     (shared objects) of the server in (b), and from a separate server started with
     PYTHONPROFILEIMPORTTIME=1 (which logs every import, pure-Python ones too, as it happens).
@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import (  # noqa: E402
+    METRIC_KEYS,
     Server,
     create_key,
     descendants,
@@ -59,8 +60,10 @@ def mb(kb: int | None) -> float | None:
     return None if kb is None else round(kb / 1024, 1)
 
 
-def tree_rss_kb(pid: int) -> int:
-    return sum(proc_status_kb(p, "VmRSS") or 0 for p in [pid, *descendants(pid)])
+def server_rss_kb(pid: int) -> int:
+    """The server process alone: the job the mix creates is placed and its trainer (a child,
+    with torch loaded) is not the server's memory."""
+    return proc_status_kb(pid, "VmRSS") or 0
 
 
 def measure_start(args: argparse.Namespace) -> dict:
@@ -153,25 +156,14 @@ def measure_rss(args: argparse.Namespace) -> dict:
             pid = server.proc.pid
             server.wait_healthy()
             time.sleep(args.settle)
-            rss_start = tree_rss_kb(pid)
+            rss_start = server_rss_kb(pid)
             key = create_key(data_dir)
             with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
                 job = make_job(client)
                 if args.metric_steps:
                     from veri_box.store import Store
 
-                    keys = [
-                        "loss",
-                        "reward",
-                        "reward_std",
-                        "kl",
-                        "entropy",
-                        "learning_rate",
-                        "grad_norm",
-                        "completion_length",
-                        "clipped_ratio",
-                        "step_time",
-                    ]
+                    keys = METRIC_KEYS
                     Store(data_dir / "veri-box.db").add_metrics(
                         job["id"],
                         [
@@ -180,12 +172,12 @@ def measure_rss(args: argparse.Namespace) -> dict:
                         ],
                     )
                 time.sleep(args.settle)
-                rss_before = tree_rss_kb(pid)
+                rss_before = server_rss_kb(pid)
                 t0 = time.perf_counter()
                 per_kind = request_mix(client, job["id"], args.requests)
                 mix_s = time.perf_counter() - t0
             time.sleep(2.0)
-            rss_after = tree_rss_kb(pid)
+            rss_after = server_rss_kb(pid)
             hwm = proc_status_kb(pid, "VmHWM")
             threads = proc_status_kb(pid, "Threads")
             children = descendants(pid)

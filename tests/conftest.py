@@ -13,6 +13,19 @@ from veri_box.app import create_app
 from veri_box.devices import build_inventory
 from veri_box.settings import Settings
 
+# The reference page's response to its GRPO request: every default filled in and echoed back.
+SEED_GRPO_HYPERPARAMETERS = {
+    "learning_rate": 1e-6,
+    "num_epochs": 1,
+    "max_steps": None,
+    "rollouts_per_prompt": 8,
+    "kl_coef": 0.001,
+    "max_prompt_length": 1024,
+    "max_response_length": 2048,
+    "global_batch_size": 64,
+    "seed": 42,
+}
+
 REWARD_SOURCE = """
 def reward(completions, **kwargs):
     return [float(len(c)) for c in completions]

@@ -3,19 +3,8 @@
 import tarfile
 
 import pytest
-from conftest import REWARD_SOURCE
+from conftest import REWARD_SOURCE, SEED_GRPO_HYPERPARAMETERS
 
-SEED_DEFAULTS = {
-    "learning_rate": 1e-6,
-    "num_epochs": 1,
-    "max_steps": None,
-    "rollouts_per_prompt": 8,
-    "kl_coef": 0.001,
-    "max_prompt_length": 1024,
-    "max_response_length": 2048,
-    "global_batch_size": 64,
-    "seed": 42,
-}
 JOB_FIELDS = {
     "id",
     "object",
@@ -86,7 +75,7 @@ def test_seed_grpo_request_is_queued_with_defaults_echoed(api):
     job = r.json()
     assert set(job) == JOB_FIELDS
     assert job["id"].startswith("job_") and job["object"] == "training_job" and job["status"] == "queued"
-    assert job["hyperparameters"].items() >= SEED_DEFAULTS.items()
+    assert job["hyperparameters"].items() >= SEED_GRPO_HYPERPARAMETERS.items()
     assert job["gpu_requested"] == {"type": "A100-80GB", "count": 1} and job["gpu"] is None
     assert job["reward_function_id"] == rf and job["error"] is None
     assert job["dashboard_url"].endswith(f"/jobs/{job['id']}")

@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import httpx
 import pytest
+from conftest import SEED_GRPO_HYPERPARAMETERS
 from serving import FAKE_TRAINERS, KEY, Server, run_cli
 
 from veri_box.settings import Settings
@@ -50,18 +51,6 @@ SEED_GRPO_BODY = """{
     }
   }"""
 
-# The seed page's response for that request: every default filled in and echoed back.
-SEED_GRPO_HYPERPARAMETERS = {
-    "learning_rate": 1e-6,
-    "num_epochs": 1,
-    "max_steps": None,
-    "rollouts_per_prompt": 8,
-    "kl_coef": 0.001,
-    "max_prompt_length": 1024,
-    "max_response_length": 2048,
-    "global_batch_size": 64,
-    "seed": 42,
-}
 
 
 @pytest.fixture(scope="module")
