@@ -23,40 +23,68 @@ Alpha = Annotated[float, Meta(gt=0, le=65536)]
 
 
 class GrpoHyperparameters(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    learning_rate: LearningRate = 1e-6
-    num_epochs: Annotated[int, Meta(ge=1, le=10_000)] = 1
-    max_steps: Steps | None = None
-    rollouts_per_prompt: Annotated[int, Meta(ge=2, le=1024)] = 8
-    kl_coef: Annotated[float, Meta(ge=0, le=1000)] = 0.001
-    max_prompt_length: Tokens = 1024
-    max_response_length: Tokens = 2048
-    global_batch_size: Annotated[int, Meta(ge=2, le=1_048_576)] = 64
-    seed: Seed = 42
-    lora_rank: Rank | None = None
-    lora_alpha: Alpha | None = None
-    lora_dropout: Annotated[float, Meta(ge=0, lt=1)] = 0.05
-    load_in_4bit: bool = False
-    system_prompt: Annotated[str, Meta(max_length=100_000)] | None = None
-    temperature: Annotated[float, Meta(gt=0, le=10)] = 1.0
-    save_steps: Steps | None = None
-    use_vllm: bool = False
+    learning_rate: Annotated[LearningRate, Meta(description="Optimizer step size (AdamW).")] = 1e-6
+    num_epochs: Annotated[int, Meta(ge=1, le=10_000, description="Passes over the dataset's prompts.")] = 1
+    max_steps: Annotated[
+        Steps | None, Meta(description="Stop after this many optimizer steps (overrides num_epochs).")
+    ] = None
+    rollouts_per_prompt: Annotated[
+        int, Meta(ge=2, le=1024, description="Completions sampled per prompt; rewards are compared within each group.")
+    ] = 8
+    kl_coef: Annotated[
+        float, Meta(ge=0, le=1000, description="Weight of the KL penalty against the reference model (TRL's beta).")
+    ] = 0.001
+    max_prompt_length: Annotated[Tokens, Meta(description="Longest prompt in tokens; longer prompts fail the job.")] = (
+        1024
+    )
+    max_response_length: Annotated[Tokens, Meta(description="Most tokens generated per completion.")] = 2048
+    global_batch_size: Annotated[
+        int, Meta(ge=2, le=1_048_576, description="Completions per optimizer step; a multiple of rollouts_per_prompt.")
+    ] = 64
+    seed: Annotated[Seed, Meta(description="Random seed for sampling and initialisation.")] = 42
+    lora_rank: Annotated[Rank | None, Meta(description="LoRA rank; empty trains the full model.")] = None
+    lora_alpha: Annotated[Alpha | None, Meta(description="LoRA scaling; defaults to 2 x lora_rank.")] = None
+    lora_dropout: Annotated[float, Meta(ge=0, lt=1, description="Dropout on the LoRA layers.")] = 0.05
+    load_in_4bit: Annotated[bool, Meta(description="Load the base model in 4-bit (QLoRA); needs lora_rank.")] = False
+    system_prompt: Annotated[
+        Annotated[str, Meta(max_length=100_000)] | None,
+        Meta(description="Prepended as the system message to every prompt."),
+    ] = None
+    temperature: Annotated[float, Meta(gt=0, le=10, description="Sampling temperature for rollouts.")] = 1.0
+    save_steps: Annotated[Steps | None, Meta(description="Save a checkpoint every this many steps.")] = None
+    use_vllm: Annotated[bool, Meta(description="Generate rollouts with vLLM (needs vLLM installed).")] = False
 
 
 class VideoHyperparameters(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    learning_rate: LearningRate = 1e-3
-    num_epochs: Annotated[int, Meta(ge=1, le=100_000)] = 30
-    max_steps: Steps | None = None
-    lora_rank: Rank = 64
-    lora_alpha: Alpha | None = None
-    num_frames: Annotated[int, Meta(ge=1, le=1025)] = 49
-    height: Annotated[int, Meta(ge=16, le=4096, multiple_of=16)] = 480
-    width: Annotated[int, Meta(ge=16, le=4096, multiple_of=16)] = 720
-    batch_size: Annotated[int, Meta(ge=1, le=1024)] = 1
-    gradient_accumulation_steps: Annotated[int, Meta(ge=1, le=1024)] = 1
-    validation_prompts: Annotated[list[Annotated[str, Meta(min_length=1, max_length=2000)]], Meta(max_length=16)] = []
-    validation_steps: Steps | None = None
-    save_steps: Steps | None = None
-    seed: Seed = 42
+    learning_rate: Annotated[LearningRate, Meta(description="Optimizer step size (AdamW).")] = 1e-3
+    num_epochs: Annotated[int, Meta(ge=1, le=100_000, description="Passes over the clips.")] = 30
+    max_steps: Annotated[
+        Steps | None, Meta(description="Stop after this many optimizer steps (overrides num_epochs).")
+    ] = None
+    lora_rank: Annotated[Rank, Meta(description="LoRA rank on the transformer's attention projections.")] = 64
+    lora_alpha: Annotated[Alpha | None, Meta(description="LoRA scaling; defaults to lora_rank.")] = None
+    num_frames: Annotated[
+        int, Meta(ge=1, le=1025, description="Frames sampled evenly from each clip; 8k+1 (e.g. 49).")
+    ] = 49
+    height: Annotated[
+        int, Meta(ge=16, le=4096, multiple_of=16, description="Training height in pixels; a multiple of 16.")
+    ] = 480
+    width: Annotated[
+        int, Meta(ge=16, le=4096, multiple_of=16, description="Training width in pixels; a multiple of 16.")
+    ] = 720
+    batch_size: Annotated[int, Meta(ge=1, le=1024, description="Clips per forward pass.")] = 1
+    gradient_accumulation_steps: Annotated[
+        int, Meta(ge=1, le=1024, description="Forward passes per optimizer step.")
+    ] = 1
+    validation_prompts: Annotated[
+        list[Annotated[str, Meta(min_length=1, max_length=2000)]],
+        Meta(max_length=16, description="Prompts rendered as validation videos."),
+    ] = []
+    validation_steps: Annotated[
+        Steps | None, Meta(description="Render validation videos every this many steps (and always at the end).")
+    ] = None
+    save_steps: Annotated[Steps | None, Meta(description="Save a checkpoint every this many steps.")] = None
+    seed: Annotated[Seed, Meta(description="Random seed for noise, timesteps and validation videos.")] = 42
 
 
 SCHEMAS: dict[str, type[msgspec.Struct]] = {
