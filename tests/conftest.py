@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,3 +105,34 @@ def api(settings: Settings) -> Iterator[Api]:
     with TestClient(app) as client:
         _, key = app.state.store.create_api_key("test")
         yield Api(client, key, settings)
+
+
+# -- real training jobs: the in-process API, the runner ticked by the test, real trainers ----
+
+
+@pytest.fixture
+def box(tmp_path: Path):
+    settings = Settings(data_dir=tmp_path / "data", gpus="none", cpu_slots=1)
+    app = create_app(settings, run_jobs=False)
+    with TestClient(app) as client:
+        _, key = app.state.store.create_api_key("t")
+        api = Api(client, key, settings)
+        yield api
+        for job in api.store.jobs_with_status("queued", "provisioning", "running"):
+            app.state.runner.cancel(job["id"])
+        run_until(api, lambda: not api.store.jobs_holding_devices(), timeout=30)
+
+
+def run_until(api: Api, predicate, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        api.client.app.state.runner.tick()
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"not true within {timeout}s")
+
+
+def finished(api: Api, job_id: str) -> dict:
+    run_until(api, lambda: api.store.get_job(job_id)["status"] in ("completed", "failed", "cancelled"), timeout=600)
+    return api.get(f"/v1/training_jobs/{job_id}").json()

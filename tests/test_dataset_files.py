@@ -6,16 +6,25 @@ import io
 import json
 import stat
 import struct
+import tempfile
 import zipfile
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from video_clips import square_clip
 
 from veri_box.dataset_files import DatasetError, Limits, compatible_methods, inspect_upload, preview_rows
 
-VIDEO = b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 100  # bytes only: videos are not decoded here
+
+def _clip_bytes(frames: int) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        return square_clip(Path(tmp) / "clip.mp4", frames=frames).read_bytes()
+
+
+VIDEO = _clip_bytes(12)  # a real 48x48 H.264 clip: every video is decoded on upload
+FACTS = {"frames": 12, "width": 48, "height": 48, "fps": 8.0}
 
 
 # ---- helpers ----------------------------------------------------------------------------
@@ -273,22 +282,22 @@ def test_video_zip_with_metadata_jsonl(upload):
                     {"video": "./videos/b.webm", "prompt": "a dog", "fps": 24},  # "prompt" means caption
                 ),
                 "videos/a.mp4": VIDEO,
-                "videos/b.webm": VIDEO * 2,
+                "videos/b.webm": VIDEO,
             }
         ),
         filename="clips.zip",
     )
     inspected = up.inspect()
     assert (inspected.format, inspected.num_rows, inspected.stored_path) == ("video_captions", 2, "videos")
-    assert inspected.columns == ["video", "caption", "fps"]
+    assert inspected.columns == ["video", "caption", "frames", "width", "height", "fps"]
     assert (up.dest / "videos/videos/a.mp4").read_bytes() == VIDEO
     normalised = [json.loads(line) for line in (up.dest / "videos/metadata.jsonl").read_text().splitlines()]
     assert normalised == [
-        {"video": "videos/a.mp4", "caption": "a cat"},
-        {"video": "videos/b.webm", "caption": "a dog", "fps": 24},
+        {"video": "videos/a.mp4", "caption": "a cat", **FACTS},
+        {"video": "videos/b.webm", "caption": "a dog", **FACTS},  # the decoded fps wins over a declared one
     ]
     assert up.preview(inspected, 1, 5) == [
-        {"video": "videos/b.webm", "caption": "a dog", "fps": 24, "bytes": 2 * len(VIDEO)},
+        {"video": "videos/b.webm", "caption": "a dog", **FACTS, "bytes": len(VIDEO)},
     ]
 
 
@@ -323,7 +332,8 @@ def test_diffusers_layout(upload):
         )
     )
     inspected = up.inspect()
-    assert (inspected.format, inspected.num_rows, inspected.columns) == ("video_captions", 2, ["video", "caption"])
+    assert (inspected.format, inspected.num_rows) == ("video_captions", 2)
+    assert inspected.columns == ["video", "caption", "frames", "width", "height", "fps"]
     assert [row["caption"] for row in up.preview(inspected, 0, 10)] == ["a cat", "a dog"]
 
 
@@ -378,6 +388,19 @@ def test_empty_metadata_is_an_empty_dataset(upload):
     upload(zip_bytes({"metadata.jsonl": "\n", "a.mp4": VIDEO})).rejected("empty_dataset")
 
 
+@pytest.mark.parametrize("data", [b"not a video at all" * 10, VIDEO[: len(VIDEO) // 3]])
+def test_undecodable_video_names_the_file(upload, data):
+    up = upload(zip_bytes({**GOOD, "b.mp4": data, "metadata.jsonl": metadata(*ROWS_AB)}))
+    message = up.rejected("invalid_video")
+    assert message.startswith('"b.mp4"') and "re-encode" in message
+
+
+def test_declared_frame_count_must_match_the_clip(upload):
+    rows = metadata({"video": "a.mp4", "caption": "a", "num_frames": 49})
+    message = upload(zip_bytes({"metadata.jsonl": rows, "a.mp4": VIDEO})).rejected("frame_count_mismatch")
+    assert '"a.mp4" is listed with num_frames 49 but decodes to 12 frames' in message
+
+
 def test_zip_row_limit(upload):
     rows = [{"video": "a.mp4", "caption": str(i)} for i in range(3)]
     upload(zip_bytes({"metadata.jsonl": metadata(*rows), "a.mp4": VIDEO})).rejected("too_many_rows", Limits(max_rows=2))
@@ -386,6 +409,7 @@ def test_zip_row_limit(upload):
 # ---- zip safety -------------------------------------------------------------------------
 
 GOOD = {"metadata.jsonl": metadata({"video": "a.mp4", "caption": "a"}), "a.mp4": VIDEO}
+ROWS_AB = ({"video": "a.mp4", "caption": "a"}, {"video": "b.mp4", "caption": "b"})
 
 
 @pytest.mark.parametrize(
@@ -472,8 +496,8 @@ def test_video_preview_pages(upload):
     up = upload(zip_bytes({"metadata.jsonl": metadata(*rows), **{row["video"]: VIDEO for row in rows}}))
     inspected = up.inspect()
     assert up.preview(inspected, 4, 10) == [
-        {"video": "v/4.mp4", "caption": "clip 4", "bytes": len(VIDEO)},
-        {"video": "v/5.mp4", "caption": "clip 5", "bytes": len(VIDEO)},
+        {"video": "v/4.mp4", "caption": "clip 4", **FACTS, "bytes": len(VIDEO)},
+        {"video": "v/5.mp4", "caption": "clip 5", **FACTS, "bytes": len(VIDEO)},
     ]
 
 

@@ -8,12 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Api
-from litestar.testing import TestClient
+from conftest import Api, finished, run_until
 
 from veri_box import demo
-from veri_box.app import create_app
-from veri_box.settings import Settings
 
 # The demo's dataset, reward ("fraction of the letter a") and the settings with which the tiny
 # model learns within 30 steps: the tests train exactly what a newcomer's first job trains.
@@ -29,34 +26,6 @@ def tiny_model(tmp_path_factory) -> Path:
     from trainers.tiny import build_tiny_lm
 
     return build_tiny_lm(tmp_path_factory.mktemp("tiny") / "model", seed=0)
-
-
-@pytest.fixture
-def box(tmp_path: Path):
-    settings = Settings(data_dir=tmp_path / "data", gpus="none", cpu_slots=1)
-    app = create_app(settings, run_jobs=False)
-    with TestClient(app) as client:
-        _, key = app.state.store.create_api_key("t")
-        api = Api(client, key, settings)
-        yield api
-        for job in api.store.jobs_with_status("queued", "provisioning", "running"):
-            app.state.runner.cancel(job["id"])
-        run_until(api, lambda: not api.store.jobs_holding_devices(), timeout=30)
-
-
-def run_until(api: Api, predicate, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        api.client.app.state.runner.tick()
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"not true within {timeout}s")
-
-
-def finished(api: Api, job_id: str) -> dict:
-    run_until(api, lambda: api.store.get_job(job_id)["status"] in ("completed", "failed", "cancelled"), timeout=600)
-    return api.get(f"/v1/training_jobs/{job_id}").json()
 
 
 def grpo_job(api: Api, model: Path, source: str = A_RATIO, **hyperparameters) -> str:

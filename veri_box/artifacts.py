@@ -80,6 +80,16 @@ def manifest(settings: Settings, signer: Signer, job: dict) -> Model:
     return Model(download_url=archive_url(settings, signer, job["id"]), files=files)
 
 
+def sample(settings: Settings, signer: Signer, job_id: str, seq: int, data: dict) -> dict:
+    """A sample row as the API shows it: a validation video (a path relative to the job dir, the
+    trainer's contract) gets a signed `video_url` a browser or client can fetch directly."""
+    row = {"id": seq, **data}
+    video = data.get("video")
+    if isinstance(video, str) and ".." not in video.split("/"):
+        row["video_url"] = signed_url(settings, signer, f"jobs/{job_id}/{video.strip('/')}")
+    return row
+
+
 def checkpoint(settings: Settings, signer: Signer, row: dict) -> Checkpoint:
     """A checkpoint row; its path is relative to the job directory (the trainer's contract)."""
     relative = Path(row["path"]).as_posix().strip("/")

@@ -344,8 +344,9 @@ def _inspect_zip(src: Path, dest_dir: Path, limits: Limits) -> Inspected:
             files = _safe_members(archive, limits)
             videos_dir = dest_dir / "videos"
             videos_dir.mkdir()
-            num_rows, columns = _write_metadata(archive, files, videos_dir / "metadata.jsonl", limits)
+            rows = _caption_rows(archive, files)  # checked before anything is unpacked
             _extract(archive, files, videos_dir, limits)
+            num_rows, columns = _write_metadata(rows, videos_dir, limits)
     except (zipfile.BadZipFile, NotImplementedError, zlib.error, EOFError) as e:
         raise DatasetError("invalid_zip", f"The zip cannot be read ({e}); create it again and re-upload.") from None
     return Inspected("video_captions", num_rows, columns, "videos")
@@ -392,32 +393,83 @@ def _safe_members(archive: zipfile.ZipFile, limits: Limits) -> dict[str, zipfile
     return {path.as_posix(): info for path, info in files.items()}
 
 
-def _write_metadata(
-    archive: zipfile.ZipFile, files: dict[str, zipfile.ZipInfo], out: Path, limits: Limits
-) -> tuple[int, list[str]]:
-    """Write one {"video", "caption", ...} row per video, whichever layout the zip used."""
+def _caption_rows(archive: zipfile.ZipFile, files: dict[str, zipfile.ZipInfo]) -> list[dict]:
+    """One {"video", "caption", ...} row per clip, whichever layout the zip used."""
     if "metadata.jsonl" in files:
-        rows = _metadata_rows(archive, files)
-    elif "prompts.txt" in files and "videos.txt" in files:
-        rows = _diffusers_rows(archive, files)
-    else:
-        raise DatasetError(
-            "missing_metadata",
-            'The zip has no captions. Put a metadata.jsonl at its top with one {"video": "videos/x.mp4", '
-            '"caption": "..."} per line, or use the diffusers layout: prompts.txt and videos.txt with one '
-            "caption and one video path per line, in the same order.",
-        )
-    num_rows, columns = 0, {"video": None, "caption": None}
-    with open(out, "w", encoding="utf-8") as f:
+        return list(_metadata_rows(archive, files))
+    if "prompts.txt" in files and "videos.txt" in files:
+        return list(_diffusers_rows(archive, files))
+    raise DatasetError(
+        "missing_metadata",
+        'The zip has no captions. Put a metadata.jsonl at its top with one {"video": "videos/x.mp4", '
+        '"caption": "..."} per line, or use the diffusers layout: prompts.txt and videos.txt with one '
+        "caption and one video path per line, in the same order.",
+    )
+
+
+def _write_metadata(rows: list[dict], videos_dir: Path, limits: Limits) -> tuple[int, list[str]]:
+    """Write the normalised metadata.jsonl, each row with its clip's decoded frame count and size."""
+    num_rows, columns, probed = 0, {"video": None, "caption": None, **dict.fromkeys(VIDEO_FACTS)}, {}
+    with open(videos_dir / "metadata.jsonl", "w", encoding="utf-8") as f:
         for row in rows:
             num_rows += 1
             if num_rows > limits.max_rows:
                 raise _too_many_rows(limits)
+            if row["video"] not in probed:
+                probed[row["video"]] = probe_video(videos_dir / row["video"], row["video"])
+            row = {**row, **probed[row["video"]]}
+            _check_declared_frames(row)
             columns.update(dict.fromkeys(row))
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     if num_rows == 0:
         raise DatasetError("empty_dataset", "The zip's captions list no videos; add at least one row.")
     return num_rows, list(columns)
+
+
+VIDEO_FACTS = ("frames", "width", "height", "fps")
+
+
+def probe_video(path: Path, name: str) -> dict[str, Any]:
+    """Decode every frame of a clip, so one that would fail the job hours in fails the upload now,
+    and return its frame count, size and frame rate."""
+    import av  # only video uploads pay for loading FFmpeg
+
+    frames, width, height, fps = 0, None, None, None
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise DatasetError("invalid_video", f'"{name}" has no video stream; upload an mp4 or webm clip.')
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            fps = round(float(stream.average_rate), 3) if stream.average_rate else None
+            for frame in container.decode(stream):
+                frames, width, height = frames + 1, frame.width, frame.height
+    except av.FFmpegError as e:
+        raise DatasetError(
+            "invalid_video", f'"{name}" cannot be decoded ({e.strerror or e}); re-encode it (e.g. H.264 mp4).'
+        ) from None
+    if frames == 0:
+        raise DatasetError("invalid_video", f'"{name}" has no decodable frames; re-encode it (e.g. H.264 mp4).')
+    return {"frames": frames, "width": width, "height": height, "fps": fps}
+
+
+def _check_declared_frames(row: dict) -> None:
+    """A frame count in the metadata that the file contradicts means a truncated or wrong clip."""
+    declared = row.get("num_frames")
+    if declared is not None and declared != row["frames"]:
+        raise DatasetError(
+            "frame_count_mismatch",
+            f'"{row["video"]}" is listed with num_frames {declared} but decodes to {row["frames"]} frames; '
+            "fix the metadata or re-export the clip.",
+        )
+
+
+def shortest_clip(dest_dir: Path, stored_path: str) -> tuple[str, int]:
+    """(video, frames) of the clip with the fewest frames in a stored video_captions dataset."""
+    with open(Path(dest_dir) / stored_path / "metadata.jsonl", encoding="utf-8") as f:
+        rows = (json.loads(line) for line in f if line.strip())
+        row = min(rows, key=lambda r: r.get("frames") or 0)
+    return row["video"], row.get("frames") or 0
 
 
 def _metadata_rows(archive: zipfile.ZipFile, files: dict[str, zipfile.ZipInfo]) -> Iterator[dict]:

@@ -12,7 +12,7 @@ from litestar.params import FromPath, JSONBody, Parameter
 from litestar.response import ServerSentEvent
 from msgspec import Meta
 
-from . import artifacts, dataset_files, hyperparameters, logs, metrics, reward_functions
+from . import artifacts, dataset_files, datasets, hyperparameters, logs, metrics, reward_functions
 from .auth import Signer
 from .devices import Inventory
 from .errors import ApiError, bad_request, not_found
@@ -189,6 +189,23 @@ def _gpu(request: GpuRequest, inventory: Inventory) -> dict:
     return {"type": gpu_type, "count": count}
 
 
+def _check_video_job(dataset: dict, hp: dict, gpu: dict, settings: Settings) -> None:
+    if gpu["count"] > 1:
+        raise bad_request(
+            "gpu_count_unsupported",
+            f"sft_video_gen trains on one device; gpu.count is {gpu['count']}. Send count 1.",
+            "gpu.count",
+        )
+    video, frames = dataset_files.shortest_clip(datasets.dataset_dir(settings.data_dir, dataset["id"]), dataset["path"])
+    if frames < hp["num_frames"]:
+        raise bad_request(
+            "clip_too_short",
+            f'Clip "{video}" of dataset {dataset["id"]} has {frames} frames, fewer than num_frames '
+            f"({hp['num_frames']}); lower num_frames or remove the clip.",
+            "hyperparameters.num_frames",
+        )
+
+
 def _reward_sources(body: CreateJob, store: Store, settings: Settings) -> tuple[list[dict], list[dict]]:
     """([{id, weight}] the job uses, [rows of inline reward functions to insert])."""
     inline = [body.reward_source] if body.reward_source else []
@@ -300,6 +317,8 @@ def create(body: CreateJob, store: Store, settings: Settings, inventory: Invento
         )
     hp = hyperparameters.resolve(body.method, body.hyperparameters)
     gpu = _gpu(body.gpu, inventory)
+    if body.method == "sft_video_gen":
+        _check_video_job(dataset, hp, gpu, settings)
     sources, inline_rows = _reward_sources(body, store, settings)
     stamp = now()
     job = {
@@ -493,12 +512,17 @@ class JobController(Controller):
         self,
         job_id: FromPath[str],
         store: NamedDependency[Store],
+        settings: NamedDependency[Settings],
+        signer: NamedDependency[Signer],
         step: Annotated[int | None, Parameter(ge=0, le=2**62)] = None,
         limit: Annotated[int, Parameter(ge=1, le=1000)] = 50,
         after: Annotated[int | None, Parameter(ge=0, le=2**62, description="id of the last sample seen.")] = None,
     ) -> ListOf[dict[str, Any]]:
         """Rollouts (GRPO: prompt, completion, reward, rewards per function, advantage) or validation
-        clips (video) the trainer reported, in step order; `step` picks one step."""
+        clips (video: prompt, video, signed video_url) the trainer reported, in step order; `step`
+        picks one step."""
         _job(store, job_id)
         rows, more = store.list_samples(job_id, step, limit, after)
-        return ListOf(data=[{"id": r["seq"], **r["data"]} for r in rows], has_more=more)
+        return ListOf(
+            data=[artifacts.sample(settings, signer, job_id, r["seq"], r["data"]) for r in rows], has_more=more
+        )

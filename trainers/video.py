@@ -1,0 +1,285 @@
+"""LoRA fine-tuning of a CogVideoX text-to-video model, as `python -m trainers.video JOB_DIR`.
+
+The recipe is diffusers' CogVideoX LoRA example (examples/cogvideo/train_cogvideox_lora.py) in
+small: LoRA on the transformer's attention projections, v-prediction turned into an x0 estimate
+and weighted by 1 / (1 - alpha_bar), AdamW with warm-up and a cosine schedule. Sizes (text
+length, VAE compression, patch sizes, rotary or sinusoidal positions) come from the model's own
+config, so CogVideoX-2b, -5b and 1.5 models all go through the same code.
+
+config.json in; progress.jsonl (per-step metrics, validation videos as samples, checkpoints),
+train.log, JOB_DIR/cache (encoded clips) and output/ (the LoRA) out.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from trainers import clips, models, video_data
+from trainers.errors import TrainerError
+from trainers.progress import Progress, install_sigterm_handler, load_config, log, stop_requested
+
+TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
+# The diffusers recipe's defaults for everything the API does not expose.
+ADAM = dict(betas=(0.9, 0.95), weight_decay=1e-4, eps=1e-8)
+MAX_GRAD_NORM = 1.0
+WARMUP_FRACTION, MAX_WARMUP_STEPS = 0.1, 100
+INFERENCE_STEPS = 50
+GUIDANCE_SCALE = 6.0
+FPS = 8  # CogVideoX generates 8 frames per second
+
+
+def main(job_dir: str) -> int:
+    install_sigterm_handler()
+    config = load_config(job_dir)
+    with Progress(job_dir) as progress:
+        try:
+            return train(config, progress)
+        except TrainerError as err:
+            log(f"error ({err.code}): {err.message}")
+            progress.error(err.code, err.message)
+            return 1
+
+
+def plan(num_clips: int, hp: dict) -> tuple[int, int]:
+    """(optimizer steps per epoch, total steps). The last batch of an epoch may be short."""
+    batches = math.ceil(num_clips / hp["batch_size"])
+    per_epoch = math.ceil(batches / hp["gradient_accumulation_steps"])
+    return per_epoch, hp["max_steps"] or per_epoch * hp["num_epochs"]
+
+
+def train(config: dict, progress: Progress) -> int:
+    import torch
+
+    hp = config["hyperparameters"]
+    job_dir = Path(config["job_dir"])
+    torch.manual_seed(hp["seed"])
+    on_gpu = config["devices"]["type"] != "cpu" and torch.cuda.is_available()
+    device = torch.device("cuda" if on_gpu else "cpu")
+    dtype = torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float32
+
+    rows = video_data.read_rows(config["dataset"])
+    per_epoch, total = plan(len(rows), hp)
+    pipe = load_pipeline(config["base_model"], hp, dtype, device)
+    log(
+        f"{len(rows)} clips, {per_epoch} steps per epoch, {total} steps; {'GPU' if on_gpu else 'CPU'} {dtype}; "
+        f"{hp['num_frames']} frames at {hp['height']}x{hp['width']}"
+    )
+    progress.started(total_steps=total, clips=len(rows))
+
+    cached = video_data.cache(pipe, rows, hp, job_dir / "cache", device)
+    prompts = hp["validation_prompts"] or [rows[0].caption]
+    validation = (
+        prompts,
+        video_data.encode_prompts(pipe, prompts, device),
+        video_data.encode_prompts(pipe, [""] * len(prompts), device),  # the unconditional half of CFG
+    )
+    pipe.text_encoder = None  # every caption is encoded now; T5 is most of the model's memory
+    if on_gpu:
+        torch.cuda.empty_cache()
+
+    transformer = add_lora(pipe.transformer, hp, on_gpu)
+    params = [p for p in transformer.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=hp["learning_rate"], **ADAM)
+    from diffusers import CogVideoXDPMScheduler
+    from diffusers.optimization import get_scheduler
+
+    warmup = min(MAX_WARMUP_STEPS, int(total * WARMUP_FRACTION))
+    schedule = get_scheduler("cosine", optimizer, num_warmup_steps=warmup, num_training_steps=total)
+    noise_scheduler = CogVideoXDPMScheduler.from_config(pipe.scheduler.config)
+    log(f"LoRA rank {hp['lora_rank']} alpha {hp['lora_alpha']} on {', '.join(TARGET_MODULES)}: {_count(params)}")
+
+    step, last_validated = 0, 0
+    generator = torch.Generator().manual_seed(hp["seed"])
+    for epoch in range(hp["num_epochs"] if not hp["max_steps"] else sys.maxsize):
+        order = torch.randperm(len(cached), generator=generator).tolist()
+        batches = [order[i : i + hp["batch_size"]] for i in range(0, len(order), hp["batch_size"])]
+        for first in range(0, len(batches), hp["gradient_accumulation_steps"]):
+            group = batches[first : first + hp["gradient_accumulation_steps"]]
+            started = time.monotonic()
+            lr = schedule.get_last_lr()[0]
+            loss = 0.0
+            for batch in group:
+                latents, embeds = video_data.load_batch(
+                    [cached[i] for i in batch], pipe.vae.config.scaling_factor, device, dtype
+                )
+                micro = diffusion_loss(pipe, noise_scheduler, latents, embeds, hp) / len(group)
+                micro.backward()
+                loss += micro.item()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM).item()
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            values = {"loss": loss, "learning_rate": lr, "grad_norm": grad_norm, "epoch": epoch + 1}
+            values["step_time"] = time.monotonic() - started
+            progress.metrics(step, values)
+            log(f"step {step}/{total}: loss {loss:.4g}, grad_norm {grad_norm:.3g}, lr {lr:.3g}")
+            if hp["save_steps"] and step % hp["save_steps"] == 0:
+                save_checkpoint(transformer, job_dir, step, progress)
+            if hp["validation_steps"] and step % hp["validation_steps"] == 0 and step < total:
+                validate(pipe, validation, hp, step, job_dir, progress, device)
+                last_validated = step
+            if stop_requested():
+                save_checkpoint(transformer, job_dir, step, progress)
+                log(f"stopped on SIGTERM at step {step}")
+                raise TrainerError("interrupted", f"The trainer was stopped (SIGTERM) at step {step}.")
+            if step >= total:
+                break
+        if step >= total:
+            break
+
+    if last_validated != step:
+        validate(pipe, validation, hp, step, job_dir, progress, device)
+    output = Path(config["output_dir"])
+    save_lora(transformer, output)
+    log(f"saved the LoRA to {output}; load it with CogVideoXPipeline.load_lora_weights")
+    progress.completed(steps=step)
+    return 0
+
+
+def load_pipeline(base_model: str, hp: dict, dtype: Any, device: Any) -> Any:
+    from diffusers import CogVideoXPipeline
+
+    path = models.resolve(base_model)
+    if not (Path(path) / "model_index.json").is_file():
+        raise TrainerError(
+            "model_not_found",
+            f"{base_model} ({path}) is not a diffusers pipeline (no model_index.json); sft_video_gen trains "
+            "CogVideoX pipelines such as THUDM/CogVideoX-2b.",
+        )
+    try:
+        pipe = CogVideoXPipeline.from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError, TypeError) as err:
+        raise TrainerError("model_not_found", f"Could not load a CogVideoX pipeline from {path}: {err}") from None
+    spatial = pipe.vae_scale_factor_spatial * pipe.transformer.config.patch_size
+    if hp["height"] % spatial or hp["width"] % spatial:
+        raise TrainerError(
+            "invalid_hyperparameter",
+            f"height and width must be multiples of {spatial} for {base_model} (VAE x{pipe.vae_scale_factor_spatial}, "
+            f"patch {pipe.transformer.config.patch_size}); got {hp['height']}x{hp['width']}.",
+        )
+    if (hp["num_frames"] - 1) % pipe.vae_scale_factor_temporal:
+        raise TrainerError(
+            "invalid_hyperparameter",
+            f"num_frames must be {pipe.vae_scale_factor_temporal}k+1 for {base_model}; got {hp['num_frames']}.",
+        )
+    pipe.vae.requires_grad_(False)
+    pipe.text_encoder.requires_grad_(False)
+    if device.type == "cuda":
+        pipe.vae.enable_slicing()  # encode and decode 49 frames at 480x720 without a memory spike
+        pipe.vae.enable_tiling()
+    pipe.set_progress_bar_config(disable=True)  # the log gets one line per validation video instead
+    return pipe.to(device)
+
+
+def add_lora(transformer: Any, hp: dict, on_gpu: bool) -> Any:
+    from peft import LoraConfig
+
+    transformer.requires_grad_(False)
+    transformer.add_adapter(
+        LoraConfig(
+            r=hp["lora_rank"], lora_alpha=hp["lora_alpha"], init_lora_weights=True, target_modules=TARGET_MODULES
+        )
+    )
+    if on_gpu:
+        transformer.enable_gradient_checkpointing()
+    for param in transformer.parameters():
+        if param.requires_grad:  # only the LoRA weights; kept in fp32 under a bf16 model
+            param.data = param.data.float()
+    transformer.train()
+    return transformer
+
+
+def diffusion_loss(pipe: Any, noise_scheduler: Any, latents: Any, embeds: Any, hp: dict) -> Any:
+    """The recipe's loss: noise the clean latents at a random timestep, turn the model's
+    v-prediction into an x0 estimate, and weight its squared error by 1 / (1 - alpha_bar_t)."""
+    import torch
+
+    transformer = pipe.transformer
+    p_t = transformer.config.patch_size_t
+    if p_t and latents.shape[1] % p_t:  # CogVideoX 1.5 packs frames in pairs: repeat the first to fill
+        pad = p_t - latents.shape[1] % p_t
+        latents = torch.cat([latents[:, :1].repeat(1, pad, 1, 1, 1), latents], dim=1)
+    batch = latents.shape[0]
+    noise = torch.randn_like(latents)
+    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,), device=latents.device)
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    rotary = None
+    if transformer.config.use_rotary_positional_embeddings:
+        rotary = pipe._prepare_rotary_positional_embeddings(hp["height"], hp["width"], latents.shape[1], latents.device)
+    ofs = latents.new_full((1,), 2.0) if transformer.config.ofs_embed_dim else None
+    output = transformer(
+        hidden_states=noisy,
+        encoder_hidden_states=embeds,
+        timestep=timesteps,
+        ofs=ofs,
+        image_rotary_emb=rotary,
+        return_dict=False,
+    )[0]
+    predicted = noise_scheduler.get_velocity(output, noisy, timesteps)
+    alphas = noise_scheduler.alphas_cumprod.to(latents.device)[timesteps]
+    weights = (1 / (1 - alphas)).reshape(batch, 1, 1, 1, 1)
+    return (weights * (predicted.float() - latents.float()) ** 2).reshape(batch, -1).mean(dim=1).mean()
+
+
+def validate(pipe: Any, validation: tuple, hp: dict, step: int, job_dir: Path, progress: Progress, device: Any) -> None:
+    """One mp4 per validation prompt, from a fixed seed so videos of different steps compare."""
+    import numpy as np
+    import torch
+
+    prompts, embeds, negative = validation
+    pipe.transformer.eval()
+    generator = torch.Generator(device=device).manual_seed(hp["seed"])
+    for k, prompt in enumerate(prompts):
+        started = time.monotonic()
+        frames = pipe(
+            prompt_embeds=embeds[k : k + 1],
+            negative_prompt_embeds=negative[k : k + 1],
+            num_frames=hp["num_frames"],
+            height=hp["height"],
+            width=hp["width"],
+            num_inference_steps=INFERENCE_STEPS,
+            guidance_scale=GUIDANCE_SCALE,
+            max_sequence_length=pipe.transformer.config.max_text_seq_length,
+            generator=generator,
+            output_type="np",
+        ).frames[0]
+        path = job_dir / "samples" / f"step-{step:06d}-{k}.mp4"
+        clips.write_mp4((np.clip(frames, 0, 1) * 255).round().astype(np.uint8), path, FPS)
+        progress.sample(step, prompt=prompt, video=path)
+        log(f"validation video {k + 1}/{len(prompts)} at step {step} in {time.monotonic() - started:.1f}s: {path.name}")
+    pipe.transformer.train()
+
+
+def save_lora(transformer: Any, path: Path) -> None:
+    """pytorch_lora_weights.safetensors with the adapter config in its metadata, so
+    `load_lora_weights` restores lora_alpha, not only the rank."""
+    from diffusers import CogVideoXPipeline
+    from peft.utils import get_peft_model_state_dict
+
+    config = transformer.peft_config["default"].to_dict()
+    config["target_modules"] = sorted(config["target_modules"])  # a set does not serialise to JSON
+    CogVideoXPipeline.save_lora_weights(
+        str(path),
+        transformer_lora_layers=get_peft_model_state_dict(transformer),
+        transformer_lora_adapter_metadata=config,
+    )
+
+
+def save_checkpoint(transformer: Any, job_dir: Path, step: int, progress: Progress) -> None:
+    path = job_dir / "checkpoints" / f"checkpoint-{step}"
+    save_lora(transformer, path)
+    progress.checkpoint(step, path)
+    log(f"checkpoint saved: {path}")
+
+
+def _count(params: list) -> str:
+    return f"{sum(p.numel() for p in params):,} trainable parameters"
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
