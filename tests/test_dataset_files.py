@@ -13,8 +13,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from video_clips import square_clip
 
+from trainers.tiny_video import square_clip
 from veri_box.dataset_files import DatasetError, Limits, compatible_methods, inspect_upload, preview_rows
 
 

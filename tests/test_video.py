@@ -15,9 +15,9 @@ import av
 import numpy as np
 import pytest
 from conftest import Api, finished, run_until
-from video_clips import captioned_zip
 
 from trainers.clips import read_clip, sample_indices
+from trainers.tiny_video import squares_zip
 from trainers.video import plan
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,8 +45,8 @@ def tiny_pipeline(tmp_path_factory) -> Path:
     return build_tiny_video_pipeline(tmp_path_factory.mktemp("tiny_video") / "pipeline", seed=0)
 
 
-def upload_clips(api: Api, tmp_path: Path, **kw) -> dict:
-    r = api.upload_dataset(captioned_zip(tmp_path, **kw), filename="clips.zip", name="squares")
+def upload_clips(api: Api, **kw) -> dict:
+    r = api.upload_dataset(squares_zip(**kw), filename="clips.zip", name="squares")
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -83,7 +83,7 @@ def generate(pipe, seed: int = 0) -> np.ndarray:
 
 @pytest.mark.parametrize("layout", ["metadata", "diffusers"])
 def test_upload_reports_clips_with_frames_and_size(box, tmp_path, layout):
-    dataset = upload_clips(box, tmp_path, n=3, frames=12, layout=layout)
+    dataset = upload_clips(box, n=3, frames=12, layout=layout)
     assert (dataset["format"], dataset["num_rows"]) == ("video_captions", 3)
     rows = box.get(f"/v1/datasets/{dataset['id']}/rows?limit=10").json()["data"]
     assert [(r["video"], r["caption"]) for r in rows] == [
@@ -94,24 +94,21 @@ def test_upload_reports_clips_with_frames_and_size(box, tmp_path, layout):
     assert {(r["frames"], r["width"], r["height"]) for r in rows} == {(12, 48, 48)}
 
 
-def bad_zip(tmp_path: Path, case: str) -> bytes:
-    good = captioned_zip(tmp_path, n=2)
-    entries = {
-        i.filename: zipfile.ZipFile(io.BytesIO(good)).read(i) for i in zipfile.ZipFile(io.BytesIO(good)).infolist()
+def bad_zip(case: str) -> bytes:
+    if case == "no_metadata":  # the clips alone, no captions
+        good = zipfile.ZipFile(io.BytesIO(squares_zip(n=2)))
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as archive:
+            for name in good.namelist():
+                if name != "metadata.jsonl":
+                    archive.writestr(name, good.read(name))
+        return buf.getvalue()
+    bad = {
+        "traversal": {"../../escape.mp4": b"x"},
+        "undecodable": {"videos/clip1.mp4": b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 500},
+        "frame_count": {"metadata.jsonl": b'{"video": "videos/clip0.mp4", "caption": "x", "num_frames": 49}\n'},
     }
-    if case == "traversal":
-        entries["../../escape.mp4"] = entries["videos/clip0.mp4"]
-    elif case == "no_metadata":
-        del entries["metadata.jsonl"]
-    elif case == "undecodable":
-        entries["videos/clip1.mp4"] = b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 500
-    elif case == "frame_count":
-        entries["metadata.jsonl"] = json.dumps({"video": "videos/clip0.mp4", "caption": "x", "num_frames": 49}) + "\n"
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as archive:
-        for name, data in entries.items():
-            archive.writestr(name, data)
-    return buf.getvalue()
+    return squares_zip(n=2, extra=bad[case])
 
 
 @pytest.mark.parametrize(
@@ -124,7 +121,7 @@ def bad_zip(tmp_path: Path, case: str) -> bytes:
     ],
 )
 def test_bad_zips_are_400s_naming_the_problem_and_leave_nothing(box, tmp_path, case, code, named):
-    r = box.upload_dataset(bad_zip(tmp_path, case), filename="clips.zip")
+    r = box.upload_dataset(bad_zip(case), filename="clips.zip")
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert error["code"] == code and named in error["message"], error
@@ -137,7 +134,7 @@ def test_bad_zips_are_400s_naming_the_problem_and_leave_nothing(box, tmp_path, c
 
 
 def test_submit_checks_frames_against_the_model_rule_and_the_clips(box, tmp_path, tiny_pipeline):
-    dataset = upload_clips(box, tmp_path, n=2, frames=12)["id"]
+    dataset = upload_clips(box, n=2, frames=12)["id"]
     r = video_job(box, tiny_pipeline, dataset, num_frames=10)
     assert r.status_code == 400 and r.json()["error"]["param"] == "hyperparameters.num_frames"
     assert "8k+1" in r.json()["error"]["message"]
@@ -169,7 +166,7 @@ def test_submit_checks_frames_against_the_model_rule_and_the_clips(box, tmp_path
 def test_video_job_trains_validates_and_delivers_a_loadable_lora(box, tmp_path, tiny_pipeline):
     from diffusers import CogVideoXPipeline
 
-    dataset = upload_clips(box, tmp_path, n=4, frames=12)["id"]
+    dataset = upload_clips(box, n=4, frames=12)["id"]
     r = video_job(box, tiny_pipeline, dataset)
     assert r.status_code == 200, r.text
     job = r.json()
@@ -214,7 +211,7 @@ def test_video_job_trains_validates_and_delivers_a_loadable_lora(box, tmp_path, 
 
 
 def test_cancel_saves_a_checkpoint_and_stops(box, tmp_path, tiny_pipeline):
-    dataset = upload_clips(box, tmp_path, n=2, frames=9)["id"]
+    dataset = upload_clips(box, n=2, frames=9)["id"]
     job = video_job(box, tiny_pipeline, dataset, num_epochs=100_000, validation_steps=None, save_steps=None).json()
     run_until(box, lambda: (box.store.get_job(job["id"])["current_step"] or 0) >= 3, timeout=120)
     assert box.post(f"/v1/training_jobs/{job['id']}/cancel").json()["status"] == "cancelled"
@@ -232,7 +229,7 @@ def test_rotary_model_trains_and_a_rerun_reuses_the_encoded_clips(tmp_path):
 
     model = build_tiny_video_pipeline(tmp_path / "rotary", seed=1, rotary=True)
     data = tmp_path / "data"
-    zipfile.ZipFile(io.BytesIO(captioned_zip(tmp_path, n=2, frames=9))).extractall(data)
+    zipfile.ZipFile(io.BytesIO(squares_zip(n=2, frames=9))).extractall(data)
     job_dir = tmp_path / "job"
     job_dir.mkdir()
     hp = {

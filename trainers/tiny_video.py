@@ -7,14 +7,19 @@ code it runs on THUDM/CogVideoX-2b. It is not meant to make sensible videos.
 
 `build_tiny_video_pipeline(out_dir, seed, rotary)` writes a normal diffusers pipeline folder that
 `CogVideoXPipeline.from_pretrained` loads. `rotary=False` is shaped like CogVideoX-2b (sinusoidal
-position embeddings), `rotary=True` like CogVideoX-5b (rotary embeddings).
+position embeddings), `rotary=True` like CogVideoX-5b (rotary embeddings). `squares_zip` makes a
+dataset to train it on: clips of a coloured square moving left or right, with captions.
 
-CLI: `python -m trainers.tiny_video OUT_DIR [--seed N] [--rotary]`.
+CLI: `python -m trainers.tiny_video OUT_DIR [--seed N] [--rotary] [--dataset CLIPS.zip]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import json
+import tempfile
+import zipfile
 from pathlib import Path
 
 HEIGHT = WIDTH = 32
@@ -120,13 +125,61 @@ def build_tiny_video_pipeline(out_dir: str | Path, seed: int = 0, rotary: bool =
     return out
 
 
+COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40)}
+
+
+def square_clip(path: Path, colour: str = "red", frames: int = 12, size: int = 48, direction: int = 1) -> Path:
+    """An mp4 of a `colour` square crossing a dark frame, rightwards (direction 1) or leftwards."""
+    import numpy as np
+
+    from trainers.clips import write_mp4
+
+    video = np.full((frames, size, size, 3), 20, np.uint8)
+    side = size // 3
+    for i in range(frames):
+        x = (i * (size - side)) // max(frames - 1, 1)
+        x = x if direction > 0 else size - side - x
+        video[i, size // 3 : size // 3 + side, x : x + side] = COLOURS[colour]
+    return write_mp4(video, path)
+
+
+def squares_zip(n: int = 4, frames: int = 12, layout: str = "metadata", extra: dict[str, bytes] | None = None) -> bytes:
+    """A dataset zip of n captioned clips ("a red square moving right", ...), in the metadata.jsonl
+    layout or diffusers' (prompts.txt + videos.txt); `extra` adds or replaces entries."""
+    buf, colours = io.BytesIO(), list(COLOURS)
+    with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(buf, "w") as archive:
+        entries: dict[str, bytes] = {}
+        rows = []
+        for i in range(n):
+            colour, direction = colours[i % len(colours)], 1 if i % 2 == 0 else -1
+            clip = square_clip(Path(tmp) / f"clip{i}.mp4", colour, frames, direction=direction)
+            entries[f"videos/clip{i}.mp4"] = clip.read_bytes()
+            rows.append(
+                {
+                    "video": f"videos/clip{i}.mp4",
+                    "caption": f"a {colour} square moving {'right' if direction > 0 else 'left'}",
+                }
+            )
+        if layout == "metadata":
+            entries["metadata.jsonl"] = "".join(json.dumps(r) + "\n" for r in rows).encode()
+        else:
+            entries["prompts.txt"] = "".join(r["caption"] + "\n" for r in rows).encode()
+            entries["videos.txt"] = "".join(r["video"] + "\n" for r in rows).encode()
+        for name, data in {**entries, **(extra or {})}.items():
+            archive.writestr(name, data)
+    return buf.getvalue()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rotary", action="store_true", help="CogVideoX-5b-style rotary position embeddings")
+    parser.add_argument("--dataset", type=Path, help="also write a zip of captioned square clips here")
     args = parser.parse_args(argv)
     print(build_tiny_video_pipeline(args.out_dir, args.seed, args.rotary))
+    if args.dataset:
+        args.dataset.write_bytes(squares_zip())
 
 
 if __name__ == "__main__":

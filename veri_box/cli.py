@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--api-key", default=None, help="An API key of that box (default: create one named 'demo' in --data-dir)."
     )
+    demo.add_argument(
+        "--video",
+        action="store_true",
+        help="Train a tiny CogVideoX pipeline on clips of moving squares instead (sft_video_gen, about a minute).",
+    )
     _add_data_dir(demo)
     demo.set_defaults(func=cmd_demo)
     return parser
@@ -125,7 +130,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir or default_data_dir())
     key = args.api_key or _store(args).create_api_key("demo")[1]
     try:
-        return run(args.url.rstrip("/"), key, data_dir)
+        return run(args.url.rstrip("/"), key, data_dir, video=args.video)
     except (DemoError, OSError) as err:
         print(f"veri-box demo: {err}", file=sys.stderr)
         return 1

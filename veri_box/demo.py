@@ -3,6 +3,8 @@
 It builds a tiny random language model on this machine (in a child process: the server side
 never imports torch), uploads a prompt dataset and a reward function through the API like any
 client, submits a LoRA GRPO job on the `cpu` pool, and prints the reward as it climbs.
+`--video` does the same for sft_video_gen: a tiny CogVideoX pipeline, a zip of captioned clips
+of moving squares, and a LoRA job whose loss and validation videos it prints.
 """
 
 from __future__ import annotations
@@ -48,6 +50,18 @@ HYPERPARAMETERS = {
     "lora_alpha": 16,
     "lora_dropout": 0.0,
 }
+# The tiny CogVideoX pipeline's own size (trainers/tiny_video.py): 4 clips, 40 steps, ~30 s on a CPU.
+VIDEO_HYPERPARAMETERS = {
+    "num_frames": 9,
+    "height": 32,
+    "width": 32,
+    "lora_rank": 16,
+    "learning_rate": 2e-3,
+    "num_epochs": 10,
+    "validation_prompts": ["a red square moving right"],
+    "validation_steps": 20,
+    "save_steps": 20,
+}
 BARS = " ▁▂▃▄▅▆▇█"
 
 
@@ -58,11 +72,23 @@ class DemoError(Exception):
 def build_model(data_dir: Path) -> Path:
     target = data_dir / "models" / "tiny-demo"
     if not (target / "config.json").is_file():
-        print(f"Building a tiny random model in {target} ...", flush=True)
-        result = subprocess.run([sys.executable, "-m", "trainers.tiny", str(target)], capture_output=True, text=True)
-        if result.returncode:
-            raise DemoError(f"Could not build the demo model:\n{result.stderr[-2000:]}")
+        _build(["trainers.tiny", str(target)], f"a tiny random model in {target}")
     return target
+
+
+def build_video_model(data_dir: Path) -> tuple[Path, Path]:
+    """(tiny CogVideoX pipeline, zip of captioned clips), built once per data dir."""
+    target, clips = data_dir / "models" / "tiny-video-demo", data_dir / "models" / "tiny-video-demo-clips.zip"
+    if not (target / "model_index.json").is_file() or not clips.is_file():
+        _build(["trainers.tiny_video", str(target), "--dataset", str(clips)], f"a tiny CogVideoX pipeline in {target}")
+    return target, clips
+
+
+def _build(module_args: list[str], what: str) -> None:
+    print(f"Building {what} ...", flush=True)
+    result = subprocess.run([sys.executable, "-m", *module_args], capture_output=True, text=True)
+    if result.returncode:
+        raise DemoError(f"Could not build {what}:\n{result.stderr[-2000:]}")
 
 
 def _check(response: httpx.Response) -> dict:
@@ -83,56 +109,73 @@ def sparkline(values: list[float]) -> str:
     return "".join(BARS[round((v - low) / span * (len(BARS) - 1))] for v in values)
 
 
-def run(url: str, key: str, data_dir: Path, timeout_s: float = 900) -> int:
+def run(url: str, key: str, data_dir: Path, timeout_s: float = 900, video: bool = False) -> int:
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as http:
         http.get("/healthz").raise_for_status()  # is a box there, before building anything
-        model = build_model(data_dir)
-        rows = "".join(f'{{"prompt": "{p}"}}\n' for p in PROMPTS).encode()
-        dataset = _check(
-            http.post(
-                "/v1/datasets", data={"name": "demo prompts"}, files={"file": ("demo.jsonl", rows, "application/jsonl")}
-            )
-        )
-        reward = _check(
-            http.post(
-                "/v1/reward_functions",
-                data={"name": "letter_a"},
-                files={"file": ("letter_a.py", REWARD.encode(), "text/x-python")},
-            )
-        )
-        job = _check(
-            http.post(
-                "/v1/training_jobs",
-                json={
-                    "base_model": str(model),
-                    "dataset_id": dataset["id"],
-                    "reward_function_id": reward["id"],
-                    "output_name": "tiny-demo",
-                    "hyperparameters": HYPERPARAMETERS,
-                    "gpu": {"type": "cpu", "count": 1},
-                },
-            )
-        )
+        job = (_submit_video if video else _submit_grpo)(http, data_dir)
         print(f"Job {job['id']} submitted; watch it at {job['dashboard_url']}", flush=True)
-        return _follow(http, job["id"], timeout_s)
+        return _follow(http, job["id"], timeout_s, "loss" if video else "reward")
 
 
-def _follow(http: httpx.Client, job_id: str, timeout_s: float) -> int:
-    deadline, shown, rewards, status = time.monotonic() + timeout_s, -1, [], "queued"
+def _submit_video(http: httpx.Client, data_dir: Path) -> dict:
+    model, clips = build_video_model(data_dir)
+    files = {"file": ("squares.zip", clips.read_bytes(), "application/zip")}
+    dataset = _check(http.post("/v1/datasets", data={"name": "demo squares"}, files=files))
+    body = {
+        "method": "sft_video_gen",
+        "base_model": str(model),
+        "dataset_id": dataset["id"],
+        "output_name": "tiny-video-demo",
+        "hyperparameters": VIDEO_HYPERPARAMETERS,
+        "gpu": {"type": "cpu", "count": 1},
+    }
+    return _check(http.post("/v1/training_jobs", json=body))
+
+
+def _submit_grpo(http: httpx.Client, data_dir: Path) -> dict:
+    model = build_model(data_dir)
+    rows = "".join(f'{{"prompt": "{p}"}}\n' for p in PROMPTS).encode()
+    dataset = _check(
+        http.post(
+            "/v1/datasets", data={"name": "demo prompts"}, files={"file": ("demo.jsonl", rows, "application/jsonl")}
+        )
+    )
+    reward = _check(
+        http.post(
+            "/v1/reward_functions",
+            data={"name": "letter_a"},
+            files={"file": ("letter_a.py", REWARD.encode(), "text/x-python")},
+        )
+    )
+    return _check(
+        http.post(
+            "/v1/training_jobs",
+            json={
+                "base_model": str(model),
+                "dataset_id": dataset["id"],
+                "reward_function_id": reward["id"],
+                "output_name": "tiny-demo",
+                "hyperparameters": HYPERPARAMETERS,
+                "gpu": {"type": "cpu", "count": 1},
+            },
+        )
+    )
+
+
+def _follow(http: httpx.Client, job_id: str, timeout_s: float, key: str) -> int:
+    deadline, shown, values, status = time.monotonic() + timeout_s, -1, [], "queued"
     while time.monotonic() < deadline:
         job = _check(http.get(f"/v1/training_jobs/{job_id}"))
         if job["status"] != status:
             status = job["status"]
             print(f"status: {status}", flush=True)
-        metrics = _check(
-            http.get(f"/v1/training_jobs/{job_id}/metrics", params={"keys": "reward", "from_step": shown + 1})
-        )
+        metrics = _check(http.get(f"/v1/training_jobs/{job_id}/metrics", params={"keys": key, "from_step": shown + 1}))
         for point in metrics["metrics"]:
-            if "reward" in point["values"]:
-                rewards.append(point["values"]["reward"])
+            if key in point["values"]:
+                values.append(point["values"][key])
                 shown = point["step"]
                 print(
-                    f"step {shown:>3}/{job['total_steps'] or '?'}  reward {rewards[-1]:.3f}  {sparkline(rewards)}",
+                    f"step {shown:>3}/{job['total_steps'] or '?'}  {key} {values[-1]:.3f}  {sparkline(values)}",
                     flush=True,
                 )
         if status in ("completed", "failed", "cancelled"):
@@ -145,8 +188,11 @@ def _follow(http: httpx.Client, job_id: str, timeout_s: float) -> int:
         error = job["error"] or {}
         print(f"The job ended {status}: {error.get('code')}: {error.get('message')}", file=sys.stderr)
         return 1
-    if len(rewards) >= 10:
-        first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
-        print(f"Mean reward rose from {first:.3f} (first 5 steps) to {last:.3f} (last 5 steps).")
-    print(f"Done. Download the LoRA adapter: GET /v1/training_jobs/{job_id}/model")
+    if len(values) >= 10:
+        first, last = sum(values[:5]) / 5, sum(values[-5:]) / 5
+        print(f"Mean {key} went from {first:.3f} (first 5 steps) to {last:.3f} (last 5 steps).")
+    for sample in _check(http.get(f"/v1/training_jobs/{job_id}/samples")).get("data", []):
+        if "video_url" in sample:
+            print(f"Validation video, step {sample['step']}, {sample['prompt']!r}: {sample['video_url']}")
+    print(f"Done. Download the LoRA: GET /v1/training_jobs/{job_id}/model")
     return 0
