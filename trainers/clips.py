@@ -45,6 +45,7 @@ def read_clip(path: Path, num_frames: int, height: int, width: int) -> Any:
     wanted = sample_indices(available, num_frames)
     kept: list[Any] = []
     with av.open(str(path)) as container:
+        container.streams.video[0].thread_type = "AUTO"  # FFmpeg decodes on all cores
         for index, frame in enumerate(container.decode(video=0)):
             while len(kept) < num_frames and wanted[len(kept)] == index:  # an index may repeat
                 kept.append(frame.to_ndarray(format="rgb24"))
@@ -52,12 +53,13 @@ def read_clip(path: Path, num_frames: int, height: int, width: int) -> Any:
                 break
     if len(kept) < num_frames:
         raise TrainerError("dataset_format_incompatible", f"Clip {path.name} ended early: it has undecodable frames.")
-    video = torch.from_numpy(np.stack(kept)).permute(0, 3, 1, 2).float()  # F, 3, h, w
-    return _cover_and_crop(video, height, width) / 127.5 - 1.0
+    video = torch.from_numpy(np.stack(kept)).permute(0, 3, 1, 2)  # F, 3, h, w; uint8
+    return _cover_and_crop(video, height, width).div_(127.5).sub_(1.0)
 
 
 def _cover_and_crop(video: Any, height: int, width: int) -> Any:
-    """Scale so the frame covers height x width (keeping its aspect ratio), then crop the centre."""
+    """Scale so the frame covers height x width (keeping its aspect ratio), then crop the centre;
+    uint8 in, float [0, 255] out."""
     import math
 
     import torch.nn.functional as F
@@ -65,10 +67,11 @@ def _cover_and_crop(video: Any, height: int, width: int) -> Any:
     h, w = video.shape[-2:]
     scale = max(height / h, width / w)
     size = (max(height, math.ceil(h * scale)), max(width, math.ceil(w * scale)))
+    video = video.float()
     if size != (h, w):
-        video = F.interpolate(video, size=size, mode="bilinear", antialias=True, align_corners=False)
+        video = F.interpolate(video, size=size, mode="bilinear", antialias=True, align_corners=False).clamp_(0, 255)
     top, left = (size[0] - height) // 2, (size[1] - width) // 2
-    return video[..., top : top + height, left : left + width].clamp(0, 255)
+    return video[..., top : top + height, left : left + width].contiguous()
 
 
 def write_mp4(frames: Any, path: Path, fps: int = 8) -> Path:
