@@ -50,15 +50,13 @@ def test_parquet_upload(api):
 
 
 def test_video_zip_upload(api):
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        zf.writestr("metadata.jsonl", '{"video": "videos/a.mp4", "caption": "a red square"}\n')
-        zf.writestr("videos/a.mp4", b"\x00\x00\x00\x18ftypmp42")
-    r = api.upload_dataset(buf.getvalue(), filename="clips.zip")
+    from trainers.tiny_video import squares_zip
+
+    r = api.upload_dataset(squares_zip(n=1, frames=9), filename="clips.zip")
     assert r.status_code == 200, r.text
     assert (r.json()["format"], r.json()["num_rows"]) == ("video_captions", 1)
     preview = api.get(f"/v1/datasets/{r.json()['id']}/rows").json()["data"]
-    assert preview[0]["caption"] == "a red square"
+    assert (preview[0]["caption"], preview[0]["frames"]) == ("a red square moving right", 9)
 
 
 def test_bad_uploads_name_the_problem_and_leave_nothing(api):

@@ -35,14 +35,9 @@ JOB_FIELDS = {
 
 
 def video_dataset(api):
-    import io
-    import zipfile
+    from trainers.tiny_video import squares_zip
 
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        zf.writestr("metadata.jsonl", '{"video": "videos/a.mp4", "caption": "a red square"}\n')
-        zf.writestr("videos/a.mp4", b"\x00\x00\x00\x18ftypmp42")
-    return api.upload_dataset(buf.getvalue(), filename="clips.zip").json()["id"]
+    return api.upload_dataset(squares_zip(n=1, frames=49), filename="clips.zip").json()["id"]
 
 
 def error_of(r, status=400):
@@ -254,9 +249,12 @@ def test_environments_need_the_openreward_integration(api):
     }
     error = error_of(api.post("/v1/training_jobs", json=body))
     assert error["code"] == "integration_not_configured"
-    assert api.put("/v1/settings/integrations/openreward", json={"api_key": "or_secret_1234"}).status_code == 200
-    job = api.post("/v1/training_jobs", json=body).json()
-    assert job["environments"] == {"coding_sandbox": {"splits": ["train"]}} and job["reward_function_id"] is None
+    # Configured, the environments are checked with the service (nothing listens on port 9 here);
+    # jobs the service accepts are in test_openreward.py, against a real ORS server.
+    settings = {"api_key": "or_secret_1234", "base_url": "http://127.0.0.1:9"}
+    assert api.put("/v1/settings/integrations/openreward", json=settings).status_code == 200
+    error = error_of(api.post("/v1/training_jobs", json=body))
+    assert (error["code"], error["param"]) == ("provider_error", "environments.coding_sandbox")
 
 
 def test_openreward_settings_never_return_the_key(api):
