@@ -160,6 +160,21 @@ def test_submit_checks_frames_against_the_model_rule_and_the_clips(box, tmp_path
     assert box.get("/v1/training_jobs").json()["data"] == []
 
 
+def test_a_video_job_takes_one_gpu(api, tiny_pipeline):
+    dataset = upload_clips(api, n=1, frames=9)["id"]
+    body = {
+        "method": "sft_video_gen",
+        "base_model": str(tiny_pipeline),
+        "dataset_id": dataset,
+        "output_name": "o",
+        "gpu": {"type": "A100-80GB", "count": 2},
+        "hyperparameters": {"num_frames": 9},
+    }
+    r = api.post("/v1/training_jobs", json=body)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "gpu_count_unsupported", r.text
+    assert r.json()["error"]["param"] == "gpu.count"
+
+
 # ---- training ------------------------------------------------------------------------------
 
 

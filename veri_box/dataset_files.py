@@ -464,12 +464,13 @@ def _check_declared_frames(row: dict) -> None:
         )
 
 
-def shortest_clip(dest_dir: Path, stored_path: str) -> tuple[str, int]:
-    """(video, frames) of the clip with the fewest frames in a stored video_captions dataset."""
+def shortest_clip(dest_dir: Path, stored_path: str) -> tuple[str, int] | None:
+    """(video, frames) of the clip with the fewest frames in a stored video_captions dataset, or
+    None if no row has a frame count (datasets uploaded before clips were decoded on upload)."""
     with open(Path(dest_dir) / stored_path / "metadata.jsonl", encoding="utf-8") as f:
-        rows = (json.loads(line) for line in f if line.strip())
-        row = min(rows, key=lambda r: r.get("frames") or 0)
-    return row["video"], row.get("frames") or 0
+        rows = [row for row in map(json.loads, filter(str.strip, f)) if isinstance(row.get("frames"), int)]
+    row = min(rows, key=lambda r: r["frames"], default=None)
+    return None if row is None else (row["video"], row["frames"])
 
 
 def _metadata_rows(archive: zipfile.ZipFile, files: dict[str, zipfile.ZipInfo]) -> Iterator[dict]:

@@ -196,8 +196,9 @@ def _check_video_job(dataset: dict, hp: dict, gpu: dict, settings: Settings) -> 
             f"sft_video_gen trains on one device; gpu.count is {gpu['count']}. Send count 1.",
             "gpu.count",
         )
-    video, frames = dataset_files.shortest_clip(datasets.dataset_dir(settings.data_dir, dataset["id"]), dataset["path"])
-    if frames < hp["num_frames"]:
+    shortest = dataset_files.shortest_clip(datasets.dataset_dir(settings.data_dir, dataset["id"]), dataset["path"])
+    if shortest and shortest[1] < hp["num_frames"]:
+        video, frames = shortest
         raise bad_request(
             "clip_too_short",
             f'Clip "{video}" of dataset {dataset["id"]} has {frames} frames, fewer than num_frames '
