@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from trainers.progress import Progress, install_sigterm_handler, load_config, lo
 
 PER_DEVICE_BATCH_CAP = 16  # completions per forward pass and device; the rest is accumulation
 SAMPLES_PER_STEP = 64
+SAMPLE_FIELDS = {"type", "step", "time", "prompt", "completion", "reward", "rewards", "advantage", "group"}
 
 
 def batch_split(global_batch: int, processes: int, cap: int = PER_DEVICE_BATCH_CAP) -> tuple[int, int]:
@@ -91,22 +93,10 @@ def train(config: dict, progress: Progress) -> int:
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    rows, changed = prompts.build(
-        prompts.read_rows(config["dataset"]),
-        config["dataset"]["format"],
-        tokenizer,
-        hp["system_prompt"],
-        hp["max_prompt_length"],
-    )
-    if changed["truncated"] or changed["dropped"]:
-        log(
-            f"max_prompt_length {hp['max_prompt_length']}: {changed['truncated']} prompts shortened from the start, "
-            f"{changed['dropped']} chat prompts left out"
-        )
+    rows, functions = _prompts_and_rewards(config, tokenizer)
     import datasets
 
     dataset = datasets.Dataset.from_list(rows)
-    functions, _ = rewards.load(config["reward_functions"])
 
     args = grpo_args(config, processes, on_gpu, bf16)
     log("TRL settings: " + ", ".join(f"{k}={v}" for k, v in args.items() if k not in ("output_dir", "report_to")))
@@ -159,6 +149,29 @@ def train(config: dict, progress: Progress) -> int:
         log(f"saved the {'LoRA adapter' if peft_config else 'model'} to {output}")
         progress.completed(steps=trainer.state.global_step)
     return 0
+
+
+def _prompts_and_rewards(config: dict, tokenizer: Any) -> tuple[list[dict], list[Callable]]:
+    """The prompt rows and reward functions: the dataset's rows and the uploaded functions, or,
+    for a job with environments, their tasks' prompts (the dataset is not read) and graders.
+    Both before the model loads, so a service that is down fails the job at once."""
+    hp = config["hyperparameters"]
+    if config.get("environments"):
+        from trainers.environments import open_environments, prompts_needed
+
+        environments = open_environments(config)
+        source, fmt = environments.prompt_rows(prompts_needed(hp)), "prompt_only"
+        functions = environments.reward_functions()
+    else:
+        source, fmt = prompts.read_rows(config["dataset"]), config["dataset"]["format"]
+        functions, _ = rewards.load(config["reward_functions"])
+    rows, changed = prompts.build(source, fmt, tokenizer, hp["system_prompt"], hp["max_prompt_length"])
+    if changed["truncated"] or changed["dropped"]:
+        log(
+            f"max_prompt_length {hp['max_prompt_length']}: {changed['truncated']} prompts shortened from the start, "
+            f"{changed['dropped']} chat prompts left out"
+        )
+    return rows, functions
 
 
 def _progress_callback(progress: Progress) -> Any:
@@ -218,6 +231,8 @@ def _trainer_class(base: type) -> type:
                 return
             self._veri_last = completions
             rewards_by_name = {name: list(values) for name, values in self._logs["rewards"].items()}
+            # Columns reward functions added with TRL's log_extra (an environment's task, say).
+            extra = {k: list(v) for k, v in self._logs["extra"].items() if k not in SAMPLE_FIELDS}
             weights = self.reward_weights.tolist()
             names = list(rewards_by_name)
             for i, (prompt, completion) in enumerate(zip(list(self._logs["prompt"]), completions)):
@@ -233,6 +248,7 @@ def _trainer_class(base: type) -> type:
                     rewards=per_function,
                     advantage=_finite(list(self._logs["advantages"])[i]),
                     group=i // self.num_generations,
+                    **{k: v[i] for k, v in extra.items() if i < len(v)},
                 )
 
     return VeriGRPOTrainer

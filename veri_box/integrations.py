@@ -1,5 +1,10 @@
 """Third-party integrations; today OpenReward, whose environments can be a GRPO reward source.
-The API key is stored for the trainers to use and never returned: only a hint of it."""
+The API key is stored for the trainers to use and never returned: only a hint of it.
+
+base_url is optional: without it the box talks to the OpenReward platform as the official client
+does (OPENREWARD_URL, OPENREWARD_SESSION_URL and OPENREWARD_API_URL honoured); with a URL on the
+platform's domain it is that platform's web URL; any other URL is a self-hosted ORS server
+(see veri_box/openreward.py)."""
 
 from __future__ import annotations
 
@@ -32,13 +37,19 @@ class Integration(msgspec.Struct):
     object: str = "integration"
 
 
+def key_hint(key: str) -> str:
+    """The key's last four characters, only when they are a small part of it: a short key
+    (a self-hosted server may accept anything) would otherwise be given away whole."""
+    return "..." + key[-4:] if len(key) >= 12 else "..."
+
+
 def to_api(row: dict | None) -> Integration:
     if row is None:
         return Integration(provider=OPENREWARD, configured=False, key_hint=None, base_url=None, updated_at=None)
     return Integration(
         provider=OPENREWARD,
         configured=True,
-        key_hint="..." + row["api_key"][-4:],
+        key_hint=key_hint(row["api_key"]),
         base_url=row["base_url"],
         updated_at=row["updated_at"],
     )
@@ -58,7 +69,10 @@ class IntegrationController(Controller):
             parsed = urlparse(base_url)
             if parsed.scheme not in ("http", "https") or not parsed.netloc:
                 raise bad_request(
-                    "invalid_value", "base_url must be an http(s) URL such as https://api.openreward.ai.", "base_url"
+                    "invalid_value",
+                    "base_url must be an http(s) URL: https://openreward.ai, or a self-hosted ORS server "
+                    "such as http://127.0.0.1:8080.",
+                    "base_url",
                 )
         return to_api(store.put_integration(OPENREWARD, key, base_url))
 

@@ -12,7 +12,7 @@ from litestar.params import FromPath, JSONBody, Parameter
 from litestar.response import ServerSentEvent
 from msgspec import Meta
 
-from . import artifacts, dataset_files, datasets, hyperparameters, logs, metrics, reward_functions
+from . import artifacts, dataset_files, datasets, hyperparameters, logs, metrics, openreward, reward_functions
 from .auth import Signer
 from .devices import Inventory
 from .errors import ApiError, bad_request, not_found
@@ -261,13 +261,15 @@ def _reward_sources(body: CreateJob, store: Store, settings: Settings) -> tuple[
             )
     weights = weights or [1.0] * count
     if body.environments:
-        if store.get_integration("openreward") is None:
+        integration = store.get_integration("openreward")
+        if integration is None:
             raise bad_request(
                 "integration_not_configured",
                 "Jobs with environments need the OpenReward integration; set it with "
                 "PUT /v1/settings/integrations/openreward.",
                 "environments",
             )
+        openreward.check({name: spec.splits for name, spec in body.environments.items()}, integration)
         return [], []
     if body.reward_function_id:
         if store.get_reward_function(body.reward_function_id) is None:

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import artifacts
+from . import artifacts, openreward
 from .datasets import dataset_dir
 from .devices import CPU, Inventory
 from .settings import Settings
@@ -117,6 +117,18 @@ def _signal_group(job: dict, sig: int) -> bool:
         return True
     except (ProcessLookupError, PermissionError):
         return False
+
+
+def _openreward_config(integration: dict) -> dict:
+    """The key and the service's URLs resolved here, once, so the trainer talks to exactly the
+    service the submit-time check asked."""
+    ends = openreward.endpoints(integration["base_url"])
+    return {
+        "api_key": integration["api_key"],
+        "base_url": integration["base_url"],
+        "session_url": ends.session_url,
+        "api_url": ends.api_url,
+    }
 
 
 class Runner:
@@ -289,9 +301,7 @@ class Runner:
             },
             "reward_functions": rewards,
             "environments": job["environments"],
-            "openreward": {"api_key": integration["api_key"], "base_url": integration["base_url"]}
-            if integration
-            else None,
+            "openreward": _openreward_config(integration) if integration else None,
             "hyperparameters": job["hyperparameters"],
             "seed": job["hyperparameters"].get("seed"),
             "devices": {"type": job["gpu_requested"]["type"], "count": len(indices), "indices": indices},
