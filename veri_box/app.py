@@ -15,7 +15,7 @@ from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
-from . import __version__, artifacts, devices
+from . import __version__, artifacts, dashboard, devices
 from .api_keys import ApiKeyController
 from .auth import Signer, require_api_key
 from .datasets import DatasetController
@@ -105,7 +105,7 @@ def create_app(settings: Settings, inventory: Inventory | None = None, run_jobs:
         ],
     )
     app = Litestar(
-        route_handlers=[api, artifacts.download, healthz],
+        route_handlers=[api, artifacts.download, healthz, *dashboard.routers(settings, store)],
         dependencies={
             "store": Provide(lambda: store, use_cache=True, sync_to_thread=False),
             "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
@@ -125,5 +125,6 @@ def create_app(settings: Settings, inventory: Inventory | None = None, run_jobs:
     app.state.settings = settings
     app.state.inventory = inventory
     app.state.runner = runner
+    app.state.session_signer = dashboard.session_signer(store)
     _document_errors(app)
     return app

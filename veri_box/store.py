@@ -696,3 +696,54 @@ class Store:
 
     def delete_integration(self, provider: str) -> bool:
         return self.db.execute("DELETE FROM integrations WHERE provider = ?", [provider]).rowcount > 0
+
+    # -- dashboard reads (bounded: each is an index seek or a scan of one small index) -------
+
+    def dashboard_any_job(self) -> bool:
+        return self.db.execute("SELECT 1 FROM jobs LIMIT 1").fetchone() is not None
+
+    def dashboard_job_counts(self) -> dict[str, int]:
+        """Jobs per status (a scan of the jobs_status index, not of the rows)."""
+        return dict(self.db.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall())
+
+    def dashboard_recent_base_models(self, limit: int) -> list[str]:
+        rows = self.db.execute("SELECT base_model FROM jobs ORDER BY rowid DESC LIMIT 200").fetchall()
+        return list(dict.fromkeys(r[0] for r in rows))[:limit]
+
+    def dashboard_sample_steps(self, job_id: str, limit: int) -> list[int]:
+        """Steps that have rollouts or clips, newest first (a loose scan of samples_job_step)."""
+        rows = self.db.execute(
+            """WITH RECURSIVE s(step) AS (
+                   SELECT max(step) FROM samples WHERE job_id = :job
+                   UNION ALL
+                   SELECT (SELECT max(step) FROM samples WHERE job_id = :job AND step < s.step)
+                   FROM s WHERE s.step IS NOT NULL)
+               SELECT step FROM s WHERE step IS NOT NULL LIMIT :limit""",
+            {"job": job_id, "limit": limit},
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def dashboard_datasets_in_use(self, ids: list[str]) -> set[str]:
+        """Which of these datasets a job that has not finished uses (they cannot be deleted)."""
+        if not ids:
+            return set()
+        marks = ",".join("?" * len(ids))
+        # From the few unfinished jobs (jobs_status index); `+dataset_id` keeps SQLite from
+        # walking every job of a popular dataset through jobs_dataset instead.
+        rows = self.db.execute(
+            f"""SELECT DISTINCT dataset_id FROM jobs
+                WHERE status IN ('queued', 'provisioning', 'running') AND +dataset_id IN ({marks})""",
+            ids,
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    def dashboard_reward_functions_in_use(self, ids: list[str]) -> set[str]:
+        if not ids:
+            return set()
+        marks = ",".join("?" * len(ids))
+        rows = self.db.execute(
+            f"""SELECT DISTINCT r.reward_function_id FROM jobs j CROSS JOIN job_reward_functions r ON r.job_id = j.id
+                WHERE j.status IN ('queued', 'provisioning', 'running') AND r.reward_function_id IN ({marks})""",
+            ids,
+        ).fetchall()
+        return {r[0] for r in rows}

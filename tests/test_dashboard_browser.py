@@ -1,0 +1,277 @@
+"""The dashboard in a real browser (Debian's chromium, driven by Playwright) against a real
+`veri-box serve` training the tiny model on the cpu pool: log in, upload a dataset and a reward
+function, launch a GRPO job from the form, watch its chart, log and status update without a
+reload, open a rollout, download the model, cancel a second job; no console errors anywhere.
+Screenshots of each page are kept in test-artifacts/dashboard/."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+from serving import KEY, REPO, Server
+
+from veri_box import demo
+
+sync_api = pytest.importorskip("playwright.sync_api")
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = REPO / "test-artifacts" / "dashboard"
+# The demo's settings with which the tiny model learns, cut to a few steps.
+HYPERPARAMETERS = {**{k: v for k, v in demo.HYPERPARAMETERS.items()}, "max_steps": 6, "save_steps": 3, "seed": 0}
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    from trainers.tiny import build_tiny_lm
+
+    return build_tiny_lm(tmp_path_factory.mktemp("tiny") / "model", seed=0)
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    box = Server(tmp_path / "data", tmp_path / "serve.log", "--gpus", "none", "--cpu-slots", "1")
+    output = box.start()
+    box.key = KEY.search(output).group(0)
+    yield box
+    box.stop()
+
+
+class Shots:
+    """Screenshots named in the order they were taken, kept after the test."""
+
+    def __init__(self, page, directory: Path):
+        self.page = page
+        self.directory = directory
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        self.count = 0
+
+    def __call__(self, name: str) -> None:
+        self.count += 1
+        self.page.screenshot(path=str(self.directory / f"{self.count:02d}-{name}.png"), full_page=True)
+
+
+def no_horizontal_scroll(page) -> None:
+    width = page.evaluate("document.documentElement.scrollWidth")
+    viewport = page.evaluate("document.documentElement.clientWidth")
+    assert width <= viewport, f"{page.url}: {width}px wide in a {viewport}px window"
+
+
+def test_the_whole_product_in_the_browser(server, tiny_model, tmp_path):
+    console_errors: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        page.on("console", lambda m: console_errors.append(f"{page.url}: {m.text}") if m.type == "error" else None)
+        page.on("pageerror", lambda e: console_errors.append(f"{page.url}: {e}"))
+        page.on("dialog", lambda d: d.accept())
+        shot = Shots(page, ARTIFACTS)
+        try:
+            _walk_through(page, shot, server, tiny_model, tmp_path)
+        except Exception:
+            shot("failure")
+            (ARTIFACTS / "serve.log").write_text(server.output()[-20000:])
+            raise
+        finally:
+            browser.close()
+    assert console_errors == []
+
+
+def _walk_through(page, shot, server: Server, tiny_model: Path, tmp_path: Path) -> None:
+    expect = sync_api.expect
+
+    # -- log in -------------------------------------------------------------------------------
+    page.goto(server.url + "/")
+    expect(page).to_have_url(re.compile(r"/login"))
+    no_horizontal_scroll(page)
+    shot("login")
+    page.fill("[name=api_key]", "vk_" + "0" * 40)
+    page.click("button[type=submit]")
+    expect(page.locator(".error-box")).to_contain_text("not valid")
+    page.fill("[name=api_key]", server.key)
+    page.click("button[type=submit]")
+    expect(page).to_have_url(re.compile(r"/jobs$"))
+    expect(page.locator("#demo")).to_contain_text("no jobs yet")  # first run offers the demo
+    no_horizontal_scroll(page)
+    shot("jobs-first-run")
+
+    # -- the demo from the first-run offer: it builds the tiny model and submits the job ---------
+    page.click("#demo button")
+    page.wait_for_url(re.compile(r"/jobs/job_[0-9a-f]+$"), timeout=120_000)
+    expect(page.locator(".job-head h1")).to_have_text("tiny-demo")
+    shot("demo-job")
+    page.click("#cancel-job")  # the confirmation dialog is accepted; the next job needs the cpu
+    expect(page.locator("#job-status")).to_have_text("cancelled")
+
+    # -- upload a dataset and a reward function ------------------------------------------------
+    page.click("nav >> text=Datasets")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a"}\n{"prompt": \n')
+    page.set_input_files("#ds-file", str(bad))
+    page.click("#dataset-upload button[type=submit]")
+    expect(page.locator("#datasets-panel .error-box")).to_contain_text("Line 2 is not valid JSON")
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "answer": "a"}) + "\n" for p in demo.PROMPTS))
+    page.evaluate(
+        "document.addEventListener('htmx:xhr:progress', e => {"
+        " window.__uploaded = Math.max(window.__uploaded || 0, e.detail.loaded / e.detail.total); })"
+    )
+    page.fill("#ds-name", "demo prompts")
+    page.set_input_files("#ds-file", str(data))
+    page.click("#dataset-upload button[type=submit]")
+    expect(page.locator("#datasets-panel .message-box")).to_contain_text("16 rows")
+    assert page.evaluate("window.__uploaded") == 1  # the progress bar saw the whole upload
+    page.locator("#datasets-panel button", has_text="Preview").first.click()
+    expect(page.locator("#dataset-preview")).to_contain_text("Say something:")
+    no_horizontal_scroll(page)
+    shot("datasets")
+
+    page.click("nav >> text=Reward functions")
+    reward = tmp_path / "letter_a.py"
+    reward.write_text(demo.REWARD)
+    page.fill("#rf-name", "letter_a")
+    page.set_input_files("#rf-file", str(reward))
+    page.click("#rf-upload button[type=submit]")
+    expect(page.locator("#rf-panel .message-box")).to_contain_text("calls reward()")
+    page.locator("#rf-panel button", has_text="View source").first.click()
+    expect(page.locator("#rf-source")).to_contain_text('c.count("a")')
+    no_horizontal_scroll(page)
+    shot("reward-functions")
+
+    # -- launch a job from the form: first refused with the API's own error, then accepted ------
+    page.click("nav >> text=New job")
+    page.fill("#base_model", str(tiny_model))
+    page.fill("#output_name", "tiny-from-browser")
+    page.select_option("#dataset_id", index=1)
+    page.locator("[name=reward_function_ids]").first.check()
+    page.select_option("#gpu_type", "cpu")
+    for name, value in HYPERPARAMETERS.items():
+        page.fill(f"[name='hp.{name}']", str(value))
+    page.fill("[name='hp.global_batch_size']", "30")
+    page.click("#launch")
+    expect(page.locator("#err-hyperparameters-global_batch_size")).to_contain_text("multiple of rollouts_per_prompt")
+    no_horizontal_scroll(page)
+    shot("new-job-validation-error")
+    page.fill("[name='hp.global_batch_size']", str(HYPERPARAMETERS["global_batch_size"]))
+    page.click("#launch")
+    page.wait_for_url(re.compile(r"/jobs/job_[0-9a-f]+$"))
+    job_url = page.url
+
+    # -- watch it train without a reload -------------------------------------------------------
+    page.evaluate("window.__sameDocument = true")
+    expect(page.locator("#job-status")).to_have_text("running", timeout=90_000)
+    expect(page.locator("#charts")).to_have_attribute("data-points", re.compile(r"^[1-9]"), timeout=90_000)
+    expect(page.locator("#log .line").first).to_be_visible()
+    shot("job-running")
+    expect(page.locator("#job-status")).to_have_text("completed", timeout=120_000)
+    assert page.evaluate("window.__sameDocument") is True, "the page reloaded"
+    expect(page.locator("#charts")).to_have_attribute("data-final", "true")
+    expect(page.locator("#log .line.sentinel")).to_have_text("[Job completed]")
+    expect(page.locator("#job-progress")).to_have_text("step 6 of 6")
+    charts = page.locator("#chart-grid .chart")
+    assert charts.count() >= 3
+    assert int(page.locator(".chart[data-key=reward]").get_attribute("data-points")) == 6
+    expect(page.locator("#timeline")).to_contain_text("completed")
+    expect(page.locator("#download-model")).to_be_visible()  # the downloads panel refreshed itself
+    expect(page.locator("#rollout-step")).to_contain_text("latest (6)")
+    # pick another metric; the choice and the data survive a reload
+    page.click("#charts summary")
+    page.check("#key-picker input[value=entropy]")
+    expect(page.locator(".chart[data-key=entropy]")).to_have_count(1)
+    page.reload()
+    expect(page.locator(".chart[data-key=entropy]")).to_have_attribute("data-points", "6")
+    # zoom: a drag across the reward chart narrows its x scale
+    chart = page.locator(".chart[data-key=reward] .u-over")
+    chart.scroll_into_view_if_needed()
+    box = chart.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] / 2, steps=5)
+    page.mouse.up()
+    expect(page.locator("#charts")).to_have_attribute("data-zoomed", "true")
+    x_range = page.evaluate(
+        "() => document.querySelector('.chart[data-key=reward] .u-over').getBoundingClientRect().width"
+    )
+    assert x_range > 0
+    no_horizontal_scroll(page)
+    shot("job-completed")
+
+    # -- a rollout -------------------------------------------------------------------------------
+    expect(page.locator("#rollout-step")).to_be_visible()
+    page.select_option("#rollout-step", "3")
+    expect(page.locator("#rollouts-panel")).to_contain_text("Step 3:")
+    page.select_option("#rollout-sort", "reward")
+    expect(page.locator("#rollouts-panel .rollout").first).to_be_visible()
+    assert page.locator("#rollouts-panel .rollout").count() == HYPERPARAMETERS["global_batch_size"]
+    page.locator("#rollouts-panel article.group details summary").first.click()
+    page.locator("#rollouts-title").scroll_into_view_if_needed()
+    shot("rollouts")
+
+    # -- download the model ------------------------------------------------------------------------
+    with page.expect_download() as download:
+        page.click("#download-model")
+    archive = tmp_path / "model.tar.gz"
+    download.value.save_as(archive)
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert any(n.endswith("adapter_model.safetensors") for n in names), names
+
+    # -- clone it into a second job and cancel that one ----------------------------------------
+    page.click(".job-head >> text=Clone")
+    expect(page.locator("#output_name")).to_have_value("tiny-from-browser-copy")
+    expect(page.locator("[name='hp.learning_rate']")).to_have_value("0.05")
+    page.fill("[name='hp.max_steps']", "500")
+    page.click("#launch")
+    page.wait_for_url(re.compile(r"/jobs/job_[0-9a-f]+$"))
+    assert page.url != job_url
+    expect(page.locator("#job-status")).to_have_text(re.compile("running|provisioning|queued"))
+    page.click("#cancel-job")  # the confirmation dialog is accepted
+    expect(page.locator("#job-status")).to_have_text("cancelled", timeout=30_000)
+    expect(page.locator("#timeline")).to_contain_text("cancelled")
+    shot("job-cancelled")
+
+    # -- the jobs list, settings, and a narrow window ---------------------------------------------
+    page.click("nav >> text=Jobs")
+    expect(page.locator("#job-table tbody tr")).to_have_count(3)
+    expect(page.locator("#job-table")).to_contain_text("completed")
+    page.select_option("[name=status]", "cancelled")
+    expect(page.locator("#job-table tbody tr")).to_have_count(2)
+    no_horizontal_scroll(page)
+    shot("jobs")
+
+    page.click("nav >> text=Settings")
+    page.fill("#key-name", "browser test")
+    page.click("#api-keys button[type=submit]")
+    expect(page.locator("#new-key")).to_have_text(re.compile(r"^vk_[0-9a-f]{40}$"))
+    expect(page.locator("#device-table")).to_contain_text("cpu")
+    no_horizontal_scroll(page)
+    shot("settings")
+
+    page.set_viewport_size({"width": 800, "height": 900})
+    for path, name in [("/jobs", "jobs"), (job_url, "job"), ("/jobs/new", "new-job"), ("/datasets", "datasets")]:
+        page.goto(path if path.startswith("http") else server.url + path)
+        no_horizontal_scroll(page)
+        shot(f"{name}-800px")
+
+    # keyboard: the skip link is the first stop and leads to the content
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.className") == "skip"
+
+    page.click("text=Log out")
+    expect(page).to_have_url(re.compile(r"/login$"))

@@ -1,0 +1,126 @@
+"""Browser sessions for the dashboard: a signed, HttpOnly, SameSite cookie naming the API key
+the user logged in with, and a CSRF token bound to it.
+
+The API keeps Bearer auth; the cookie only opens dashboard routes. A session ends when its
+key is revoked (checked on every request), when it expires, or on logout. State-changing
+dashboard requests must echo the session's CSRF token, as the `X-CSRF-Token` header (htmx
+sends it from `hx-headers` on <body>) or as a `_csrf` form field (plain forms).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from dataclasses import dataclass
+
+from litestar import Request
+from litestar.connection import ASGIConnection
+from litestar.handlers import BaseRouteHandler
+
+from .store import Store
+
+COOKIE = "vb_session"
+LOGIN_COOKIE = "vb_login"  # double-submit token for the login form itself
+SESSION_TTL_S = 14 * 24 * 3600
+CSRF_HEADER = "x-csrf-token"
+CSRF_FIELD = "_csrf"
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+@dataclass(frozen=True)
+class Session:
+    key_id: str
+    key_name: str
+    key_prefix: str
+    csrf: str
+    expires: int
+
+
+class NotLoggedIn(Exception):
+    """No valid session: pages redirect to /login, fragments tell htmx to go there."""
+
+
+class CsrfFailed(Exception):
+    pass
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class SessionSigner:
+    """HMAC-SHA256 over a small JSON payload; the secret lives in the store's `box` table, so
+    sessions survive a restart."""
+
+    def __init__(self, secret: str):
+        self._secret = secret.encode()
+
+    def _mac(self, body: str) -> str:
+        return _b64(hmac.new(self._secret, body.encode(), hashlib.sha256).digest())
+
+    def dumps(self, payload: dict) -> str:
+        body = _b64(json.dumps(payload, separators=(",", ":")).encode())
+        return f"{body}.{self._mac(body)}"
+
+    def loads(self, token: str) -> dict | None:
+        body, _, mac = token.partition(".")
+        if not body or not mac or not mac.isascii() or not hmac.compare_digest(self._mac(body), mac):
+            return None
+        try:
+            payload = json.loads(_unb64(body))
+        except ValueError:
+            return None
+        return payload if isinstance(payload, dict) else None
+
+    def new_session(self, key_id: str) -> str:
+        return self.dumps({"k": key_id, "c": secrets.token_urlsafe(24), "e": int(time.time()) + SESSION_TTL_S})
+
+    def login_token(self) -> str:
+        return self.dumps({"l": secrets.token_urlsafe(16), "e": int(time.time()) + 3600})
+
+
+def read_session(connection: ASGIConnection) -> Session | None:
+    """The live session of this request, or None. Cached on the connection's scope."""
+    state = connection.scope.setdefault("state", {})
+    if "dashboard_session" in state:
+        return state["dashboard_session"]
+    session = None
+    token = connection.cookies.get(COOKIE)
+    signer: SessionSigner = connection.app.state.session_signer
+    payload = signer.loads(token) if token else None
+    if payload and isinstance(payload.get("e"), int) and payload["e"] > time.time() and payload.get("k"):
+        store: Store = connection.app.state.store
+        key = store.get_api_key(str(payload["k"]))  # revoked keys are not returned
+        if key is not None:
+            session = Session(key["id"], key["name"], key["key_prefix"], str(payload.get("c", "")), payload["e"])
+    state["dashboard_session"] = session
+    return session
+
+
+def tokens_match(expected: str, given: str | None) -> bool:
+    return bool(expected) and bool(given) and given.isascii() and hmac.compare_digest(expected, given)
+
+
+async def require_session(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    """Guard of every dashboard route behind the login; checks CSRF on unsafe methods."""
+    session = read_session(connection)
+    if session is None:
+        raise NotLoggedIn()
+    if connection.scope.get("method", "GET") in SAFE_METHODS:
+        return
+    given = connection.headers.get(CSRF_HEADER)
+    if given is None and isinstance(connection, Request):
+        content_type = connection.headers.get("content-type", "")
+        if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+            # The parsed form is cached on the request: the handler reads it again for free.
+            given = (await connection.form()).get(CSRF_FIELD)
+    if not tokens_match(session.csrf, given if isinstance(given, str) else None):
+        raise CsrfFailed()
