@@ -489,16 +489,15 @@ def test_static_assets_are_vendored_and_served(web):
     assert "cdn" not in page.lower() and "https://" not in page
 
 
-def test_the_demo_button_submits_the_demo_job(web, settings):
-    """What `veri-box demo` submits, from the button an empty box shows (it builds the tiny model
-    in a child process: the server never imports torch)."""
+def test_the_demo_button_submits_the_demo_job(web):
+    """What `veri-box demo` submits, from the button an empty box shows: the built-in tiny model,
+    which the trainer builds (the web layer spawns nothing)."""
     r = web.post("/demo")
     job_id = r.headers["HX-Redirect"].removeprefix("/jobs/")
     job = web.api.get(f"/v1/training_jobs/{job_id}").json()
     assert job["output_name"] == "tiny-demo" and job["gpu_requested"] == {"type": "cpu", "count": 1}
     assert all(job["hyperparameters"][k] == v for k, v in demo.HYPERPARAMETERS.items())
-    assert job["base_model"] == str(settings.data_dir / "models" / "tiny-demo")
-    assert (settings.data_dir / "models" / "tiny-demo" / "config.json").is_file()
+    assert job["base_model"] == "veri-box/tiny-lm" == demo.TINY_LM
     source = web.api.get(f"/v1/reward_functions/{job['reward_function_id']}/source").text
     assert source == demo.REWARD
     assert web.api.get(f"/v1/datasets/{job['dataset_id']}").json()["num_rows"] == len(demo.PROMPTS)

@@ -87,7 +87,7 @@ def train(config: dict, progress: Progress) -> int:
     on_gpu = config["devices"]["type"] != "cpu" and torch.cuda.is_available()
     bf16 = on_gpu and torch.cuda.is_bf16_supported()
     processes = max(config["devices"]["count"], 1) if on_gpu else 1
-    model_path = models.resolve(config["base_model"])
+    model_path = models.resolve(config["base_model"], config.get("models_dir"))
     log(f"base model {config['base_model']} from {model_path}; {'GPU' if on_gpu else 'CPU'}, bf16={bf16}")
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_path)

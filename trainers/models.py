@@ -1,16 +1,31 @@
-"""Finding the base model on this machine: a local directory or the Hugging Face cache, never
-a download at run time (the runner also sets HF_HUB_OFFLINE=1)."""
+"""Finding the base model on this machine: a local directory, the Hugging Face cache, or one of
+the built-in tiny models, never a download at run time (the runner also sets HF_HUB_OFFLINE=1).
+
+The built-in models (`veri-box/tiny-lm`, `veri-box/tiny-cogvideox`) are built here, in the
+trainer, the first time a job names them, into the box's models folder: the demo and first jobs
+need no model on the machine, and the server never spawns a process to make one.
+"""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 from trainers.errors import TrainerError
+from trainers.progress import log
+
+BUILT_IN = {
+    "veri-box/tiny-lm": ("trainers.tiny", "build_tiny_lm", "config.json"),
+    "veri-box/tiny-cogvideox": ("trainers.tiny_video", "build_tiny_video_pipeline", "model_index.json"),
+}
 
 
-def resolve(base_model: str) -> str:
+def resolve(base_model: str, models_dir: str | Path | None = None) -> str:
     """A directory holding the model's files, or TrainerError `model_not_found` saying where
     we looked."""
+    if base_model in BUILT_IN and models_dir:
+        return str(built_in(base_model, Path(models_dir)))
     local = Path(base_model).expanduser()
     if local.is_dir():
         return str(local)
@@ -25,3 +40,26 @@ def resolve(base_model: str) -> str:
             f"({constants.HF_HUB_CACHE}). Download it on the box first (e.g. `hf download {base_model}`) "
             "or pass the path of a local model directory as base_model.",
         ) from None
+
+
+def built_in(name: str, models_dir: Path) -> Path:
+    """The built-in model's folder, built on first use. Two jobs may build it at once: each
+    builds in its own temporary folder and the first rename wins."""
+    import importlib
+
+    module, function, marker = BUILT_IN[name]
+    target = models_dir / name.split("/", 1)[1]
+    if (target / marker).is_file():
+        return target
+    log(f"building the built-in model {name} in {target}")
+    models_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=models_dir))
+    try:
+        getattr(importlib.import_module(module), function)(tmp / "model")
+        (tmp / "model").rename(target)
+    except OSError:
+        if not (target / marker).is_file():  # not a lost race: a real failure
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

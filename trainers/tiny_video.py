@@ -10,7 +10,8 @@ code it runs on THUDM/CogVideoX-2b. It is not meant to make sensible videos.
 position embeddings), `rotary=True` like CogVideoX-5b (rotary embeddings). `squares_zip` makes a
 dataset to train it on: clips of a coloured square moving left or right, with captions.
 
-CLI: `python -m trainers.tiny_video OUT_DIR [--seed N] [--rotary] [--dataset CLIPS.zip]`.
+CLI: `python -m trainers.tiny_video [OUT_DIR] [--seed N] [--rotary] [--dataset CLIPS.zip]` (the
+pipeline, the clips, or both). Jobs can also name it `veri-box/tiny-cogvideox` (trainers/models.py).
 """
 
 from __future__ import annotations
@@ -172,12 +173,15 @@ def squares_zip(n: int = 4, frames: int = 12, layout: str = "metadata", extra: d
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out_dir")
+    parser.add_argument("out_dir", nargs="?", help="where to write the pipeline")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rotary", action="store_true", help="CogVideoX-5b-style rotary position embeddings")
     parser.add_argument("--dataset", type=Path, help="also write a zip of captioned square clips here")
     args = parser.parse_args(argv)
-    print(build_tiny_video_pipeline(args.out_dir, args.seed, args.rotary))
+    if not args.out_dir and not args.dataset:
+        parser.error("give OUT_DIR, --dataset, or both")
+    if args.out_dir:
+        print(build_tiny_video_pipeline(args.out_dir, args.seed, args.rotary))
     if args.dataset:
         args.dataset.write_bytes(squares_zip())
 

@@ -63,7 +63,9 @@ def train(config: dict, progress: Progress) -> int:
 
     rows = video_data.read_rows(config["dataset"])
     per_epoch, total = plan(len(rows), hp)
-    pipe = load_pipeline(config["base_model"], hp, dtype, device)
+    pipe = load_pipeline(
+        models.resolve(config["base_model"], config.get("models_dir")), config["base_model"], hp, dtype, device
+    )
     log(
         f"{len(rows)} clips, {per_epoch} steps per epoch, {total} steps; {'GPU' if on_gpu else 'CPU'} {dtype}; "
         f"{hp['num_frames']} frames at {hp['height']}x{hp['width']}"
@@ -141,10 +143,9 @@ def train(config: dict, progress: Progress) -> int:
     return 0
 
 
-def load_pipeline(base_model: str, hp: dict, dtype: Any, device: Any) -> Any:
+def load_pipeline(path: str, base_model: str, hp: dict, dtype: Any, device: Any) -> Any:
     from diffusers import CogVideoXPipeline
 
-    path = models.resolve(base_model)
     if not (Path(path) / "model_index.json").is_file():
         raise TrainerError(
             "model_not_found",

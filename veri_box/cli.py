@@ -72,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="Train a tiny model on a running box's cpu pool and watch its reward climb.",
-        description="Build a tiny random model on this machine, then upload a dataset and a reward function to "
-        "a running box and run a 30-step LoRA GRPO job on its cpu pool, printing the reward as it climbs "
+        description="Upload a dataset and a reward function to a running box and run a 30-step LoRA GRPO job "
+        "of the built-in tiny model (veri-box/tiny-lm) on its cpu pool, printing the reward as it climbs "
         "(about a minute on a 2-core machine).",
     )
     demo.add_argument("--url", default="http://127.0.0.1:8000", help="The running box (default: %(default)s).")
@@ -127,10 +127,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from .demo import DemoError, run
 
-    data_dir = Path(args.data_dir or default_data_dir())
     key = args.api_key or _store(args).create_api_key("demo")[1]
     try:
-        return run(args.url.rstrip("/"), key, data_dir, video=args.video)
+        return run(args.url.rstrip("/"), key, video=args.video)
     except (DemoError, OSError) as err:
         print(f"veri-box demo: {err}", file=sys.stderr)
         return 1

@@ -671,14 +671,10 @@ def start_demo(
     settings: NamedDependency[Settings],
     inventory: NamedDependency[Inventory],
 ) -> Response:
-    """The first-run demo: `veri-box demo`'s tiny model, prompts, reward and settings, submitted
-    through the same functions the API uses."""
+    """The first-run demo: `veri-box demo`'s built-in tiny model (the trainer builds it), prompts,
+    reward and settings, submitted through the same functions the API uses."""
     from . import demo  # only here: it brings the HTTP client the `veri-box demo` command uses
 
-    try:
-        model = demo.build_model(settings.data_dir)
-    except demo.DemoError as err:
-        raise ApiError(400, "demo_unavailable", str(err)) from None
     rows = "".join(json.dumps({"prompt": p}) + "\n" for p in demo.PROMPTS).encode()
     spool = settings.data_dir / "tmp"
     spool.mkdir(parents=True, exist_ok=True)
@@ -689,7 +685,7 @@ def start_demo(
     reward = store.insert_reward_function(rf_mod.prepare(settings, "letter_a", demo.REWARD))
     body = _convert(
         {
-            "base_model": str(model),
+            "base_model": demo.TINY_LM,
             "dataset_id": dataset["id"],
             "reward_function_id": reward["id"],
             "output_name": "tiny-demo",

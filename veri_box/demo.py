@@ -1,16 +1,17 @@
 """`veri-box demo`: a first GRPO job on a running box, end to end, in about a minute on a CPU.
 
-It builds a tiny random language model on this machine (in a child process: the server side
-never imports torch), uploads a prompt dataset and a reward function through the API like any
-client, submits a LoRA GRPO job on the `cpu` pool, and prints the reward as it climbs.
-`--video` does the same for sft_video_gen: a tiny CogVideoX pipeline, a zip of captioned clips
-of moving squares, and a LoRA job whose loss and validation videos it prints.
+It uploads a prompt dataset and a reward function through the API like any client, submits a
+LoRA GRPO job of the built-in tiny model (`veri-box/tiny-lm`, which the trainer builds on the
+box the first time) on the `cpu` pool, and prints the reward as it climbs. `--video` does the
+same for sft_video_gen: a zip of captioned clips of moving squares (made here, in a child
+process), the built-in tiny CogVideoX pipeline, and a LoRA job whose loss and videos it prints.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -63,32 +64,25 @@ VIDEO_HYPERPARAMETERS = {
     "save_steps": 20,
 }
 BARS = " ▁▂▃▄▅▆▇█"
+TINY_LM = "veri-box/tiny-lm"  # built by the trainer on first use (trainers/models.py)
+TINY_VIDEO = "veri-box/tiny-cogvideox"
 
 
 class DemoError(Exception):
     pass
 
 
-def build_model(data_dir: Path) -> Path:
-    target = data_dir / "models" / "tiny-demo"
-    if not (target / "config.json").is_file():
-        _build(["trainers.tiny", str(target)], f"a tiny random model in {target}")
-    return target
-
-
-def build_video_model(data_dir: Path) -> tuple[Path, Path]:
-    """(tiny CogVideoX pipeline, zip of captioned clips), built once per data dir."""
-    target, clips = data_dir / "models" / "tiny-video-demo", data_dir / "models" / "tiny-video-demo-clips.zip"
-    if not (target / "model_index.json").is_file() or not clips.is_file():
-        _build(["trainers.tiny_video", str(target), "--dataset", str(clips)], f"a tiny CogVideoX pipeline in {target}")
-    return target, clips
-
-
-def _build(module_args: list[str], what: str) -> None:
-    print(f"Building {what} ...", flush=True)
-    result = subprocess.run([sys.executable, "-m", *module_args], capture_output=True, text=True)
-    if result.returncode:
-        raise DemoError(f"Could not build {what}:\n{result.stderr[-2000:]}")
+def squares_zip() -> bytes:
+    """The video demo's dataset, made by trainers.tiny_video in a child process (it needs FFmpeg
+    and numpy, which this client does not otherwise load)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "squares.zip"
+        result = subprocess.run(
+            [sys.executable, "-m", "trainers.tiny_video", "--dataset", str(path)], capture_output=True, text=True
+        )
+        if result.returncode:
+            raise DemoError(f"Could not make the demo clips:\n{result.stderr[-2000:]}")
+        return path.read_bytes()
 
 
 def _check(response: httpx.Response) -> dict:
@@ -109,21 +103,20 @@ def sparkline(values: list[float]) -> str:
     return "".join(BARS[round((v - low) / span * (len(BARS) - 1))] for v in values)
 
 
-def run(url: str, key: str, data_dir: Path, timeout_s: float = 900, video: bool = False) -> int:
+def run(url: str, key: str, timeout_s: float = 900, video: bool = False) -> int:
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as http:
-        http.get("/healthz").raise_for_status()  # is a box there, before building anything
-        job = (_submit_video if video else _submit_grpo)(http, data_dir)
+        http.get("/healthz").raise_for_status()  # is a box there, before making anything
+        job = (_submit_video if video else _submit_grpo)(http)
         print(f"Job {job['id']} submitted; watch it at {job['dashboard_url']}", flush=True)
         return _follow(http, job["id"], timeout_s, "loss" if video else "reward")
 
 
-def _submit_video(http: httpx.Client, data_dir: Path) -> dict:
-    model, clips = build_video_model(data_dir)
-    files = {"file": ("squares.zip", clips.read_bytes(), "application/zip")}
+def _submit_video(http: httpx.Client) -> dict:
+    files = {"file": ("squares.zip", squares_zip(), "application/zip")}
     dataset = _check(http.post("/v1/datasets", data={"name": "demo squares"}, files=files))
     body = {
         "method": "sft_video_gen",
-        "base_model": str(model),
+        "base_model": TINY_VIDEO,
         "dataset_id": dataset["id"],
         "output_name": "tiny-video-demo",
         "hyperparameters": VIDEO_HYPERPARAMETERS,
@@ -132,8 +125,7 @@ def _submit_video(http: httpx.Client, data_dir: Path) -> dict:
     return _check(http.post("/v1/training_jobs", json=body))
 
 
-def _submit_grpo(http: httpx.Client, data_dir: Path) -> dict:
-    model = build_model(data_dir)
+def _submit_grpo(http: httpx.Client) -> dict:
     rows = "".join(f'{{"prompt": "{p}"}}\n' for p in PROMPTS).encode()
     dataset = _check(
         http.post(
@@ -151,7 +143,7 @@ def _submit_grpo(http: httpx.Client, data_dir: Path) -> dict:
         http.post(
             "/v1/training_jobs",
             json={
-                "base_model": str(model),
+                "base_model": TINY_LM,
                 "dataset_id": dataset["id"],
                 "reward_function_id": reward["id"],
                 "output_name": "tiny-demo",

@@ -307,6 +307,7 @@ class Runner:
             "devices": {"type": job["gpu_requested"]["type"], "count": len(indices), "indices": indices},
             "job_dir": str(job_dir),
             "output_dir": str(job_dir / artifacts.OUTPUT_DIR),
+            "models_dir": str(self.settings.data_dir / "models"),  # where built-in tiny models are built
             "checkpoints_dir": str(job_dir / "checkpoints"),
         }
         tmp = job_dir / "config.json.tmp"
