@@ -313,3 +313,26 @@ def test_plan_counts_short_last_batches_and_accumulation():
     hp = {"batch_size": 2, "gradient_accumulation_steps": 2, "num_epochs": 3, "max_steps": None}
     assert plan(5, hp) == (2, 6)  # 3 batches -> 2 optimizer steps per epoch
     assert plan(5, {**hp, "max_steps": 4}) == (2, 4)
+
+
+def test_gradient_checkpointing_of_the_gpu_path_still_trains_every_lora_weight(tiny_pipeline):
+    """On a GPU the transformer is checkpointed; with the base frozen, a reentrant checkpoint would
+    lose the LoRA gradients inside each block. Checked here on the CPU."""
+    import torch
+    from diffusers import CogVideoXDPMScheduler, CogVideoXPipeline
+
+    from trainers.tiny_video import SCHEDULER_CONFIG
+    from trainers.video import add_lora, diffusion_loss
+
+    pipe = CogVideoXPipeline.from_pretrained(tiny_pipeline)
+    hp = {"lora_rank": 4, "lora_alpha": 4, "height": 32, "width": 32}
+    transformer = add_lora(pipe.transformer, hp, on_gpu=True)
+    assert transformer.gradient_checkpointing
+    for name, param in transformer.named_parameters():
+        if "lora_B" in name:  # B starts at zero, which would leave A without a gradient
+            param.data.normal_(0, 0.1)
+    torch.manual_seed(0)
+    latents, embeds = torch.randn(1, 3, 4, 4, 4), torch.randn(1, 16, 32)
+    diffusion_loss(pipe, CogVideoXDPMScheduler(**SCHEDULER_CONFIG), latents, embeds, hp).backward()
+    lora = {n: p.grad for n, p in transformer.named_parameters() if p.requires_grad}
+    assert len(lora) == 16 and all(g is not None and g.abs().sum() > 0 for g in lora.values())
