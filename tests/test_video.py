@@ -315,16 +315,16 @@ def test_plan_counts_short_last_batches_and_accumulation():
     assert plan(5, {**hp, "max_steps": 4}) == (2, 4)
 
 
-def test_gradient_checkpointing_of_the_gpu_path_still_trains_every_lora_weight(tiny_pipeline):
-    """On a GPU the transformer is checkpointed; with the base frozen, a reentrant checkpoint would
-    lose the LoRA gradients inside each block. Checked here on the CPU."""
+def test_the_gpu_path_bf16_and_checkpointed_still_trains_every_lora_weight(tiny_pipeline):
+    """On a GPU the transformer is bf16 and checkpointed, the LoRA weights fp32. With the base
+    frozen, a reentrant checkpoint would lose the LoRA gradients inside each block. Checked on the CPU."""
     import torch
     from diffusers import CogVideoXDPMScheduler, CogVideoXPipeline
 
     from trainers.tiny_video import SCHEDULER_CONFIG
     from trainers.video import add_lora, diffusion_loss
 
-    pipe = CogVideoXPipeline.from_pretrained(tiny_pipeline)
+    pipe = CogVideoXPipeline.from_pretrained(tiny_pipeline, dtype=torch.bfloat16)
     hp = {"lora_rank": 4, "lora_alpha": 4, "height": 32, "width": 32}
     transformer = add_lora(pipe.transformer, hp, on_gpu=True)
     assert transformer.gradient_checkpointing
@@ -332,7 +332,12 @@ def test_gradient_checkpointing_of_the_gpu_path_still_trains_every_lora_weight(t
         if "lora_B" in name:  # B starts at zero, which would leave A without a gradient
             param.data.normal_(0, 0.1)
     torch.manual_seed(0)
-    latents, embeds = torch.randn(1, 3, 4, 4, 4), torch.randn(1, 16, 32)
-    diffusion_loss(pipe, CogVideoXDPMScheduler(**SCHEDULER_CONFIG), latents, embeds, hp).backward()
+    latents, embeds = torch.randn(1, 3, 4, 4, 4, dtype=torch.bfloat16), torch.randn(1, 16, 32, dtype=torch.bfloat16)
+    loss = diffusion_loss(pipe, CogVideoXDPMScheduler(**SCHEDULER_CONFIG), latents, embeds, hp)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
     lora = {n: p.grad for n, p in transformer.named_parameters() if p.requires_grad}
-    assert len(lora) == 16 and all(g is not None and g.abs().sum() > 0 for g in lora.values())
+    assert len(lora) == 16 and all(
+        g is not None and g.dtype == torch.float32 and g.abs().sum() > 0 for g in lora.values()
+    )
+    assert {p.dtype for p in transformer.parameters() if not p.requires_grad} == {torch.bfloat16}

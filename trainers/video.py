@@ -222,7 +222,7 @@ def diffusion_loss(pipe: Any, noise_scheduler: Any, latents: Any, embeds: Any, h
         return_dict=False,
     )[0]
     predicted = noise_scheduler.get_velocity(output, noisy, timesteps)
-    alphas = noise_scheduler.alphas_cumprod.to(latents.device)[timesteps]
+    alphas = noise_scheduler.alphas_cumprod.to(latents.device, torch.float32)[timesteps]  # stored as float64
     weights = (1 / (1 - alphas)).reshape(batch, 1, 1, 1, 1)
     return (weights * (predicted.float() - latents.float()) ** 2).reshape(batch, -1).mean(dim=1).mean()
 
