@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from trainers import clips
-from trainers.progress import log
+from trainers.errors import TrainerError
+from trainers.progress import log, stop_requested
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ def cache(pipeline: Any, rows: list[Clip], hp: dict, cache_dir: Path, device: An
         paths.append(path)
         if path.exists():
             continue
+        if stop_requested():  # a cancel during a long preparation need not wait for SIGKILL
+            raise TrainerError("interrupted", f"The trainer was stopped (SIGTERM) while encoding clip {i + 1}.")
         video = clips.read_clip(row.video, hp["num_frames"], hp["height"], hp["width"])
         video = video.permute(1, 0, 2, 3).unsqueeze(0).to(device, vae.dtype)  # 1, 3, F, H, W
         with torch.no_grad():
