@@ -18,7 +18,7 @@ from conftest import Api, finished, run_until
 
 from trainers.clips import read_clip, sample_indices
 from trainers.tiny_video import squares_zip
-from trainers.video import plan
+from trainers.video import epoch_steps, plan
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "a red square moving right"
@@ -160,21 +160,6 @@ def test_submit_checks_frames_against_the_model_rule_and_the_clips(box, tmp_path
     assert box.get("/v1/training_jobs").json()["data"] == []
 
 
-def test_a_video_job_takes_one_gpu(api, tiny_pipeline):
-    dataset = upload_clips(api, n=1, frames=9)["id"]
-    body = {
-        "method": "sft_video_gen",
-        "base_model": str(tiny_pipeline),
-        "dataset_id": dataset,
-        "output_name": "o",
-        "gpu": {"type": "A100-80GB", "count": 2},
-        "hyperparameters": {"num_frames": 9},
-    }
-    r = api.post("/v1/training_jobs", json=body)
-    assert r.status_code == 400 and r.json()["error"]["code"] == "gpu_count_unsupported", r.text
-    assert r.json()["error"]["param"] == "gpu.count"
-
-
 # ---- training ------------------------------------------------------------------------------
 
 
@@ -239,53 +224,67 @@ def test_cancel_saves_a_checkpoint_and_stops(box, tmp_path, tiny_pipeline):
 # ---- the trainer on its own: a CogVideoX-5b-shaped (rotary) model, and the cache -----------
 
 
-def test_rotary_model_trains_and_a_rerun_reuses_the_encoded_clips(tmp_path):
-    from trainers.tiny_video import build_tiny_video_pipeline
-
-    model = build_tiny_video_pipeline(tmp_path / "rotary", seed=1, rotary=True)
+def trainer_job(tmp_path: Path, model: Path, clips: int, **hp) -> Path:
+    """A job dir with config.json as the runner writes it, for running trainers.video directly."""
     data = tmp_path / "data"
-    zipfile.ZipFile(io.BytesIO(squares_zip(n=2, frames=9))).extractall(data)
+    zipfile.ZipFile(io.BytesIO(squares_zip(n=clips, frames=9))).extractall(data)
     job_dir = tmp_path / "job"
     job_dir.mkdir()
-    hp = {
-        **LEARNS,
-        "num_epochs": 1,
-        "validation_steps": None,
-        "save_steps": None,
-        "max_steps": None,
-        "batch_size": 2,
-        "gradient_accumulation_steps": 1,
-        "validation_prompts": [],
-    }
+    defaults = {"num_epochs": 1, "validation_steps": None, "save_steps": None, "max_steps": None}
     config = {
         "base_model": str(model),
         "dataset": {"path": str(data), "format": "video_captions"},
-        "hyperparameters": hp,
+        "hyperparameters": {**LEARNS, **defaults, "batch_size": 1, "gradient_accumulation_steps": 1, **hp},
         "devices": {"type": "cpu", "count": 1, "indices": [0]},
         "job_dir": str(job_dir),
         "output_dir": str(job_dir / "output"),
     }
     (job_dir / "config.json").write_text(json.dumps(config))
+    return job_dir
 
-    def run() -> tuple[list[dict], str]:
-        done = subprocess.run(
-            [sys.executable, "-m", "trainers.video", str(job_dir)],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        return [json.loads(line) for line in (job_dir / "progress.jsonl").read_text().splitlines()], done.stdout
 
-    records, out = run()
+def run_trainer(job_dir: Path, *launcher: str) -> tuple[list[dict], str]:
+    """(progress records, stdout) of `[launcher] -m trainers.video JOB_DIR`, which must succeed."""
+    done = subprocess.run(
+        [*(launcher or [sys.executable]), "-m", "trainers.video", str(job_dir)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return [json.loads(line) for line in (job_dir / "progress.jsonl").read_text().splitlines()], done.stdout
+
+
+def test_rotary_model_trains_and_a_rerun_reuses_the_encoded_clips(tmp_path):
+    from trainers.tiny_video import build_tiny_video_pipeline
+
+    model = build_tiny_video_pipeline(tmp_path / "rotary", seed=1, rotary=True)
+    job_dir = trainer_job(tmp_path, model, clips=2, batch_size=2, validation_prompts=[])
+    records, out = run_trainer(job_dir)
     assert "encoded clip 2/2" in out
     assert [r["step"] for r in records if r["type"] == "metrics"] == [1]
     # validation_prompts empty: the first caption is rendered, so every job shows what it makes
     assert [r["prompt"] for r in records if r["type"] == "sample"] == ["a red square moving right"]
     assert (job_dir / "output" / "pytorch_lora_weights.safetensors").is_file()
-    _, out = run()
+    _, out = run_trainer(job_dir)
     assert "encoded clip" not in out  # the second run read JOB_DIR/cache
+
+
+def test_several_processes_train_data_parallel_and_only_rank_0_reports(tmp_path, tiny_pipeline):
+    """What `accelerate launch` does with a job's GPUs, here with torchrun's two CPU processes."""
+    job_dir = trainer_job(tmp_path, tiny_pipeline, clips=3, num_epochs=2, save_steps=2)
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2")
+    records, out = run_trainer(job_dir, *launcher)
+    assert "2 x CPU" in out
+    assert out.count("encoded clip") == 3  # the two processes shared the encoding
+    assert sorted(p.name for p in (job_dir / "cache").iterdir()) == [f"clip-00000{i}.pt" for i in range(3)]
+    # 3 clips over 2 processes: 2 steps per epoch, the 4th pass repeating a clip; one report each
+    assert [r["step"] for r in records if r["type"] == "metrics"] == [1, 2, 3, 4]
+    assert [r["total_steps"] for r in records if r.get("event") == "running"] == [4]
+    assert [r["step"] for r in records if r["type"] == "checkpoint"] == [2, 4]
+    assert [r["step"] for r in records if r["type"] == "sample"] == [4]
+    assert (job_dir / "output" / "pytorch_lora_weights.safetensors").is_file()
 
 
 # ---- pieces ----------------------------------------------------------------------------------
@@ -309,10 +308,22 @@ def test_clips_are_resized_to_cover_then_centre_cropped(tmp_path):
     assert video[0, :, :, 4:28].mean() > 0.9
 
 
-def test_plan_counts_short_last_batches_and_accumulation():
+def test_plan_counts_short_last_batches_accumulation_and_processes():
     hp = {"batch_size": 2, "gradient_accumulation_steps": 2, "num_epochs": 3, "max_steps": None}
     assert plan(5, hp) == (2, 6)  # 3 batches -> 2 optimizer steps per epoch
     assert plan(5, {**hp, "max_steps": 4}) == (2, 4)
+    assert plan(5, hp, processes=2) == (1, 3)  # 4 batches a step over 2 processes
+
+
+def test_every_process_gets_the_same_number_of_batches_and_every_clip_is_seen():
+    import torch
+
+    steps = epoch_steps(5, 2, accumulation=2, processes=2, generator=torch.Generator().manual_seed(0))
+    assert len(steps) == 1 and len(steps[0]) == 4  # 3 batches filled up to 4
+    assert sorted({clip for batch in steps[0] for clip in batch}) == [0, 1, 2, 3, 4]
+    assert all(len(steps[0][rank::2]) == 2 for rank in range(2))
+    steps = epoch_steps(1, 1, accumulation=1, processes=2, generator=torch.Generator().manual_seed(0))
+    assert steps == [[[0], [0]]]
 
 
 def test_the_gpu_path_bf16_and_checkpointed_still_trains_every_lora_weight(tiny_pipeline):

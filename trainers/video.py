@@ -12,7 +12,9 @@ train.log, JOB_DIR/cache (encoded clips) and output/ (the LoRA) out.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -35,7 +37,9 @@ FPS = 8  # CogVideoX generates 8 frames per second
 def main(job_dir: str) -> int:
     install_sigterm_handler()
     config = load_config(job_dir)
-    with Progress(job_dir) as progress:
+    # With several GPUs (accelerate launch / torchrun), every rank trains and rank 0 alone reports.
+    reporting = int(os.environ.get("RANK", "0")) == 0
+    with Progress(job_dir) if reporting else contextlib.nullcontext(_Silent()) as progress:
         try:
             return train(config, progress)
         except TrainerError as err:
@@ -44,35 +48,49 @@ def main(job_dir: str) -> int:
             return 1
 
 
-def plan(num_clips: int, hp: dict) -> tuple[int, int]:
-    """(optimizer steps per epoch, total steps). The last batch of an epoch may be short."""
+class _Silent:
+    """The progress of a rank other than 0: its records would repeat rank 0's."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+def plan(num_clips: int, hp: dict, processes: int = 1) -> tuple[int, int]:
+    """(optimizer steps per epoch, total steps). Each step takes gradient_accumulation_steps
+    batches on every process; an epoch's last step is filled up with its first batches."""
     batches = math.ceil(num_clips / hp["batch_size"])
-    per_epoch = math.ceil(batches / hp["gradient_accumulation_steps"])
+    per_epoch = math.ceil(batches / (hp["gradient_accumulation_steps"] * processes))
     return per_epoch, hp["max_steps"] or per_epoch * hp["num_epochs"]
 
 
 def train(config: dict, progress: Progress) -> int:
     import torch
+    from accelerate import Accelerator
 
     hp = config["hyperparameters"]
     job_dir = Path(config["job_dir"])
     torch.manual_seed(hp["seed"])
     on_gpu = config["devices"]["type"] != "cpu" and torch.cuda.is_available()
-    device = torch.device("cuda" if on_gpu else "cpu")
+    accelerator = Accelerator(cpu=not on_gpu)  # data-parallel when launched as several processes
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    main_process = accelerator.is_main_process
+    say = log if main_process else (lambda message: None)
     dtype = torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float32
 
     rows = video_data.read_rows(config["dataset"])
-    per_epoch, total = plan(len(rows), hp)
+    per_epoch, total = plan(len(rows), hp, world)
     pipe = load_pipeline(
         models.resolve(config["base_model"], config.get("models_dir")), config["base_model"], hp, dtype, device
     )
-    log(
-        f"{len(rows)} clips, {per_epoch} steps per epoch, {total} steps; {'GPU' if on_gpu else 'CPU'} {dtype}; "
-        f"{hp['num_frames']} frames at {hp['height']}x{hp['width']}"
+    say(
+        f"{len(rows)} clips, {per_epoch} steps per epoch, {total} steps; {world} x {'GPU' if on_gpu else 'CPU'} "
+        f"{dtype}; {hp['num_frames']} frames at {hp['height']}x{hp['width']}"
     )
     progress.started(total_steps=total, clips=len(rows))
 
-    cached = video_data.cache(pipe, rows, hp, job_dir / "cache", device)
+    # Each process encodes its share of the clips; all of them train on all of them.
+    cached = video_data.cache(pipe, rows, hp, job_dir / "cache", device, shard=(rank, world))
+    accelerator.wait_for_everyone()
     prompts = hp["validation_prompts"] or [rows[0].caption]
     validation = (
         prompts,
@@ -84,6 +102,7 @@ def train(config: dict, progress: Progress) -> int:
         torch.cuda.empty_cache()
 
     transformer = add_lora(pipe.transformer, hp, on_gpu)
+    model = accelerator.prepare_model(transformer) if world > 1 else transformer  # DDP syncs the LoRA grads
     params = [p for p in transformer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=hp["learning_rate"], **ADAM)
     from diffusers import CogVideoXDPMScheduler
@@ -92,42 +111,54 @@ def train(config: dict, progress: Progress) -> int:
     warmup = min(MAX_WARMUP_STEPS, int(total * WARMUP_FRACTION))
     schedule = get_scheduler("cosine", optimizer, num_warmup_steps=warmup, num_training_steps=total)
     noise_scheduler = CogVideoXDPMScheduler.from_config(pipe.scheduler.config)
-    log(f"LoRA rank {hp['lora_rank']} alpha {hp['lora_alpha']} on {', '.join(TARGET_MODULES)}: {_count(params)}")
+    say(f"LoRA rank {hp['lora_rank']} alpha {hp['lora_alpha']} on {', '.join(TARGET_MODULES)}: {_count(params)}")
+
+    def everyone(value: float, how: str) -> float:
+        """value reduced over the processes ("mean" or "max"); itself with one process."""
+        if world == 1:
+            return value
+        return accelerator.reduce(torch.tensor(value, device=device), reduction=how).item()
+
+    def on_main(action: Any, *args: Any) -> None:
+        if main_process:
+            action(*args)
+        accelerator.wait_for_everyone()
 
     step, last_validated = 0, 0
-    generator = torch.Generator().manual_seed(hp["seed"])
+    accumulation = hp["gradient_accumulation_steps"]
+    generator = torch.Generator().manual_seed(hp["seed"])  # the same order on every process
     for epoch in range(hp["num_epochs"] if not hp["max_steps"] else sys.maxsize):
-        order = torch.randperm(len(cached), generator=generator).tolist()
-        batches = [order[i : i + hp["batch_size"]] for i in range(0, len(order), hp["batch_size"])]
-        for first in range(0, len(batches), hp["gradient_accumulation_steps"]):
-            group = batches[first : first + hp["gradient_accumulation_steps"]]
+        for group in epoch_steps(len(cached), hp["batch_size"], accumulation, world, generator):
             started = time.monotonic()
             lr = schedule.get_last_lr()[0]
             loss = 0.0
-            for batch in group:
+            for i, batch in enumerate(group[rank::world]):
                 latents, embeds = video_data.load_batch(
-                    [cached[i] for i in batch], pipe.vae.config.scaling_factor, device, dtype
+                    [cached[j] for j in batch], pipe.vae.config.scaling_factor, device, dtype
                 )
-                micro = diffusion_loss(pipe, noise_scheduler, latents, embeds, hp) / len(group)
-                micro.backward()
+                last = i == accumulation - 1
+                with contextlib.nullcontext() if last or world == 1 else accelerator.no_sync(model):
+                    micro = diffusion_loss(pipe, noise_scheduler, latents, embeds, hp, model) / accumulation
+                    micro.backward()
                 loss += micro.item()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM).item()
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            loss = everyone(loss, "mean")
             values = {"loss": loss, "learning_rate": lr, "grad_norm": grad_norm, "epoch": epoch + 1}
             values["step_time"] = time.monotonic() - started
             progress.metrics(step, values)
-            log(f"step {step}/{total}: loss {loss:.4g}, grad_norm {grad_norm:.3g}, lr {lr:.3g}")
+            say(f"step {step}/{total}: loss {loss:.4g}, grad_norm {grad_norm:.3g}, lr {lr:.3g}")
             if hp["save_steps"] and step % hp["save_steps"] == 0:
-                save_checkpoint(transformer, job_dir, step, progress)
+                on_main(save_checkpoint, transformer, job_dir, step, progress)
             if hp["validation_steps"] and step % hp["validation_steps"] == 0 and step < total:
-                validate(pipe, validation, hp, step, job_dir, progress, device)
+                on_main(validate, pipe, validation, hp, step, job_dir, progress, device)
                 last_validated = step
-            if stop_requested():
-                save_checkpoint(transformer, job_dir, step, progress)
-                log(f"stopped on SIGTERM at step {step}")
+            if everyone(float(stop_requested()), "max"):  # every process stops at the same step
+                on_main(save_checkpoint, transformer, job_dir, step, progress)
+                say(f"stopped on SIGTERM at step {step}")
                 raise TrainerError("interrupted", f"The trainer was stopped (SIGTERM) at step {step}.")
             if step >= total:
                 break
@@ -135,12 +166,25 @@ def train(config: dict, progress: Progress) -> int:
             break
 
     if last_validated != step:
-        validate(pipe, validation, hp, step, job_dir, progress, device)
+        on_main(validate, pipe, validation, hp, step, job_dir, progress, device)
     output = Path(config["output_dir"])
-    save_lora(transformer, output)
-    log(f"saved the LoRA to {output}; load it with CogVideoXPipeline.load_lora_weights")
+    on_main(save_lora, transformer, output)
+    say(f"saved the LoRA to {output}; load it with CogVideoXPipeline.load_lora_weights")
     progress.completed(steps=step)
     return 0
+
+
+def epoch_steps(clips: int, batch_size: int, accumulation: int, processes: int, generator: Any) -> list[list]:
+    """One epoch in a fresh order: per optimizer step, accumulation x processes batches of clip
+    indices (process r takes every processes-th batch from r). The last step is filled up with
+    the epoch's first batches, so every process runs the same number of passes (DDP needs it)."""
+    import torch
+
+    order = torch.randperm(clips, generator=generator).tolist()
+    batches = [order[i : i + batch_size] for i in range(0, clips, batch_size)]
+    per_step = accumulation * processes
+    batches += [batches[i % len(batches)] for i in range(-len(batches) % per_step)]
+    return [batches[i : i + per_step] for i in range(0, len(batches), per_step)]
 
 
 def load_pipeline(path: str, base_model: str, hp: dict, dtype: Any, device: Any) -> Any:
@@ -195,9 +239,10 @@ def add_lora(transformer: Any, hp: dict, on_gpu: bool) -> Any:
     return transformer
 
 
-def diffusion_loss(pipe: Any, noise_scheduler: Any, latents: Any, embeds: Any, hp: dict) -> Any:
+def diffusion_loss(pipe: Any, noise_scheduler: Any, latents: Any, embeds: Any, hp: dict, model: Any = None) -> Any:
     """The recipe's loss: noise the clean latents at a random timestep, turn the model's
-    v-prediction into an x0 estimate, and weight its squared error by 1 / (1 - alpha_bar_t)."""
+    v-prediction into an x0 estimate, and weight its squared error by 1 / (1 - alpha_bar_t).
+    `model` is the transformer as trained (wrapped for DDP with several processes)."""
     import torch
 
     transformer = pipe.transformer
@@ -213,7 +258,7 @@ def diffusion_loss(pipe: Any, noise_scheduler: Any, latents: Any, embeds: Any, h
     if transformer.config.use_rotary_positional_embeddings:
         rotary = pipe._prepare_rotary_positional_embeddings(hp["height"], hp["width"], latents.shape[1], latents.device)
     ofs = latents.new_full((1,), 2.0) if transformer.config.ofs_embed_dim else None
-    output = transformer(
+    output = (model or transformer)(
         hidden_states=noisy,
         encoder_hidden_states=embeds,
         timestep=timesteps,

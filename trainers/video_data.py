@@ -47,8 +47,11 @@ def encode_prompts(pipeline: Any, prompts: list[str], device: Any) -> Any:
     return embeds
 
 
-def cache(pipeline: Any, rows: list[Clip], hp: dict, cache_dir: Path, device: Any) -> list[Path]:
-    """One cached {latent_dist, prompt_embeds} file per clip; files already there are reused."""
+def cache(
+    pipeline: Any, rows: list[Clip], hp: dict, cache_dir: Path, device: Any, shard: tuple[int, int] = (0, 1)
+) -> list[Path]:
+    """One cached {latent_dist, prompt_embeds} file per clip; files already there are reused.
+    With shard (r, n), only clips r, r+n, r+2n... are encoded here: n processes share the work."""
     import torch
 
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -57,7 +60,7 @@ def cache(pipeline: Any, rows: list[Clip], hp: dict, cache_dir: Path, device: An
     for i, row in enumerate(rows):
         path = cache_dir / f"clip-{i:06d}.pt"
         paths.append(path)
-        if path.exists():
+        if path.exists() or i % shard[1] != shard[0]:
             continue
         if stop_requested():  # a cancel during a long preparation need not wait for SIGKILL
             raise TrainerError("interrupted", f"The trainer was stopped (SIGTERM) while encoding clip {i + 1}.")

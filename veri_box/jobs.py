@@ -189,13 +189,7 @@ def _gpu(request: GpuRequest, inventory: Inventory) -> dict:
     return {"type": gpu_type, "count": count}
 
 
-def _check_video_job(dataset: dict, hp: dict, gpu: dict, settings: Settings) -> None:
-    if gpu["count"] > 1:
-        raise bad_request(
-            "gpu_count_unsupported",
-            f"sft_video_gen trains on one device; gpu.count is {gpu['count']}. Send count 1.",
-            "gpu.count",
-        )
+def _check_video_job(dataset: dict, hp: dict, settings: Settings) -> None:
     shortest = dataset_files.shortest_clip(datasets.dataset_dir(settings.data_dir, dataset["id"]), dataset["path"])
     if shortest and shortest[1] < hp["num_frames"]:
         video, frames = shortest
@@ -321,7 +315,7 @@ def create(body: CreateJob, store: Store, settings: Settings, inventory: Invento
     hp = hyperparameters.resolve(body.method, body.hyperparameters)
     gpu = _gpu(body.gpu, inventory)
     if body.method == "sft_video_gen":
-        _check_video_job(dataset, hp, gpu, settings)
+        _check_video_job(dataset, hp, settings)
     sources, inline_rows = _reward_sources(body, store, settings)
     stamp = now()
     job = {
