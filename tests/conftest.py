@@ -133,6 +133,6 @@ def run_until(api: Api, predicate, timeout: float) -> None:
     raise AssertionError(f"not true within {timeout}s")
 
 
-def finished(api: Api, job_id: str) -> dict:
-    run_until(api, lambda: api.store.get_job(job_id)["status"] in ("completed", "failed", "cancelled"), timeout=600)
+def finished(api: Api, job_id: str, timeout: float = 600) -> dict:
+    run_until(api, lambda: api.store.get_job(job_id)["status"] in ("completed", "failed", "cancelled"), timeout)
     return api.get(f"/v1/training_jobs/{job_id}").json()

@@ -18,25 +18,10 @@ import sys
 from openreward.environments import Environment, JSONObject, Server, TextBlock, ToolOutput, terminal, tool
 from pydantic import BaseModel
 
-# The demo's prompts (veri_box/demo.py), so this environment trains what the demo trains.
-PROMPTS = [
-    "Say something:",
-    "Tell me a number.",
-    "Write a short word.",
-    "Hello! How are you?",
-    "What is 2 + 3?",
-    "Count to five:",
-    "Name a color.",
-    "Give me a letter.",
-    "Answer yes or no.",
-    "Write anything.",
-    "What comes after b?",
-    "Say hi.",
-    "Pick a word:",
-    "Write a number:",
-    "Tell me something short.",
-    "Continue:",
-]
+from veri_box import demo
+
+# The demo's prompts, so this environment trains what the demo trains.
+PROMPTS = demo.PROMPTS
 # Words rich in the letter a, so that this reward and the letters one pull the same way when a job
 # trains on both.
 WORDS = ["banana", "aha", "llama", "salsa"]

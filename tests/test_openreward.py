@@ -15,14 +15,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import Api
-from litestar.testing import TestClient
+from conftest import Api, finished, run_until
 from serving import free_port
 
 from veri_box import demo
-from veri_box.app import create_app
 from veri_box.openreward import Endpoints, endpoints
-from veri_box.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 # The demo's settings, with which the tiny model learns the letters environment's reward in 30 steps.
@@ -97,34 +94,6 @@ def no_user_openreward_settings(monkeypatch):
     """The client honours these; a developer's own must not point the tests elsewhere."""
     for name in ("OPENREWARD_URL", "OPENREWARD_API_URL", "OPENREWARD_SESSION_URL", "OPENREWARD_API_KEY"):
         monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def box(tmp_path: Path) -> Iterator[Api]:
-    settings = Settings(data_dir=tmp_path / "data", gpus="none", cpu_slots=1)
-    app = create_app(settings, run_jobs=False)
-    with TestClient(app) as client:
-        _, key = app.state.store.create_api_key("t")
-        api = Api(client, key, settings)
-        yield api
-        for job in api.store.jobs_with_status("queued", "provisioning", "running"):
-            app.state.runner.cancel(job["id"])
-        run_until(api, lambda: not api.store.jobs_holding_devices(), timeout=30)
-
-
-def run_until(api: Api, predicate, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        api.client.app.state.runner.tick()
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"not true within {timeout}s")
-
-
-def finished(api: Api, job_id: str, timeout: float = 600) -> dict:
-    run_until(api, lambda: api.store.get_job(job_id)["status"] in ("completed", "failed", "cancelled"), timeout)
-    return api.get(f"/v1/training_jobs/{job_id}").json()
 
 
 def connect(api: Api, url: str) -> None:
