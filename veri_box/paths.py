@@ -1,0 +1,93 @@
+"""The data directory's layout: every file the server or a trainer reads or writes, in one place.
+
+    DATA_DIR/veri-box.db                     the store (SQLite, WAL)
+    DATA_DIR/tmp/                            uploads being received (spooled before inspection)
+    DATA_DIR/datasets/DS_ID/                 an inspected dataset
+    DATA_DIR/reward_functions/RF_ID.py       an uploaded (or inline) reward function
+    DATA_DIR/models/                         built-in tiny models, built by trainers on first use
+    DATA_DIR/jobs/JOB_ID/                    one job: config.json, progress.jsonl, train.log,
+                                             reward_functions/, checkpoints/, output/, model.tar.gz
+
+Signed download links name files relative to DATA_DIR (`jobs/JOB_ID/...`), so the names below
+are also part of the links the API hands out.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from trainers.progress import CONFIG_FILE, PROGRESS_FILE
+
+DB_FILE = "veri-box.db"
+JOBS = "jobs"
+TRAIN_LOG = "train.log"
+OUTPUT_DIR = "output"
+MODEL_ARCHIVE = "model.tar.gz"
+CHECKPOINTS_DIR = "checkpoints"
+JOB_REWARD_FUNCTIONS_DIR = "reward_functions"
+
+
+def db(data_dir: Path) -> Path:
+    return data_dir / DB_FILE
+
+
+def spool_dir(data_dir: Path) -> Path:
+    return data_dir / "tmp"
+
+
+def models_dir(data_dir: Path) -> Path:
+    return data_dir / "models"
+
+
+def dataset_dir(data_dir: Path, dataset_id: str) -> Path:
+    return data_dir / "datasets" / dataset_id
+
+
+def reward_functions_dir(data_dir: Path) -> Path:
+    return data_dir / "reward_functions"
+
+
+def reward_function_file(data_dir: Path, rf_id: str) -> Path:
+    return reward_functions_dir(data_dir) / f"{rf_id}.py"
+
+
+def jobs_dir(data_dir: Path) -> Path:
+    return data_dir / JOBS
+
+
+def job_dir(data_dir: Path, job_id: str) -> Path:
+    return jobs_dir(data_dir) / job_id
+
+
+def config_file(data_dir: Path, job_id: str) -> Path:
+    return job_dir(data_dir, job_id) / CONFIG_FILE
+
+
+def progress_file(data_dir: Path, job_id: str) -> Path:
+    return job_dir(data_dir, job_id) / PROGRESS_FILE
+
+
+def train_log(data_dir: Path, job_id: str) -> Path:
+    return job_dir(data_dir, job_id) / TRAIN_LOG
+
+
+def output_dir(data_dir: Path, job_id: str) -> Path:
+    return job_dir(data_dir, job_id) / OUTPUT_DIR
+
+
+def model_archive(data_dir: Path, job_id: str) -> Path:
+    return job_dir(data_dir, job_id) / MODEL_ARCHIVE
+
+
+def checkpoints_dir(data_dir: Path, job_id: str) -> Path:
+    return job_dir(data_dir, job_id) / CHECKPOINTS_DIR
+
+
+def job_reward_functions_dir(data_dir: Path, job_id: str) -> Path:
+    """The job's own copies of its reward functions: the originals may be deleted once it ends."""
+    return job_dir(data_dir, job_id) / JOB_REWARD_FUNCTIONS_DIR
+
+
+def job_relative(job_id: str, *parts: str) -> str:
+    """A job's file as signed links name it: relative to DATA_DIR, in posix form."""
+    return "/".join((JOBS, job_id, *parts))
