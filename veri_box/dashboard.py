@@ -30,7 +30,7 @@ from litestar.params import FromPath, FromQuery
 from litestar.response import File, Redirect, ServerSentEvent, ServerSentEventMessage
 from litestar.static_files import create_static_files_router
 
-from . import __version__, artifacts, dataset_files, datasets, devices, hyperparameters, jobs, logs, metrics
+from . import __version__, artifacts, dataset_files, datasets, devices, hyperparameters, jobs, logs, metrics, statuses
 from . import reward_functions as rf_mod
 from .api_keys import ApiKeyController, CreateApiKey
 from .auth import Signer
@@ -160,7 +160,7 @@ _env.globals.update(
     assets=ASSETS,
     version=__version__,
     progress=progress,
-    statuses=jobs.STATUSES,
+    statuses=statuses.ALL,
     methods=jobs.METHODS,
     htmx_config=HTMX_CONFIG,
 )
@@ -342,7 +342,7 @@ async def logout(request: Request) -> Response:
 
 
 def _job_filters(status: str | None, method: str | None) -> tuple[str | None, str | None]:
-    return (status if status in jobs.STATUSES else None, method if method in jobs.METHODS else None)
+    return (status if status in statuses.ALL else None, method if method in jobs.METHODS else None)
 
 
 def _jobs_table(store: Store, status: str | None, method: str | None, after: str | None) -> dict:
@@ -651,7 +651,7 @@ async def create_job(
                     raise not_found("reward function", rf_id, "reward_function_id")
                 sources[rf_id] = (settings.data_dir / row["path"]).read_text()
         body = _convert(job_body(form, sources), jobs.CreateJob)
-        return jobs.create(body, store, settings, inventory)
+        return jobs.submit(body, store, settings, inventory)
 
     try:
         job = await anyio.to_thread.run_sync(submit)
@@ -694,7 +694,7 @@ def start_demo(
         },
         jobs.CreateJob,
     )
-    job = jobs.create(body, store, settings, inventory)
+    job = jobs.submit(body, store, settings, inventory)
     return Response(b"", headers={"HX-Redirect": f"/jobs/{job['id']}"})
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import litestar
 import msgspec
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody, Parameter
@@ -19,10 +20,10 @@ from .errors import ApiError, bad_request, not_found
 from .runner import Runner
 from .schemas import After, ListOf
 from .settings import Settings
-from .store import TERMINAL_STATUSES, Store, new_id, now
+from .statuses import TERMINAL, JobStatus
+from .store import Store, new_id, now
 
 METHODS = ("grpo", "sft_video_gen")
-STATUSES = ("queued", "provisioning", "running", "completed", "failed", "cancelled")
 Name = Annotated[str, Meta(min_length=1, max_length=200)]
 Id = Annotated[str, Meta(min_length=1, max_length=100)]
 Source = Annotated[str, Meta(min_length=1, max_length=reward_functions.MAX_SOURCE_BYTES)]
@@ -201,8 +202,11 @@ def _check_video_job(dataset: dict, hp: dict, settings: Settings) -> None:
         )
 
 
-def _reward_sources(body: CreateJob, store: Store, settings: Settings) -> tuple[list[dict], list[dict]]:
-    """([{id, weight}] the job uses, [rows of inline reward functions to insert])."""
+def _reward_sources(
+    body: CreateJob, store: Store, settings: Settings, chosen: list[tuple[str, float]] | None
+) -> tuple[list[dict], list[dict]]:
+    """([{id, weight}] the job uses, [rows of inline reward functions to insert]). `chosen` are
+    (id, weight) pairs of stored reward functions, as the dashboard's pickers give them."""
     inline = [body.reward_source] if body.reward_source else []
     inline_param = "reward_source"
     if body.reward_sources:
@@ -214,7 +218,7 @@ def _reward_sources(body: CreateJob, store: Store, settings: Settings) -> tuple[
     given = [
         name
         for name, present in (
-            ("reward_function_id", body.reward_function_id),
+            ("reward_function_id", body.reward_function_id or chosen),
             (inline_param, inline),
             ("environments", body.environments),
         )
@@ -228,11 +232,11 @@ def _reward_sources(body: CreateJob, store: Store, settings: Settings) -> tuple[
                 given[0],
             )
         return [], []
-    if len(given) > 1:
+    if len(given) > 1 or (body.reward_function_id and chosen):
         raise bad_request(
             "conflicting_reward_sources",
             f"A grpo job takes exactly one reward source; got {' and '.join(given)}.",
-            given[1],
+            given[1] if len(given) > 1 else "reward_function_id",
         )
     if not given:
         raise bad_request(
@@ -240,6 +244,10 @@ def _reward_sources(body: CreateJob, store: Store, settings: Settings) -> tuple[
             "A grpo job needs a reward source: reward_function_id, reward_source(s) or environments.",
             "reward_function_id",
         )
+    if chosen:
+        if body.reward_weights is not None:
+            raise bad_request("invalid_value", "Give each chosen reward function its own weight.", "reward_weights")
+        return [_stored_reward_function(store, rf_id, weight) for rf_id, weight in chosen], []
     count = 1 if body.reward_function_id else len(inline)
     weights = body.reward_weights
     if weights is not None:
@@ -266,14 +274,7 @@ def _reward_sources(body: CreateJob, store: Store, settings: Settings) -> tuple[
         openreward.check({name: spec.splits for name, spec in body.environments.items()}, integration)
         return [], []
     if body.reward_function_id:
-        if store.get_reward_function(body.reward_function_id) is None:
-            raise ApiError(
-                404,
-                "reward_function_not_found",
-                f"No reward function with id '{body.reward_function_id}'.",
-                "reward_function_id",
-            )
-        return [{"id": body.reward_function_id, "weight": weights[0]}], []
+        return [_stored_reward_function(store, body.reward_function_id, weights[0])], []
     params = [inline_param if inline_param == "reward_source" else f"reward_sources[{i}]" for i in range(count)]
     for source, param in zip(inline, params):  # check every source before writing any
         reward_functions.find_entrypoint(source, param)
@@ -284,7 +285,22 @@ def _reward_sources(body: CreateJob, store: Store, settings: Settings) -> tuple[
     return [{"id": r["id"], "weight": w} for r, w in zip(rows, weights)], rows
 
 
-def create(body: CreateJob, store: Store, settings: Settings, inventory: Inventory) -> dict:
+def _stored_reward_function(store: Store, rf_id: str, weight: float) -> dict:
+    if store.get_reward_function(rf_id) is None:
+        raise ApiError(404, "reward_function_not_found", f"No reward function with id '{rf_id}'.", "reward_function_id")
+    return {"id": rf_id, "weight": weight}
+
+
+def submit(
+    body: CreateJob,
+    store: Store,
+    settings: Settings,
+    inventory: Inventory,
+    reward_functions: list[tuple[str, float]] | None = None,
+) -> dict:
+    """Validate a job and store it queued; returns the job row. `reward_functions` are (id,
+    weight) pairs of stored reward functions, the dashboard's alternative to the body's own
+    reward source fields."""
     dataset = store.get_dataset(body.dataset_id)
     if dataset is None:
         raise ApiError(404, "dataset_not_found", f"No dataset with id '{body.dataset_id}'.", "dataset_id")
@@ -316,11 +332,11 @@ def create(body: CreateJob, store: Store, settings: Settings, inventory: Invento
     gpu = _gpu(body.gpu, inventory)
     if body.method == "sft_video_gen":
         _check_video_job(dataset, hp, settings)
-    sources, inline_rows = _reward_sources(body, store, settings)
+    sources, inline_rows = _reward_sources(body, store, settings, reward_functions)
     stamp = now()
     job = {
         "id": new_id("job_"),
-        "status": "queued",
+        "status": JobStatus.QUEUED,
         "base_model": body.base_model.strip(),
         "dataset_id": dataset["id"],
         "reward_function_id": sources[0]["id"] if sources else None,
@@ -349,18 +365,30 @@ def create(body: CreateJob, store: Store, settings: Settings, inventory: Invento
 # -- controller -------------------------------------------------------------------------------
 
 
-def _job(store: Store, job_id: str) -> dict:
+def get(store: Store, job_id: str) -> dict:
     job = store.get_job(job_id)
     if job is None:
         raise not_found("training job", job_id)
     return job
 
 
+def cancel(store: Store, runner: Runner, job_id: str) -> dict:
+    """Cancel a job that has not finished; returns the cancelled job row."""
+    job = get(store, job_id)
+    if job["status"] in TERMINAL or runner.cancel(job_id) is None:
+        job = get(store, job_id)
+        raise bad_request(
+            "job_not_cancellable",
+            f"Job {job_id} is already {job['status']}; only queued, provisioning or running jobs can be cancelled.",
+        )
+    return get(store, job_id)
+
+
 class JobController(Controller):
     path = "/v1/training_jobs"
     tags = ["training jobs"]
 
-    @post("/", status_code=200, sync_to_thread=True)
+    @litestar.post("/", status_code=200, sync_to_thread=True)
     def create(
         self,
         data: JSONBody[CreateJob],
@@ -369,9 +397,9 @@ class JobController(Controller):
         inventory: NamedDependency[Inventory],
         signer: NamedDependency[Signer],
     ) -> Job:
-        return to_api(create(data, store, settings, inventory), settings, signer)
+        return to_api(submit(data, store, settings, inventory), settings, signer)
 
-    @get("/", sync_to_thread=True)
+    @litestar.get("/", sync_to_thread=True)
     def list_(
         self,
         store: NamedDependency[Store],
@@ -379,15 +407,13 @@ class JobController(Controller):
         signer: NamedDependency[Signer],
         limit: Annotated[int, Parameter(ge=1, le=100)] = 20,
         after: After = None,
-        status: Annotated[
-            Literal["queued", "provisioning", "running", "completed", "failed", "cancelled"] | None, Parameter()
-        ] = None,
+        status: Annotated[JobStatus | None, Parameter()] = None,
         method: Annotated[Literal["grpo", "sft_video_gen"] | None, Parameter()] = None,
     ) -> ListOf[Job]:
         rows, more = store.list_jobs(limit, after, status, method)
         return ListOf(data=[to_api(r, settings, signer) for r in rows], has_more=more)
 
-    @get("/{job_id:str}", sync_to_thread=True)
+    @litestar.get("/{job_id:str}", sync_to_thread=True)
     def retrieve(
         self,
         job_id: FromPath[str],
@@ -395,18 +421,18 @@ class JobController(Controller):
         settings: NamedDependency[Settings],
         signer: NamedDependency[Signer],
     ) -> Job:
-        return to_api(_job(store, job_id), settings, signer)
+        return to_api(get(store, job_id), settings, signer)
 
-    @get("/{job_id:str}/events", sync_to_thread=True)
+    @litestar.get("/{job_id:str}/events", sync_to_thread=True)
     def events(
         self, job_id: FromPath[str], store: NamedDependency[Store], limit: Annotated[int, Parameter(ge=1, le=1000)] = 50
     ) -> Events:
-        _job(store, job_id)
+        get(store, job_id)
         return Events(
             items=[Event(e["event_type"], e["timestamp"], e["metadata"]) for e in store.list_events(job_id, limit)]
         )
 
-    @get("/{job_id:str}/metrics", sync_to_thread=True)
+    @litestar.get("/{job_id:str}/metrics", sync_to_thread=True)
     def metrics(
         self,
         job_id: FromPath[str],
@@ -416,31 +442,25 @@ class JobController(Controller):
         to_step: Step = None,
         max_points: Annotated[int, Parameter(ge=1, le=10_000)] = 500,
     ) -> metrics.Metrics:
-        _job(store, job_id)
+        get(store, job_id)
         wanted = [k.strip() for k in keys.split(",") if k.strip()] if keys else None
         return metrics.query(store, job_id, wanted, from_step, to_step, max_points)
 
-    @post("/{job_id:str}/cancel", status_code=200, sync_to_thread=True)
+    @litestar.post("/{job_id:str}/cancel", status_code=200, sync_to_thread=True)
     def cancel(
         self, job_id: FromPath[str], store: NamedDependency[Store], runner: NamedDependency[Runner]
     ) -> CancelResult:
-        job = _job(store, job_id)
-        if job["status"] in TERMINAL_STATUSES or runner.cancel(job_id) is None:
-            job = _job(store, job_id)
-            raise bad_request(
-                "job_not_cancellable",
-                f"Job {job_id} is already {job['status']}; only queued, provisioning or running jobs can be cancelled.",
-            )
+        cancel(store, runner, job_id)
         return CancelResult(id=job_id, status="cancelled")
 
-    @post("/{job_id:str}/heartbeat", status_code=200, sync_to_thread=True)
+    @litestar.post("/{job_id:str}/heartbeat", status_code=200, sync_to_thread=True)
     def heartbeat(self, job_id: FromPath[str], store: NamedDependency[Store]) -> Heartbeat:
-        job = _job(store, job_id)
+        job = get(store, job_id)
         stamp = now()
         store.update_job(job_id, last_heartbeat_at=stamp)
         return Heartbeat(id=job_id, status=job["status"], last_heartbeat_at=stamp)
 
-    @get("/{job_id:str}/logs", media_type="text/event-stream")
+    @litestar.get("/{job_id:str}/logs", media_type="text/event-stream")
     async def logs(
         self,
         job_id: FromPath[str],
@@ -449,7 +469,7 @@ class JobController(Controller):
         settings: NamedDependency[Settings],
     ) -> ServerSentEvent:
         """The training log as Server-Sent Events, ending with `[Job <status>]` once the job is terminal."""
-        _job(store, job_id)
+        get(store, job_id)
         last = request.headers.get("last-event-id", "").strip()
         if last and not last.isdigit():
             raise bad_request("invalid_last_event_id", "Last-Event-ID must be an id this stream sent.")
@@ -458,7 +478,7 @@ class JobController(Controller):
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    @get(
+    @litestar.get(
         "/{job_id:str}/logs/full",
         sync_to_thread=True,
         media_type="text/plain",
@@ -475,13 +495,13 @@ class JobController(Controller):
         self, job_id: FromPath[str], store: NamedDependency[Store], settings: NamedDependency[Settings]
     ) -> Response[bytes]:
         """The whole log as text: 200 once the job is terminal, 206 (so far) while it is not."""
-        job = _job(store, job_id)
+        job = get(store, job_id)
         path = logs.log_path(settings.data_dir, job_id)
         text = path.read_bytes() if path.is_file() else b""
-        status = 200 if job["status"] in TERMINAL_STATUSES else 206
+        status = 200 if job["status"] in TERMINAL else 206
         return Response(text, status_code=status, media_type="text/plain; charset=utf-8")
 
-    @get("/{job_id:str}/model", sync_to_thread=True)
+    @litestar.get("/{job_id:str}/model", sync_to_thread=True)
     def model(
         self,
         job_id: FromPath[str],
@@ -489,9 +509,9 @@ class JobController(Controller):
         settings: NamedDependency[Settings],
         signer: NamedDependency[Signer],
     ) -> artifacts.Model:
-        return artifacts.manifest(settings, signer, _job(store, job_id))
+        return artifacts.manifest(settings, signer, get(store, job_id))
 
-    @get("/{job_id:str}/checkpoints", sync_to_thread=True)
+    @litestar.get("/{job_id:str}/checkpoints", sync_to_thread=True)
     def checkpoints(
         self,
         job_id: FromPath[str],
@@ -500,11 +520,11 @@ class JobController(Controller):
         signer: NamedDependency[Signer],
     ) -> ListOf[artifacts.Checkpoint]:
         """Intermediate checkpoints the trainer saved, newest step first, with signed file links."""
-        _job(store, job_id)
+        get(store, job_id)
         rows = store.list_checkpoints(job_id)
         return ListOf(data=[artifacts.checkpoint(settings, signer, row) for row in rows], has_more=False)
 
-    @get("/{job_id:str}/samples", sync_to_thread=True)
+    @litestar.get("/{job_id:str}/samples", sync_to_thread=True)
     def samples(
         self,
         job_id: FromPath[str],
@@ -518,7 +538,7 @@ class JobController(Controller):
         """Rollouts (GRPO: prompt, completion, reward, rewards per function, advantage) or validation
         clips (video: prompt, video, signed video_url) the trainer reported, in step order; `step`
         picks one step."""
-        _job(store, job_id)
+        get(store, job_id)
         rows, more = store.list_samples(job_id, step, limit, after)
         return ListOf(
             data=[artifacts.sample(settings, signer, job_id, r["seq"], r["data"]) for r in rows], has_more=more
