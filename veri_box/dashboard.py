@@ -53,7 +53,7 @@ from .sessions import (
     tokens_match,
 )
 from .settings import Settings
-from .store import TERMINAL_STATUSES, Store
+from .store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "templates"
@@ -353,7 +353,7 @@ def _jobs_table(store: Store, status: str | None, method: str | None, after: str
         "has_more": more,
         "next_url": "/jobs?" + urlencode({**query, "after": rows[-1]["id"]}) if more and rows else None,
         "table_url": "/jobs/table?" + urlencode({**query, **({"after": after} if after else {})}),
-        "live": any(r["status"] not in TERMINAL_STATUSES for r in rows),
+        "live": any(r["status"] not in statuses.TERMINAL for r in rows),
         "status": status,
         "method": method,
         "after": after,
@@ -371,11 +371,11 @@ def jobs_page(
 ) -> Response:
     status, method = _job_filters(status, method)
     table = _jobs_table(store, status, method, after)
-    empty = not table["jobs"] and not status and not method and not after and not store.dashboard_any_job()
+    empty = not table["jobs"] and not status and not method and not after and not store.any_job()
     return render(
         request,
         "jobs.html",
-        counts=store.dashboard_job_counts(),
+        counts=store.job_counts(),
         empty_box=empty,
         has_cpu=devices.CPU in inventory.types,
         **table,
@@ -580,7 +580,7 @@ def _local_models(settings: Settings, store: Store) -> list[str]:
     models = settings.data_dir / "models"
     if models.is_dir():
         found += sorted(str(p) for p in models.iterdir() if (p / "config.json").is_file())
-    for model in store.dashboard_recent_base_models(20):
+    for model in store.recent_base_models(20):
         if model not in found:
             found.append(model)
     return found
@@ -710,7 +710,7 @@ def _summary_context(store: Store, job: dict) -> dict:
     return {
         "job": job,
         "events": events,
-        "live": job["status"] not in TERMINAL_STATUSES,
+        "live": job["status"] not in statuses.TERMINAL,
         "reward_fns": reward_fns,
         "dataset": store.get_dataset(job["dataset_id"]),
     }
@@ -871,7 +871,7 @@ def job_rollouts(
     sort: FromQuery[str] = "order",
 ) -> Response:
     job = _get_job(store, job_id)
-    steps = store.dashboard_sample_steps(job_id, 500)
+    steps = store.sample_steps(job_id, 500)
     # An empty `step` (the picker's "latest") follows the newest step while the job runs.
     follow = not (step or "").strip().isdigit()
     step = (steps[0] if steps else None) if follow else int(step.strip())
@@ -888,7 +888,7 @@ def job_rollouts(
         step=step,
         sort=sort if sort in ("order", "reward") else "order",
         follow=follow,
-        live=job["status"] not in TERMINAL_STATUSES,
+        live=job["status"] not in statuses.TERMINAL,
         groups=_group_rollouts([s for s in samples if not s.get("video")], sort),
         clips=clips,
     )
@@ -937,7 +937,7 @@ def job_artifacts(
 
 def _datasets_context(store: Store, after: str | None) -> dict:
     rows, more = store.list_datasets(PAGE_SIZE, after)
-    busy = store.dashboard_datasets_in_use([r["id"] for r in rows])
+    busy = store.datasets_in_use([r["id"] for r in rows])
     return {"datasets": rows, "has_more": more, "after": after, "busy": busy}
 
 
@@ -1037,7 +1037,7 @@ def delete_dataset(
 
 def _reward_functions_context(store: Store, after: str | None) -> dict:
     rows, more = store.list_reward_functions(PAGE_SIZE, after)
-    busy = store.dashboard_reward_functions_in_use([r["id"] for r in rows])
+    busy = store.reward_functions_in_use([r["id"] for r in rows])
     return {"reward_functions": rows, "has_more": more, "after": after, "busy": busy}
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from litestar.response import ServerSentEventMessage
 
-from .store import TERMINAL_STATUSES, Store
+from .statuses import TERMINAL
+from .store import Store
 
 POLL_S = 0.5
 KEEPALIVE_S = 15.0
@@ -54,7 +55,7 @@ async def stream(store: Store, data_dir: Path, job_id: str, offset: int) -> Asyn
         if lines:
             idle = 0.0
             continue
-        if status in TERMINAL_STATUSES:
+        if status in TERMINAL:
             yield ServerSentEventMessage(data=f"[Job {status}]", id=str(offset))
             return
         await asyncio.sleep(POLL_S)

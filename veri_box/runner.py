@@ -170,9 +170,7 @@ class Runner:
         once; its trainer gets SIGTERM now and SIGKILL after the grace period, and its devices
         are released when no process of it remains."""
         stamp = now()
-        job = self.store.transition_job(
-            job_id, "cancelled", allowed_from=ACTIVE_STATUSES, cancel_requested_at=stamp, completed_at=stamp
-        )
+        job = self.store.transition_job(job_id, "cancelled", allowed_from=ACTIVE_STATUSES, completed_at=stamp)
         if job and job["pid"]:
             self._terminate(job)
         return job

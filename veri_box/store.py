@@ -20,6 +20,8 @@ from typing import Any
 
 import msgspec
 
+from .statuses import ACTIVE, JobStatus
+
 
 def _import_sqlite_utils():
     """sqlite-utils imports pandas and numpy when they are installed (the training stack
@@ -42,8 +44,7 @@ _sqlite_utils = _import_sqlite_utils()
 Database, Migrations = _sqlite_utils.Database, _sqlite_utils.Migrations
 
 migrations = Migrations("veri_box")
-
-TERMINAL_STATUSES = ("completed", "failed", "cancelled")
+_ACTIVE_MARKS = ",".join("?" * len(ACTIVE))
 
 
 @migrations()
@@ -195,6 +196,12 @@ def m002_runner(db: Database) -> None:
     )
 
 
+@migrations()
+def m003_drop_cancel_requested_at(db: Database) -> None:
+    """Nothing read it: a cancel's time is the cancelled job's completed_at."""
+    db.execute("ALTER TABLE jobs DROP COLUMN cancel_requested_at")
+
+
 JSON_COLUMNS = {
     "datasets": ("columns",),
     "jobs": (
@@ -330,9 +337,6 @@ class Store:
         rows = self._rows(sql, [*params, limit + 1], table)
         return rows[:limit], len(rows) > limit
 
-    def exists(self, table: str, id: str) -> bool:
-        return self.db.execute(f"SELECT 1 FROM {table} WHERE id = ?", [id]).fetchone() is not None
-
     # -- API keys --------------------------------------------------------------------------
 
     def create_api_key(self, name: str) -> tuple[dict, str]:
@@ -390,15 +394,11 @@ class Store:
         """Refuses while a job that has not finished uses the dataset."""
         with self.transaction() as conn:
             busy = conn.execute(
-                f"SELECT id FROM jobs WHERE dataset_id = ? AND status NOT IN {TERMINAL_STATUSES} LIMIT 1",
-                [id],
+                f"SELECT id FROM jobs WHERE dataset_id = ? AND status IN ({_ACTIVE_MARKS}) LIMIT 1", [id, *ACTIVE]
             ).fetchone()
             if busy:
                 raise Conflict(busy[0])
             conn.execute("DELETE FROM datasets WHERE id = ?", [id])
-
-    def dataset_in_history(self, id: str) -> bool:
-        return self.db.execute("SELECT 1 FROM jobs WHERE dataset_id = ? LIMIT 1", [id]).fetchone() is not None
 
     # -- reward functions ------------------------------------------------------------------
 
@@ -416,8 +416,8 @@ class Store:
         with self.transaction() as conn:
             busy = conn.execute(
                 f"""SELECT j.id FROM job_reward_functions r JOIN jobs j ON j.id = r.job_id
-                    WHERE r.reward_function_id = ? AND j.status NOT IN {TERMINAL_STATUSES} LIMIT 1""",
-                [id],
+                    WHERE r.reward_function_id = ? AND j.status IN ({_ACTIVE_MARKS}) LIMIT 1""",
+                [id, *ACTIVE],
             ).fetchone()
             if busy:
                 raise Conflict(busy[0])
@@ -520,12 +520,11 @@ class Store:
                 self._add_event(conn, job_id, event_type, metadata, stamp)
             if running is not None:
                 moved = conn.execute(
-                    "UPDATE jobs SET status = 'running', started_at = ?, total_steps = ? "
-                    "WHERE id = ? AND status = 'provisioning'",
-                    [running["at"], running["total_steps"], job_id],
+                    "UPDATE jobs SET status = ?, started_at = ?, total_steps = ? WHERE id = ? AND status = ?",
+                    [JobStatus.RUNNING, running["at"], running["total_steps"], job_id, JobStatus.PROVISIONING],
                 ).rowcount
                 if moved:
-                    self._add_event(conn, job_id, "running", running["metadata"], running["at"])
+                    self._add_event(conn, job_id, JobStatus.RUNNING, running["metadata"], running["at"])
             sets = _encode_job_fields({**fields, "progress_offset": offset, "updated_at": now()})
             conn.execute(
                 f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in sets)} WHERE id = ?", [*sets.values(), job_id]
@@ -697,20 +696,20 @@ class Store:
     def delete_integration(self, provider: str) -> bool:
         return self.db.execute("DELETE FROM integrations WHERE provider = ?", [provider]).rowcount > 0
 
-    # -- dashboard reads (bounded: each is an index seek or a scan of one small index) -------
+    # -- overviews for the dashboard (bounded: each is an index seek or a scan of one small index)
 
-    def dashboard_any_job(self) -> bool:
+    def any_job(self) -> bool:
         return self.db.execute("SELECT 1 FROM jobs LIMIT 1").fetchone() is not None
 
-    def dashboard_job_counts(self) -> dict[str, int]:
+    def job_counts(self) -> dict[str, int]:
         """Jobs per status (a scan of the jobs_status index, not of the rows)."""
         return dict(self.db.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall())
 
-    def dashboard_recent_base_models(self, limit: int) -> list[str]:
+    def recent_base_models(self, limit: int) -> list[str]:
         rows = self.db.execute("SELECT base_model FROM jobs ORDER BY rowid DESC LIMIT 200").fetchall()
         return list(dict.fromkeys(r[0] for r in rows))[:limit]
 
-    def dashboard_sample_steps(self, job_id: str, limit: int) -> list[int]:
+    def sample_steps(self, job_id: str, limit: int) -> list[int]:
         """Steps that have rollouts or clips, newest first (a loose scan of samples_job_step)."""
         rows = self.db.execute(
             """WITH RECURSIVE s(step) AS (
@@ -723,7 +722,7 @@ class Store:
         ).fetchall()
         return [r[0] for r in rows]
 
-    def dashboard_datasets_in_use(self, ids: list[str]) -> set[str]:
+    def datasets_in_use(self, ids: list[str]) -> set[str]:
         """Which of these datasets a job that has not finished uses (they cannot be deleted)."""
         if not ids:
             return set()
@@ -732,18 +731,18 @@ class Store:
         # walking every job of a popular dataset through jobs_dataset instead.
         rows = self.db.execute(
             f"""SELECT DISTINCT dataset_id FROM jobs
-                WHERE status IN ('queued', 'provisioning', 'running') AND +dataset_id IN ({marks})""",
-            ids,
+                WHERE status IN ({_ACTIVE_MARKS}) AND +dataset_id IN ({marks})""",
+            [*ACTIVE, *ids],
         ).fetchall()
         return {r[0] for r in rows}
 
-    def dashboard_reward_functions_in_use(self, ids: list[str]) -> set[str]:
+    def reward_functions_in_use(self, ids: list[str]) -> set[str]:
         if not ids:
             return set()
         marks = ",".join("?" * len(ids))
         rows = self.db.execute(
             f"""SELECT DISTINCT r.reward_function_id FROM jobs j CROSS JOIN job_reward_functions r ON r.job_id = j.id
-                WHERE j.status IN ('queued', 'provisioning', 'running') AND r.reward_function_id IN ({marks})""",
-            ids,
+                WHERE j.status IN ({_ACTIVE_MARKS}) AND r.reward_function_id IN ({marks})""",
+            [*ACTIVE, *ids],
         ).fetchall()
         return {r[0] for r in rows}
