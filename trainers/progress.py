@@ -1,9 +1,10 @@
 """The whole contract between a trainer and the server: config.json in, progress.jsonl out.
 
-A trainer runs as `python -m trainers.<method> JOB_DIR`. It reads the resolved job from
-`load_config(JOB_DIR)`, reports through a `Progress`, writes its human log with `log()` (stdout
-and stderr go to JOB_DIR/train.log) and exits 0 when done. SIGTERM means "save and stop":
-after `install_sigterm_handler()` it only sets a flag that the training loop polls with
+A trainer runs as `python -m trainers.<method> JOB_DIR`, its main() being `run(JOB_DIR, train)`:
+`train` gets the resolved job (`load_config(JOB_DIR)`, a `trainers.contract.JobConfig`) and a
+`Progress` to report through, writes its human log with `log()` (stdout and stderr go to
+JOB_DIR/train.log) and returns 0 when done. SIGTERM means "save and stop": after
+`install_sigterm_handler()` it only sets a flag that the training loop polls with
 `stop_requested()` between steps.
 
 Standard library only: this module is imported first thing in every trainer process, and the
@@ -12,6 +13,7 @@ server's tests import it too, so it must never drag in torch, litestar or veri_b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import numbers
@@ -20,20 +22,22 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from trainers.contract import CONFIG_FILE, JobConfig, read_config  # noqa: F401 - the server finds both files here
+from trainers.errors import TrainerError
+
 PROGRESS_FILE = "progress.jsonl"
-CONFIG_FILE = "config.json"
 
 # Keys every record carries; a sample's own fields may not shadow them.
 _RESERVED_SAMPLE_FIELDS = frozenset({"type", "step", "time"})
 
 
-def load_config(job_dir: str | Path) -> dict:
+def load_config(job_dir: str | Path) -> JobConfig:
     """The fully resolved job the server wrote for this run."""
-    with open(Path(job_dir) / CONFIG_FILE, encoding="utf-8") as f:
-        return json.load(f)
+    return read_config(job_dir)
 
 
 def _timestamp() -> str:
@@ -207,3 +211,32 @@ class Progress:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+
+class _Silent:
+    """The progress of a rank other than 0: its records would repeat rank 0's."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+def _reporting_rank() -> bool:
+    # With several GPUs (accelerate launch / torchrun) every rank trains and rank 0 alone reports.
+    return int(os.environ.get("RANK") or 0) == 0
+
+
+# ---- the main() of every trainer ---------------------------------------------------------------
+
+
+def run(job_dir: str | Path, train: Callable[[JobConfig, Progress], int]) -> int:
+    """`train(config, progress)` for the job in `job_dir`, with SIGTERM as save-and-stop; a
+    TrainerError becomes the job's error record and exit code 1. Returns the exit code."""
+    install_sigterm_handler()
+    config = load_config(job_dir)
+    with Progress(job_dir) if _reporting_rank() else contextlib.nullcontext(_Silent()) as progress:
+        try:
+            return train(config, progress)
+        except TrainerError as err:
+            log(f"error ({err.code}): {err.message}")
+            progress.error(err.code, err.message)
+            return 1
