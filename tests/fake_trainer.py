@@ -2,7 +2,7 @@
 
     python -m tests.fake_trainer JOB_DIR
 
-Its behaviour comes from config["base_model"], e.g. "fake:steps=5,step_s=0.1,crash_at=3"
+Its behaviour comes from config.base_model, e.g. "fake:steps=5,step_s=0.1,crash_at=3"
 (a base_model without "fake:" runs with the defaults). Options, all combinable:
 
     steps=5          training steps, numbered 1..steps
@@ -31,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+from trainers.contract import JobConfig
 from trainers.progress import Progress, install_sigterm_handler, load_config, log, stop_requested
 
 DEFAULTS: dict[str, int | float | str] = {
@@ -98,8 +99,8 @@ def save_checkpoint(progress: Progress, job_dir: Path, step: int) -> None:
     log(f"saved checkpoint {path.relative_to(job_dir)}")
 
 
-def save_output(config: dict, job_dir: Path) -> Path:
-    output = job_dir / (config.get("output_dir") or "output")  # an absolute output_dir wins the join
+def save_output(config: JobConfig, job_dir: Path) -> Path:
+    output = job_dir / (config.output_dir or "output")  # an absolute output_dir wins the join
     output.mkdir(parents=True, exist_ok=True)
     (output / "config.json").write_text(json.dumps({"fake": True}), encoding="utf-8")
     (output / "model.bin").write_bytes(bytes(range(256)) * 4)
@@ -112,7 +113,7 @@ def main(argv: list[str]) -> int:
         raise SystemExit("usage: python -m tests.fake_trainer JOB_DIR")
     job_dir = Path(argv[1])
     config = load_config(job_dir)
-    opts = parse_options(str(config.get("base_model", "")))
+    opts = parse_options(config.base_model)
     ignore_sigterm = bool(opts["ignore_sigterm"])
     steps, save_every = opts["steps"], opts["save_every"]
 

@@ -27,6 +27,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from trainers.contract import JobConfig, OpenRewardConfig
 from trainers.errors import TrainerError
 from trainers.progress import log
 
@@ -119,18 +120,17 @@ class Environments:
     """The job's environments over one client, on an event loop of its own in a daemon thread:
     TRL calls reward functions synchronously, and the client's sessions are asynchronous."""
 
-    def __init__(self, config: dict):
+    def __init__(self, settings: OpenRewardConfig | None, environments: dict[str, Any]):
         from openreward import AsyncEnvironmentsAPI
 
-        settings = config.get("openreward")
-        if not settings:
+        if settings is None:
             raise TrainerError(
                 "integration_not_configured",
                 "The OpenReward integration was removed before the job started; set it with "
                 "PUT /v1/settings/integrations/openreward and submit the job again.",
             )
-        self.session_url = settings["session_url"]
-        self.splits = {name: list(spec["splits"]) for name, spec in config["environments"].items()}
+        self.session_url = settings.session_url
+        self.splits = {name: list(spec["splits"]) for name, spec in environments.items()}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="openreward", daemon=True)
         self._thread.start()
@@ -138,9 +138,9 @@ class Environments:
         self.tools: dict[str, AnswerTool] = {}
         self._noted: set[tuple[str, str]] = set()
 
-    async def _connect(self, cls: type, settings: dict) -> tuple[Any, dict[str, Any]]:
+    async def _connect(self, cls: type, settings: OpenRewardConfig) -> tuple[Any, dict[str, Any]]:
         # aiohttp binds its sessions to the loop that creates them: make the client on ours.
-        api = cls(settings["session_url"], settings["api_key"], api_base_url=settings["api_url"])
+        api = cls(settings.session_url, settings.api_key, api_base_url=settings.api_url)
         return api, {name: api.get(*_route(name)) for name in self.splits}
 
     def _run(self, coro: Coroutine) -> Any:
@@ -311,10 +311,10 @@ class Environments:
         return reward
 
 
-def open_environments(config: dict) -> Environments:
+def open_environments(config: JobConfig) -> Environments:
     """The job's environments with their answer tools found; closed when the trainer exits (as
     the official synchronous client closes itself), since TRL calls them until training ends."""
-    environments = Environments(config)
+    environments = Environments(config.openreward, config.environments or {})
     atexit.register(environments.close)
     environments.discover_tools()
     return environments

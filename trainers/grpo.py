@@ -1,6 +1,6 @@
 """GRPO fine-tuning of a language model with TRL, as `python -m trainers.grpo JOB_DIR`.
 
-config.json in (see veri_box/runner.py); progress.jsonl, train.log and output/ out. The API's
+config.json in (trainers/contract.py); progress.jsonl, train.log and output/ out. The API's
 hyperparameters map onto TRL as the README's table says; every derived value is logged.
 """
 
@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from trainers import models, prompts, rewards
+from trainers.contract import JobConfig
 from trainers.errors import TrainerError
-from trainers.progress import Progress, install_sigterm_handler, load_config, log, stop_requested
+from trainers.progress import Progress, log, run, stop_requested
 
 PER_DEVICE_BATCH_CAP = 16  # completions per forward pass and device; the rest is accumulation
 SAMPLES_PER_STEP = 64
@@ -35,13 +36,13 @@ def batch_split(global_batch: int, processes: int, cap: int = PER_DEVICE_BATCH_C
     return per_process // accumulation, accumulation
 
 
-def grpo_args(config: dict, processes: int, on_gpu: bool, bf16: bool) -> dict[str, Any]:
-    hp = config["hyperparameters"]
+def grpo_args(config: JobConfig, processes: int, on_gpu: bool, bf16: bool) -> dict[str, Any]:
+    hp = config.hyperparameters
     per_device, accumulation = batch_split(hp["global_batch_size"], processes)
     save = {"save_strategy": "steps", "save_steps": hp["save_steps"]} if hp["save_steps"] else {"save_strategy": "no"}
     vllm = {"use_vllm": True, "vllm_mode": "colocate"} if hp["use_vllm"] else {}
     return {
-        "output_dir": config["checkpoints_dir"],
+        "output_dir": config.checkpoints_dir,
         "learning_rate": hp["learning_rate"],
         "num_train_epochs": hp["num_epochs"],
         "max_steps": hp["max_steps"] or -1,
@@ -52,7 +53,7 @@ def grpo_args(config: dict, processes: int, on_gpu: bool, bf16: bool) -> dict[st
         "gradient_accumulation_steps": accumulation,
         "temperature": hp["temperature"],
         "seed": hp["seed"],
-        "reward_weights": [r["weight"] for r in config["reward_functions"]] or None,
+        "reward_weights": [r.weight for r in config.reward_functions] or None,
         "logging_steps": 1,
         "report_to": [],
         "disable_tqdm": True,
@@ -65,30 +66,22 @@ def grpo_args(config: dict, processes: int, on_gpu: bool, bf16: bool) -> dict[st
 
 
 def main(job_dir: str) -> int:
-    install_sigterm_handler()
-    config = load_config(job_dir)
-    with Progress(job_dir) as progress:
-        try:
-            return train(config, progress)
-        except TrainerError as err:
-            log(f"error ({err.code}): {err.message}")
-            progress.error(err.code, err.message)
-            return 1
+    return run(job_dir, train)
 
 
-def train(config: dict, progress: Progress) -> int:
+def train(config: JobConfig, progress: Progress) -> int:
     import torch
     import transformers
     from peft import LoraConfig
     from trl import GRPOConfig, GRPOTrainer
 
-    hp = config["hyperparameters"]
+    hp = config.hyperparameters
     transformers.set_seed(hp["seed"])
-    on_gpu = config["devices"]["type"] != "cpu" and torch.cuda.is_available()
+    on_gpu = config.devices.type != "cpu" and torch.cuda.is_available()
     bf16 = on_gpu and torch.cuda.is_bf16_supported()
-    processes = max(config["devices"]["count"], 1) if on_gpu else 1
-    model_path = models.resolve(config["base_model"], config.get("models_dir"))
-    log(f"base model {config['base_model']} from {model_path}; {'GPU' if on_gpu else 'CPU'}, bf16={bf16}")
+    processes = max(config.devices.count, 1) if on_gpu else 1
+    model_path = models.resolve(config.base_model, config.models_dir)
+    log(f"base model {config.base_model} from {model_path}; {'GPU' if on_gpu else 'CPU'}, bf16={bf16}")
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token is None:
@@ -139,7 +132,7 @@ def train(config: dict, progress: Progress) -> int:
     trainer.veri_progress = progress
     trainer.remove_callback(transformers.PrinterCallback)  # our callback logs each step once, readably
     trainer.train()
-    output = Path(config["output_dir"])
+    output = Path(config.output_dir)
     if stop_requested():
         log(f"stopped on SIGTERM at step {trainer.state.global_step}")
         raise TrainerError("interrupted", f"The trainer was stopped (SIGTERM) at step {trainer.state.global_step}.")
@@ -151,20 +144,20 @@ def train(config: dict, progress: Progress) -> int:
     return 0
 
 
-def _prompts_and_rewards(config: dict, tokenizer: Any) -> tuple[list[dict], list[Callable]]:
+def _prompts_and_rewards(config: JobConfig, tokenizer: Any) -> tuple[list[dict], list[Callable]]:
     """The prompt rows and reward functions: the dataset's rows and the uploaded functions, or,
     for a job with environments, their tasks' prompts (the dataset is not read) and graders.
     Both before the model loads, so a service that is down fails the job at once."""
-    hp = config["hyperparameters"]
-    if config.get("environments"):
+    hp = config.hyperparameters
+    if config.environments:
         from trainers.environments import open_environments, prompts_needed
 
         environments = open_environments(config)
         source, fmt = environments.prompt_rows(prompts_needed(hp)), "prompt_only"
         functions = environments.reward_functions()
     else:
-        source, fmt = prompts.read_rows(config["dataset"]), config["dataset"]["format"]
-        functions, _ = rewards.load(config["reward_functions"])
+        source, fmt = prompts.read_rows(config.dataset), config.dataset.format
+        functions, _ = rewards.load(config.reward_functions)
     rows, changed = prompts.build(source, fmt, tokenizer, hp["system_prompt"], hp["max_prompt_length"])
     if changed["truncated"] or changed["dropped"]:
         log(

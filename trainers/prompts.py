@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from trainers.contract import DatasetConfig
 from trainers.errors import TrainerError
 
 SHAREGPT_ROLES = {
@@ -23,11 +24,11 @@ SHAREGPT_ROLES = {
 }
 
 
-def read_rows(dataset: dict) -> list[dict]:
+def read_rows(dataset: DatasetConfig) -> list[dict]:
     import datasets
 
-    kind = "parquet" if dataset["path"].endswith(".parquet") else "json"
-    return list(datasets.load_dataset(kind, data_files=dataset["path"], split="train"))
+    kind = "parquet" if dataset.path.endswith(".parquet") else "json"
+    return list(datasets.load_dataset(kind, data_files=dataset.path, split="train"))
 
 
 def _until_last_assistant(messages: list[dict]) -> list[dict]:

@@ -11,32 +11,33 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+from trainers.contract import RewardFunctionConfig
 from trainers.errors import TrainerError
 
 
-def load(entries: list[dict]) -> tuple[list[Callable], list[float]]:
-    """(guarded functions, weights) for config["reward_functions"]."""
+def load(entries: list[RewardFunctionConfig]) -> tuple[list[Callable], list[float]]:
+    """(guarded functions, weights) for config.reward_functions."""
     functions, weights, names = [], [], set()
     for i, entry in enumerate(entries):
         # Metric keys are rewards/<name>/mean: two functions of one name must not share them.
-        name = entry["name"] if entry["name"] not in names else f"{entry['name']}_{i}"
+        name = entry.name if entry.name not in names else f"{entry.name}_{i}"
         names.add(name)
         functions.append(guard(_import(entry), name))
-        weights.append(float(entry["weight"]))
+        weights.append(float(entry.weight))
     return functions, weights
 
 
-def _import(entry: dict) -> Callable:
-    spec = importlib.util.spec_from_file_location(f"reward_{entry['id']}", entry["path"])
+def _import(entry: RewardFunctionConfig) -> Callable:
+    spec = importlib.util.spec_from_file_location(f"reward_{entry.id}", entry.path)
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     try:
         spec.loader.exec_module(module)  # type: ignore[union-attr]
     except Exception as err:  # noqa: BLE001 - user code: report it, whatever it raised
         raise TrainerError(
             "reward_function_error",
-            f"Reward function '{entry['name']}' failed to load: {type(err).__name__}: {err}\n{_where(err)}",
+            f"Reward function '{entry.name}' failed to load: {type(err).__name__}: {err}\n{_where(err)}",
         ) from None
-    return getattr(module, entry["entrypoint"])
+    return getattr(module, entry.entrypoint)
 
 
 def _where(err: BaseException) -> str:

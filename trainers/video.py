@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from trainers import clips, models, video_data
+from trainers.contract import JobConfig
 from trainers.errors import TrainerError
-from trainers.progress import Progress, install_sigterm_handler, load_config, log, stop_requested
+from trainers.progress import Progress, log, run, stop_requested
 
 TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
 # The diffusers recipe's defaults for everything the API does not expose.
@@ -35,24 +35,8 @@ FPS = 8  # CogVideoX generates 8 frames per second
 
 
 def main(job_dir: str) -> int:
-    install_sigterm_handler()
-    config = load_config(job_dir)
-    # With several GPUs (accelerate launch / torchrun), every rank trains and rank 0 alone reports.
-    reporting = int(os.environ.get("RANK", "0")) == 0
-    with Progress(job_dir) if reporting else contextlib.nullcontext(_Silent()) as progress:
-        try:
-            return train(config, progress)
-        except TrainerError as err:
-            log(f"error ({err.code}): {err.message}")
-            progress.error(err.code, err.message)
-            return 1
-
-
-class _Silent:
-    """The progress of a rank other than 0: its records would repeat rank 0's."""
-
-    def __getattr__(self, name: str) -> Any:
-        return lambda *args, **kwargs: None
+    # With several GPUs (accelerate launch / torchrun) every rank trains; run() lets rank 0 alone report.
+    return run(job_dir, train)
 
 
 def plan(num_clips: int, hp: dict, processes: int = 1) -> tuple[int, int]:
@@ -63,25 +47,23 @@ def plan(num_clips: int, hp: dict, processes: int = 1) -> tuple[int, int]:
     return per_epoch, hp["max_steps"] or per_epoch * hp["num_epochs"]
 
 
-def train(config: dict, progress: Progress) -> int:
+def train(config: JobConfig, progress: Progress) -> int:
     import torch
     from accelerate import Accelerator
 
-    hp = config["hyperparameters"]
-    job_dir = Path(config["job_dir"])
+    hp = config.hyperparameters
+    job_dir = Path(config.job_dir)
     torch.manual_seed(hp["seed"])
-    on_gpu = config["devices"]["type"] != "cpu" and torch.cuda.is_available()
+    on_gpu = config.devices.type != "cpu" and torch.cuda.is_available()
     accelerator = Accelerator(cpu=not on_gpu)  # data-parallel when launched as several processes
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     main_process = accelerator.is_main_process
     say = log if main_process else (lambda message: None)
     dtype = torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float32
 
-    rows = video_data.read_rows(config["dataset"])
+    rows = video_data.read_rows(config.dataset)
     per_epoch, total = plan(len(rows), hp, world)
-    pipe = load_pipeline(
-        models.resolve(config["base_model"], config.get("models_dir")), config["base_model"], hp, dtype, device
-    )
+    pipe = load_pipeline(models.resolve(config.base_model, config.models_dir), config.base_model, hp, dtype, device)
     say(
         f"{len(rows)} clips, {per_epoch} steps per epoch, {total} steps; {world} x {'GPU' if on_gpu else 'CPU'} "
         f"{dtype}; {hp['num_frames']} frames at {hp['height']}x{hp['width']}"
@@ -167,7 +149,7 @@ def train(config: dict, progress: Progress) -> int:
 
     if last_validated != step:
         on_main(validate, pipe, validation, hp, step, job_dir, progress, device)
-    output = Path(config["output_dir"])
+    output = Path(config.output_dir)
     on_main(save_lora, transformer, output)
     say(f"saved the LoRA to {output}; load it with CogVideoXPipeline.load_lora_weights")
     progress.completed(steps=step)

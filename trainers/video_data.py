@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from trainers import clips
+from trainers.contract import DatasetConfig
 from trainers.errors import TrainerError
 from trainers.progress import log, stop_requested
 
@@ -25,9 +26,9 @@ class Clip:
     caption: str
 
 
-def read_rows(dataset: dict) -> list[Clip]:
+def read_rows(dataset: DatasetConfig) -> list[Clip]:
     """The clips of an uploaded video_captions dataset (the server wrote a normalised metadata.jsonl)."""
-    root = Path(dataset["path"])
+    root = Path(dataset.path)
     with open(root / "metadata.jsonl", encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
     return [Clip(root / row["video"], row["caption"]) for row in rows]
