@@ -233,11 +233,12 @@ def test_environment_rewards_rise_on_the_tiny_model(box, ors, tiny_model):
 
 def trainer_side(ors: OrsServer, environments: dict):
     """The trainer's adapter on its own, without a model: what a job's trainer does with them."""
+    from trainers.contract import OpenRewardConfig
     from trainers.environments import Environments
 
     ends = endpoints(ors.url, {})
-    settings = {"api_key": KEY, "base_url": ors.url, "session_url": ends.session_url, "api_url": ends.api_url}
-    return Environments({"openreward": settings, "environments": environments})
+    settings = OpenRewardConfig(api_key=KEY, base_url=ors.url, session_url=ends.session_url, api_url=ends.api_url)
+    return Environments(settings, environments)
 
 
 def test_an_environment_whose_tool_fails_stops_training_with_its_message(ors):

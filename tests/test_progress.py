@@ -1,5 +1,5 @@
-"""trainers/progress.py, the trainer side of the contract with the server, and the fake trainer
-that the server's supervision tests launch in place of a real one."""
+"""trainers/progress.py and trainers/contract.py, the trainer side of the contract with the
+server, and the fake trainer that the server's supervision tests launch in place of a real one."""
 
 from __future__ import annotations
 
@@ -11,10 +11,22 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from trainers import progress as progress_module
+from trainers.contract import (
+    ConfigError,
+    DatasetConfig,
+    Devices,
+    JobConfig,
+    OpenRewardConfig,
+    RewardFunctionConfig,
+    write_config,
+)
+from trainers.errors import TrainerError
 from trainers.progress import Progress, load_config, log
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -187,9 +199,189 @@ def test_checkpoint_paths_are_relative_to_the_job_dir(tmp_path: Path, monkeypatc
         progress.checkpoint(4, tmp_path / "elsewhere")
 
 
-def test_load_config(tmp_path: Path):
-    (tmp_path / "config.json").write_text(json.dumps({"base_model": "Qwen/Qwen3-0.6B", "lr": 1e-5}), encoding="utf-8")
-    assert load_config(str(tmp_path)) == {"base_model": "Qwen/Qwen3-0.6B", "lr": 1e-5}
+# ---- config.json ----------------------------------------------------------------------------------
+
+# Every key the server's runner writes today; a trainer built on the contract must read them all.
+SERVER_KEYS = {
+    "job_id",
+    "method",
+    "trainer",
+    "base_model",
+    "output_name",
+    "dataset",
+    "reward_functions",
+    "environments",
+    "openreward",
+    "hyperparameters",
+    "seed",
+    "devices",
+    "job_dir",
+    "output_dir",
+    "models_dir",
+    "checkpoints_dir",
+}
+
+
+def job_config(job_dir: Path, **fields) -> JobConfig:
+    """A complete config as the runner resolves it, with `fields` replaced."""
+    config = JobConfig(
+        job_id="job_abc",
+        method="grpo",
+        trainer="trainers.grpo",
+        base_model="Qwen/Qwen3-0.6B",
+        output_name="ratio",
+        dataset=DatasetConfig(
+            id="ds_1", format="prompt_only", columns=["prompt", "answer"], num_rows=3, path="/data/ds_1/rows.jsonl"
+        ),
+        reward_functions=[
+            RewardFunctionConfig(id="rf_1", name="ratio", entrypoint="reward", path="/jobs/rf_1.py", weight=0.5)
+        ],
+        environments={"owner/math": {"splits": ["train"]}},
+        openreward=OpenRewardConfig(
+            api_key="key", base_url="http://ors", session_url="http://ors/s", api_url="http://ors/api"
+        ),
+        hyperparameters={"seed": 42, "learning_rate": 1e-5, "max_steps": None},
+        seed=42,
+        devices=Devices(type="cpu", count=1, indices=[0]),
+        job_dir=str(job_dir),
+        output_dir=str(job_dir / "output"),
+        models_dir="/data/models",
+        checkpoints_dir=str(job_dir / "checkpoints"),
+    )
+    return replace(config, **fields)
+
+
+def written(job_dir: Path) -> dict:
+    return json.loads((job_dir / "config.json").read_text(encoding="utf-8"))
+
+
+def test_a_written_config_loads_back_as_the_same_typed_config(tmp_path: Path):
+    config = job_config(tmp_path)
+    write_config(tmp_path, config)
+    assert not (tmp_path / "config.json.tmp").exists()
+    assert set(written(tmp_path)) == SERVER_KEYS
+    loaded = load_config(str(tmp_path))
+    assert loaded == config
+    assert loaded.dataset.path == "/data/ds_1/rows.jsonl" and loaded.reward_functions[0].weight == 0.5
+    assert loaded.openreward.api_key == "key" and loaded.devices.indices == [0]
+
+
+def test_a_config_without_openreward_or_environments(tmp_path: Path):
+    config = job_config(tmp_path, openreward=None, environments=None, reward_functions=[], seed=None)
+    write_config(tmp_path, config)
+    assert load_config(tmp_path) == config
+
+
+def test_the_servers_plain_dict_reads_the_same(tmp_path: Path):
+    """The runner writes config.json from a dict today: same keys, same typed result."""
+    config = job_config(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    assert load_config(tmp_path) == config
+    assert JobConfig.from_dict(config.to_dict()).to_dict() == config.to_dict()
+
+
+def test_unknown_keys_are_ignored(tmp_path: Path):
+    """A newer server may write more than this trainer knows."""
+    data = {**job_config(tmp_path).to_dict(), "priority": "high"}
+    data["dataset"]["checksum"] = "abc"
+    data["devices"]["memory_gib"] = 80
+    data["reward_functions"][0]["timeout_s"] = 5
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    assert load_config(tmp_path) == job_config(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("path", "named"),
+    [
+        (("base_model",), "base_model"),
+        (("dataset", "path"), "dataset.path"),
+        (("devices", "indices"), "devices.indices"),
+        (("openreward", "api_url"), "openreward.api_url"),
+        (("reward_functions", 0, "weight"), "reward_functions[0].weight"),
+    ],
+)
+def test_a_missing_key_is_an_error_naming_it(tmp_path: Path, path: tuple, named: str):
+    data = job_config(tmp_path).to_dict()
+    parent = data
+    for key in path[:-1]:
+        parent = parent[key]
+    del parent[path[-1]]
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=rf"config\.json is missing {re.escape(named)}\b"):
+        load_config(tmp_path)
+
+
+def test_a_part_that_is_not_an_object_is_an_error_naming_it(tmp_path: Path):
+    data = {**job_config(tmp_path).to_dict(), "devices": [0]}
+    with pytest.raises(ConfigError, match="devices must be a JSON object"):
+        JobConfig.from_dict(data)
+
+
+# ---- run(): the main() of every trainer ------------------------------------------------------------
+
+
+@pytest.fixture
+def sigterm_restored():
+    """run() installs the trainer's SIGTERM handler; give pytest its own back afterwards."""
+    previous = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_run_hands_train_the_typed_config_and_returns_its_exit_code(tmp_path: Path, sigterm_restored):
+    write_config(tmp_path, job_config(tmp_path))
+    seen = []
+
+    def train(config: JobConfig, progress: Progress) -> int:
+        seen.append(config)
+        progress.completed(steps=1)
+        return 0
+
+    assert progress_module.run(str(tmp_path), train) == 0
+    assert seen == [job_config(tmp_path)]
+    assert [r.get("event") for r in records(tmp_path)] == ["completed"]
+    assert signal.getsignal(signal.SIGTERM) is progress_module._on_sigterm
+
+
+def test_run_turns_a_trainer_error_into_an_error_record_and_exit_code_1(tmp_path: Path, sigterm_restored, capsys):
+    write_config(tmp_path, job_config(tmp_path))
+
+    def train(config: JobConfig, progress: Progress) -> int:
+        progress.started(total_steps=3)
+        raise TrainerError("dataset_format_incompatible", "GRPO needs prompts; a text dataset has none.")
+
+    assert progress_module.run(tmp_path, train) == 1
+    assert without_time(records(tmp_path)[-1]) == {
+        "type": "error",
+        "code": "dataset_format_incompatible",
+        "message": "GRPO needs prompts; a text dataset has none.",
+    }
+    assert "error (dataset_format_incompatible): GRPO needs prompts" in capsys.readouterr().out
+
+
+def test_run_on_a_rank_other_than_0_reports_nothing(tmp_path: Path, sigterm_restored, monkeypatch):
+    """Every rank of a multi-GPU job trains; their records would repeat rank 0's."""
+    monkeypatch.setenv("RANK", "1")
+    write_config(tmp_path, job_config(tmp_path))
+
+    def train(config: JobConfig, progress: Progress) -> int:
+        progress.metrics(1, {"loss": 0.5})
+        raise TrainerError("interrupted", "stopped")
+
+    assert progress_module.run(tmp_path, train) == 1
+    assert not (tmp_path / "progress.jsonl").exists()
+
+
+def test_run_lets_other_exceptions_through(tmp_path: Path, sigterm_restored):
+    """A bug is a traceback on stderr (the server reports the log's tail), not an error record."""
+    write_config(tmp_path, job_config(tmp_path))
+
+    def train(config: JobConfig, progress: Progress) -> int:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        progress_module.run(tmp_path, train)
+    assert records(tmp_path) == []
 
 
 def test_log_prefixes_a_utc_timestamp(capsys):
@@ -249,7 +441,7 @@ def test_importing_progress_loads_only_the_standard_library():
 def run_fake(job_dir: Path, base_model: str, **config) -> subprocess.CompletedProcess:
     """As the runner starts a trainer: `python -m MODULE JOB_DIR`, from outside the repo."""
     job_dir.mkdir(parents=True, exist_ok=True)
-    (job_dir / "config.json").write_text(json.dumps({"base_model": base_model, **config}), encoding="utf-8")
+    write_config(job_dir, job_config(job_dir, base_model=base_model, **config))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
         [sys.executable, "-m", "tests.fake_trainer", str(job_dir)],
@@ -315,7 +507,7 @@ def test_fake_trainer_rejects_unknown_options(tmp_path: Path):
 
 
 def test_fake_trainer_saves_and_stops_on_sigterm(tmp_path: Path):
-    (tmp_path / "config.json").write_text(json.dumps({"base_model": "fake:hang=1,save_every=5"}))
+    write_config(tmp_path, job_config(tmp_path, base_model="fake:hang=1,save_every=5"))
     child = subprocess.Popen(
         [sys.executable, "-m", "tests.fake_trainer", str(tmp_path)],
         stdout=subprocess.PIPE,

@@ -17,6 +17,7 @@ import pytest
 from conftest import Api, finished, run_until
 
 from trainers.clips import read_clip, sample_indices
+from trainers.contract import DatasetConfig, Devices, JobConfig, write_config
 from trainers.tiny_video import squares_zip
 from trainers.video import epoch_steps, plan
 
@@ -231,15 +232,28 @@ def trainer_job(tmp_path: Path, model: Path, clips: int, **hp) -> Path:
     job_dir = tmp_path / "job"
     job_dir.mkdir()
     defaults = {"num_epochs": 1, "validation_steps": None, "save_steps": None, "max_steps": None}
-    config = {
-        "base_model": str(model),
-        "dataset": {"path": str(data), "format": "video_captions"},
-        "hyperparameters": {**LEARNS, **defaults, "batch_size": 1, "gradient_accumulation_steps": 1, **hp},
-        "devices": {"type": "cpu", "count": 1, "indices": [0]},
-        "job_dir": str(job_dir),
-        "output_dir": str(job_dir / "output"),
-    }
-    (job_dir / "config.json").write_text(json.dumps(config))
+    hyperparameters = {**LEARNS, **defaults, "batch_size": 1, "gradient_accumulation_steps": 1, **hp}
+    config = JobConfig(
+        job_id="job_video",
+        method="sft_video_gen",
+        trainer="trainers.video",
+        base_model=str(model),
+        output_name="squares",
+        dataset=DatasetConfig(
+            id="ds_video", format="video_captions", columns=["video", "caption"], num_rows=clips, path=str(data)
+        ),
+        reward_functions=[],
+        environments=None,
+        openreward=None,
+        hyperparameters=hyperparameters,
+        seed=hyperparameters["seed"],
+        devices=Devices(type="cpu", count=1, indices=[0]),
+        job_dir=str(job_dir),
+        output_dir=str(job_dir / "output"),
+        models_dir=str(tmp_path / "models"),
+        checkpoints_dir=str(job_dir / "checkpoints"),
+    )
+    write_config(job_dir, config)
     return job_dir
 
 
