@@ -18,7 +18,7 @@ from serving import FAKE_TRAINERS, REPO
 
 from veri_box.app import create_app
 from veri_box.devices import build_inventory
-from veri_box.runner import process_start_time, trainer_command
+from veri_box.executors import process_start_time, trainer_command
 from veri_box.settings import Settings
 
 
@@ -276,7 +276,7 @@ def test_sigterm_is_not_sent_to_unrelated_processes(box):
     until(box, lambda: status(box, job_id) == "running")
     box.store.update_job(job_id, pid_started="1")  # as if the pid now belonged to another process
     pid = trainer_env(box, job_id)["pid"]
-    box.client.app.state.runner._children.clear()  # a re-attached trainer is not our child
+    box.client.app.state.runner.executors["local"]._children.clear()  # a re-attached trainer is not our child
     until(box, lambda: status(box, job_id) == "failed")
     assert box.get(f"/v1/training_jobs/{job_id}").json()["error"]["code"] == "trainer_crashed"
     assert alive(pid)  # not ours any more as far as the runner can tell, so left alone
