@@ -22,6 +22,7 @@ from .datasets import DatasetController
 from .devices import Inventory, build_inventory
 from .errors import ErrorBody, exception_handler
 from .integrations import IntegrationController
+from .job_outputs import JobOutputController
 from .jobs import JobController
 from .reward_functions import RewardFunctionController
 from .runner import Runner
@@ -100,6 +101,7 @@ def create_app(settings: Settings, inventory: Inventory | None = None, run_jobs:
             uploads,
             RewardFunctionController,
             JobController,
+            JobOutputController,
             IntegrationController,
             devices.availability,
         ],

@@ -16,12 +16,11 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, Parameter
 from litestar.response import File
 
+from . import paths
 from .auth import Signer
 from .errors import ApiError, bad_request
 from .settings import Settings
-
-MODEL_ARCHIVE = "model.tar.gz"
-OUTPUT_DIR = "output"
+from .statuses import JobStatus
 
 
 class ModelFile(msgspec.Struct):
@@ -44,37 +43,33 @@ class Checkpoint(msgspec.Struct):
     object: str = "checkpoint"
 
 
-def job_dir(data_dir: Path, job_id: str) -> Path:
-    return data_dir / "jobs" / job_id
-
-
 def signed_url(settings: Settings, signer: Signer, relative: str) -> str:
     return f"{settings.base_url}/files/{signer.sign(relative, settings.download_url_ttl_s)}"
 
 
 def archive_url(settings: Settings, signer: Signer, job_id: str) -> str | None:
-    if not (job_dir(settings.data_dir, job_id) / MODEL_ARCHIVE).is_file():
+    if not paths.model_archive(settings.data_dir, job_id).is_file():
         return None
-    return signed_url(settings, signer, f"jobs/{job_id}/{MODEL_ARCHIVE}")
+    return signed_url(settings, signer, paths.job_relative(job_id, paths.MODEL_ARCHIVE))
 
 
 def _files(settings: Settings, signer: Signer, job_id: str, relative_dir: str) -> list[ModelFile]:
     """Every file under JOB_DIR/relative_dir, each with a signed link."""
-    root = job_dir(settings.data_dir, job_id) / relative_dir
+    root = paths.job_dir(settings.data_dir, job_id) / relative_dir
     files = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = path.relative_to(root).as_posix()
-        url = signed_url(settings, signer, f"jobs/{job_id}/{relative_dir}/{rel}")
+        url = signed_url(settings, signer, paths.job_relative(job_id, relative_dir, rel))
         files.append(ModelFile(path=rel, bytes=path.stat().st_size, url=url))
     return files
 
 
 def manifest(settings: Settings, signer: Signer, job: dict) -> Model:
-    if job["status"] != "completed":
+    if job["status"] != JobStatus.COMPLETED:
         raise bad_request(
             "model_not_ready", f"Job {job['id']} is {job['status']}; its model is available once it has completed."
         )
-    files = _files(settings, signer, job["id"], OUTPUT_DIR)
+    files = _files(settings, signer, job["id"], paths.OUTPUT_DIR)
     if not files:
         raise bad_request("model_not_ready", f"Job {job['id']} completed but left no model files.")
     return Model(download_url=archive_url(settings, signer, job["id"]), files=files)
@@ -86,7 +81,7 @@ def sample(settings: Settings, signer: Signer, job_id: str, seq: int, data: dict
     row = {"id": seq, **data}
     video = data.get("video")
     if isinstance(video, str) and ".." not in video.split("/"):
-        row["video_url"] = signed_url(settings, signer, f"jobs/{job_id}/{video.strip('/')}")
+        row["video_url"] = signed_url(settings, signer, paths.job_relative(job_id, video.strip("/")))
     return row
 
 
@@ -108,7 +103,7 @@ def download(
     """A file of a job, through a signed link from the API (no Authorization header needed)."""
     relative = path.lstrip("/")
     signer.verify(relative, expires, signature)
-    root = (settings.data_dir / "jobs").resolve()
+    root = paths.jobs_dir(settings.data_dir).resolve()
     target = (settings.data_dir / relative).resolve()
     if not target.is_relative_to(root) or not target.is_file():
         raise ApiError(404, "file_not_found", "This file no longer exists.")

@@ -1,4 +1,4 @@
-"""Training jobs: submit-time validation, and the read and cancel endpoints."""
+"""Training jobs: submit-time validation, reading, cancelling (what a job produces: job_outputs.py)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,12 @@ from typing import Annotated, Any, Literal
 
 import litestar
 import msgspec
-from litestar import Controller, Request, Response
+from litestar import Controller
 from litestar.di import NamedDependency
-from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody, Parameter
-from litestar.response import ServerSentEvent
 from msgspec import Meta
 
-from . import artifacts, dataset_files, datasets, hyperparameters, logs, metrics, openreward, reward_functions
+from . import artifacts, dataset_files, hyperparameters, openreward, paths, reward_functions
 from .auth import Signer
 from .devices import Inventory
 from .errors import ApiError, bad_request, not_found
@@ -27,7 +25,6 @@ METHODS = ("grpo", "sft_video_gen")
 Name = Annotated[str, Meta(min_length=1, max_length=200)]
 Id = Annotated[str, Meta(min_length=1, max_length=100)]
 Source = Annotated[str, Meta(min_length=1, max_length=reward_functions.MAX_SOURCE_BYTES)]
-Step = Annotated[int | None, Parameter(ge=0, le=2**62)]
 
 
 class GpuRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -109,16 +106,6 @@ class Job(msgspec.Struct):
     updated_at: str
 
 
-class Event(msgspec.Struct):
-    event_type: str
-    timestamp: str
-    metadata: dict[str, Any]
-
-
-class Events(msgspec.Struct):
-    items: list[Event]
-
-
 class CancelResult(msgspec.Struct):
     id: str
     status: str
@@ -191,7 +178,7 @@ def _gpu(request: GpuRequest, inventory: Inventory) -> dict:
 
 
 def _check_video_job(dataset: dict, hp: dict, settings: Settings) -> None:
-    shortest = dataset_files.shortest_clip(datasets.dataset_dir(settings.data_dir, dataset["id"]), dataset["path"])
+    shortest = dataset_files.shortest_clip(paths.dataset_dir(settings.data_dir, dataset["id"]), dataset["path"])
     if shortest and shortest[1] < hp["num_frames"]:
         video, frames = shortest
         raise bad_request(
@@ -423,29 +410,6 @@ class JobController(Controller):
     ) -> Job:
         return to_api(get(store, job_id), settings, signer)
 
-    @litestar.get("/{job_id:str}/events", sync_to_thread=True)
-    def events(
-        self, job_id: FromPath[str], store: NamedDependency[Store], limit: Annotated[int, Parameter(ge=1, le=1000)] = 50
-    ) -> Events:
-        get(store, job_id)
-        return Events(
-            items=[Event(e["event_type"], e["timestamp"], e["metadata"]) for e in store.list_events(job_id, limit)]
-        )
-
-    @litestar.get("/{job_id:str}/metrics", sync_to_thread=True)
-    def metrics(
-        self,
-        job_id: FromPath[str],
-        store: NamedDependency[Store],
-        keys: Annotated[str | None, Parameter(max_length=2000, description="Comma-separated metric keys.")] = None,
-        from_step: Step = None,
-        to_step: Step = None,
-        max_points: Annotated[int, Parameter(ge=1, le=10_000)] = 500,
-    ) -> metrics.Metrics:
-        get(store, job_id)
-        wanted = [k.strip() for k in keys.split(",") if k.strip()] if keys else None
-        return metrics.query(store, job_id, wanted, from_step, to_step, max_points)
-
     @litestar.post("/{job_id:str}/cancel", status_code=200, sync_to_thread=True)
     def cancel(
         self, job_id: FromPath[str], store: NamedDependency[Store], runner: NamedDependency[Runner]
@@ -459,87 +423,3 @@ class JobController(Controller):
         stamp = now()
         store.update_job(job_id, last_heartbeat_at=stamp)
         return Heartbeat(id=job_id, status=job["status"], last_heartbeat_at=stamp)
-
-    @litestar.get("/{job_id:str}/logs", media_type="text/event-stream")
-    async def logs(
-        self,
-        job_id: FromPath[str],
-        request: Request,
-        store: NamedDependency[Store],
-        settings: NamedDependency[Settings],
-    ) -> ServerSentEvent:
-        """The training log as Server-Sent Events, ending with `[Job <status>]` once the job is terminal."""
-        get(store, job_id)
-        last = request.headers.get("last-event-id", "").strip()
-        if last and not last.isdigit():
-            raise bad_request("invalid_last_event_id", "Last-Event-ID must be an id this stream sent.")
-        return ServerSentEvent(
-            logs.stream(store, settings.data_dir, job_id, int(last or 0)),
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
-
-    @litestar.get(
-        "/{job_id:str}/logs/full",
-        sync_to_thread=True,
-        media_type="text/plain",
-        responses={
-            206: ResponseSpec(
-                data_container=str,
-                media_type="text/plain",
-                generate_examples=False,
-                description="The log so far; the job has not finished yet.",
-            )
-        },
-    )
-    def logs_full(
-        self, job_id: FromPath[str], store: NamedDependency[Store], settings: NamedDependency[Settings]
-    ) -> Response[bytes]:
-        """The whole log as text: 200 once the job is terminal, 206 (so far) while it is not."""
-        job = get(store, job_id)
-        path = logs.log_path(settings.data_dir, job_id)
-        text = path.read_bytes() if path.is_file() else b""
-        status = 200 if job["status"] in TERMINAL else 206
-        return Response(text, status_code=status, media_type="text/plain; charset=utf-8")
-
-    @litestar.get("/{job_id:str}/model", sync_to_thread=True)
-    def model(
-        self,
-        job_id: FromPath[str],
-        store: NamedDependency[Store],
-        settings: NamedDependency[Settings],
-        signer: NamedDependency[Signer],
-    ) -> artifacts.Model:
-        return artifacts.manifest(settings, signer, get(store, job_id))
-
-    @litestar.get("/{job_id:str}/checkpoints", sync_to_thread=True)
-    def checkpoints(
-        self,
-        job_id: FromPath[str],
-        store: NamedDependency[Store],
-        settings: NamedDependency[Settings],
-        signer: NamedDependency[Signer],
-    ) -> ListOf[artifacts.Checkpoint]:
-        """Intermediate checkpoints the trainer saved, newest step first, with signed file links."""
-        get(store, job_id)
-        rows = store.list_checkpoints(job_id)
-        return ListOf(data=[artifacts.checkpoint(settings, signer, row) for row in rows], has_more=False)
-
-    @litestar.get("/{job_id:str}/samples", sync_to_thread=True)
-    def samples(
-        self,
-        job_id: FromPath[str],
-        store: NamedDependency[Store],
-        settings: NamedDependency[Settings],
-        signer: NamedDependency[Signer],
-        step: Annotated[int | None, Parameter(ge=0, le=2**62)] = None,
-        limit: Annotated[int, Parameter(ge=1, le=1000)] = 50,
-        after: Annotated[int | None, Parameter(ge=0, le=2**62, description="id of the last sample seen.")] = None,
-    ) -> ListOf[dict[str, Any]]:
-        """Rollouts (GRPO: prompt, completion, reward, rewards per function, advantage) or validation
-        clips (video: prompt, video, signed video_url) the trainer reported, in step order; `step`
-        picks one step."""
-        get(store, job_id)
-        rows, more = store.list_samples(job_id, step, limit, after)
-        return ListOf(
-            data=[artifacts.sample(settings, signer, job_id, r["seq"], r["data"]) for r in rows], has_more=more
-        )

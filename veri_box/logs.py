@@ -9,6 +9,7 @@ from pathlib import Path
 
 from litestar.response import ServerSentEventMessage
 
+from . import paths
 from .statuses import TERMINAL
 from .store import Store
 
@@ -17,8 +18,7 @@ KEEPALIVE_S = 15.0
 CHUNK = 1 << 16
 
 
-def log_path(data_dir: Path, job_id: str) -> Path:
-    return data_dir / "jobs" / job_id / "train.log"
+log_path = paths.train_log  # TODO(structure): callers move to paths.train_log
 
 
 def read_lines(path: Path, offset: int) -> tuple[list[tuple[str, int]], int]:
@@ -42,7 +42,7 @@ def read_lines(path: Path, offset: int) -> tuple[list[tuple[str, int]], int]:
 
 
 async def stream(store: Store, data_dir: Path, job_id: str, offset: int) -> AsyncIterator[ServerSentEventMessage]:
-    path = log_path(data_dir, job_id)
+    path = paths.train_log(data_dir, job_id)
     idle = 0.0
     while True:
         # Read the status before the file: lines written before the job ended are then
