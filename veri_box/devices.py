@@ -71,9 +71,6 @@ class DeviceType:
 class Inventory:
     types: dict[str, DeviceType] = field(default_factory=dict)
 
-    def names(self) -> list[str]:
-        return list(self.types)
-
     def describe(self) -> str:
         if not self.types:
             return "none (start veri-box with --gpus or --cpu-slots)"
