@@ -25,7 +25,7 @@ import msgspec
 from litestar import Request, Response, Router, get, post
 from litestar.datastructures import Cookie, UploadFile
 from litestar.di import NamedDependency
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException
 from litestar.params import FromPath, FromQuery
 from litestar.response import File, Redirect, ServerSentEvent, ServerSentEventMessage
 from litestar.static_files import create_static_files_router
@@ -35,7 +35,7 @@ from . import reward_functions as rf_mod
 from .api_keys import ApiKeyController, CreateApiKey
 from .auth import Signer
 from .devices import Inventory
-from .errors import ApiError, bad_request, error_body, not_found, to_api_error
+from .errors import ApiError, bad_request, error_body, not_found, split_validation_error, to_api_error, validation_error
 from .integrations import OPENREWARD, IntegrationController, OpenRewardSettings
 from .integrations import to_api as integration_to_api
 from .runner import Runner
@@ -233,9 +233,7 @@ def _convert(body: dict, type_: type) -> Any:
     try:
         return msgspec.convert(body, type=type_)
     except msgspec.ValidationError as err:
-        message, _, where = str(err).partition(" - at `$")
-        key = where.rstrip("`").lstrip(".") or None
-        raise to_api_error(ValidationException(extra=[{"message": message, "key": key, "source": "body"}])) from None
+        raise validation_error(*split_validation_error(err)) from None
 
 
 def _relative(url: str | None, settings: Settings) -> str | None:

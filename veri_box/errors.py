@@ -63,12 +63,40 @@ def error_body(status: int, code: str, message: str, param: str | None = None) -
     return {"error": {"type": type_, "code": code, "message": message, "param": param}}
 
 
-_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]*)`")
+UNKNOWN_FIELD = "Object contains unknown field"
+MISSING_FIELD = "Object missing required field"
+_NAMED_FIELD = re.compile(r"Object (?:contains unknown|missing required) field `([^`]*)`")
+
+
+def split_validation_error(err: msgspec.ValidationError) -> tuple[str, str | None]:
+    """msgspec's one line as (message, param): 'Expected `int` >= 1 - at `$.gpu.count`' gives
+    ('Expected `int` >= 1', 'gpu.count')."""
+    message, _, where = str(err).partition(" - at `$")
+    return message, field_param(message, where.rstrip("`").lstrip(".") or None)
+
+
+def field_param(message: str, path: str | None) -> str | None:
+    """The field a message is about: its path, or for an unknown or missing field, that field
+    under the path (msgspec names it in the message, not in the path)."""
+    named = _NAMED_FIELD.match(message)
+    if named is None:
+        return path
+    return f"{path}.{named.group(1)}" if path else named.group(1)
+
+
+def validation_error(message: str, param: str | None) -> ApiError:
+    """A msgspec failure as the API reports it; "unknown field" and "missing field" get their own codes."""
+    if message.startswith(UNKNOWN_FIELD):
+        return bad_request("unknown_field", f"Unknown field '{param}'.", param)
+    if message.startswith(MISSING_FIELD):
+        return bad_request("missing_field", f"The field '{param}' is required.", param)
+    where = f" for '{param}'" if param else ""
+    return bad_request("invalid_value", f"Invalid value{where}: {message}.", param)
 
 
 def _from_validation(exc: ValidationException) -> ApiError:
-    """Litestar reports msgspec failures as a list of {message, key, source}; name the
-    first one as `param` and turn "unknown field" into its own code."""
+    """Litestar reports msgspec failures as a list of {message, key, source}, already split;
+    the first one names `param`."""
     extra = exc.extra if isinstance(exc.extra, list) else []
     if not extra:
         detail = exc.detail or "The request body could not be read."
@@ -79,16 +107,7 @@ def _from_validation(exc: ValidationException) -> ApiError:
     message = str(first.get("message", "invalid value"))
     key = first.get("key")
     key = None if key in (None, "data", "") else str(key)
-    unknown = _UNKNOWN_FIELD.search(message)
-    if unknown:
-        param = f"{key}.{unknown.group(1)}" if key else unknown.group(1)
-        return bad_request("unknown_field", f"Unknown field '{param}'.", param)
-    if message.startswith("Object missing required field") and "`" in message:
-        field = message.split("`")[1]
-        param = f"{key}.{field}" if key else field
-        return bad_request("missing_field", f"The field '{param}' is required.", param)
-    where = f" for '{key}'" if key else ""
-    return bad_request("invalid_value", f"Invalid value{where}: {message}.", key)
+    return validation_error(message, field_param(message, key))
 
 
 _FRAMEWORK_CODES = {

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from .errors import bad_request
+from .errors import UNKNOWN_FIELD, bad_request, split_validation_error
 
 Steps = Annotated[int, Meta(ge=1, le=100_000_000)]
 Tokens = Annotated[int, Meta(ge=1, le=1_048_576)]
@@ -94,15 +94,9 @@ SCHEMAS: dict[str, type[msgspec.Struct]] = {
 
 
 def _param(err: msgspec.ValidationError) -> tuple[str, str]:
-    """msgspec says 'Expected `int` >= 1 - at `$.seed`': split into (message, param)."""
-    text = str(err)
-    message, _, where = text.partition(" - at `$")
-    path = where.rstrip("`").lstrip(".")
-    if message.startswith("Object contains unknown field"):
-        field = message.split("`")[1]
-        path = f"{path}.{field}" if path else field
-    param = "hyperparameters" + (f".{path}" if path else "")
-    return message, param
+    """(message, param) with param under `hyperparameters`, as the API names it."""
+    message, path = split_validation_error(err)
+    return message, "hyperparameters" + (f".{path}" if path else "")
 
 
 def resolve(method: str, given: dict[str, Any] | None) -> dict[str, Any]:
@@ -111,7 +105,7 @@ def resolve(method: str, given: dict[str, Any] | None) -> dict[str, Any]:
         hp = msgspec.convert(given or {}, type=SCHEMAS[method])
     except msgspec.ValidationError as err:
         message, param = _param(err)
-        code = "unknown_field" if message.startswith("Object contains unknown field") else "invalid_hyperparameter"
+        code = "unknown_field" if message.startswith(UNKNOWN_FIELD) else "invalid_hyperparameter"
         if code == "unknown_field":
             allowed = ", ".join(f.name for f in msgspec.structs.fields(SCHEMAS[method]))
             name = param.removeprefix("hyperparameters.")
@@ -168,7 +162,3 @@ def _check_video(hp: dict[str, Any]) -> dict[str, Any]:
     if hp["lora_alpha"] is None:
         hp["lora_alpha"] = hp["lora_rank"]
     return hp
-
-
-def defaults(method: str) -> dict[str, Any]:
-    return resolve(method, {})
