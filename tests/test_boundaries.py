@@ -163,3 +163,54 @@ def test_every_setting_is_in_the_readme_settings_table(setting, readme_settings_
     assert re.search(rf"(?<![\w-]){re.escape(flag(setting.name))}(?![\w-])", readme_settings_table), (
         f"{flag(setting.name)} is missing from README.md's settings table"
     )
+
+
+# ---- (d) the runner is no web module's client -------------------------------------------------
+
+WEB_NAMES = {"get", "post", "put", "patch", "delete", "route", "Controller", "Router"}
+
+
+def _server_imports(path: Path) -> set[str]:
+    """The veri_box modules a server file imports (relative `from . import x` and `from .x import y`)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found |= {node.module} if node.module else {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("veri_box."):
+            found.add(node.module.split(".")[1])
+    return {name for name in found if (ROOT / "veri_box" / f"{name}.py").is_file()}
+
+
+def _serves_routes(path: Path) -> bool:
+    """Whether a module defines HTTP handlers: it imports Litestar's route decorators or controllers."""
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import) and any(alias.name == "litestar" for alias in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and node.module == "litestar":
+            if WEB_NAMES & {alias.name for alias in node.names}:
+                return True
+    return False
+
+
+def runner_closure() -> set[str]:
+    seen, todo = set(), ["runner"]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo += _server_imports(ROOT / "veri_box" / f"{name}.py")
+    return seen
+
+
+def test_the_runner_imports_no_web_module():
+    # It learns where files live from paths.py and builds the trainer's config itself; a module
+    # with routes in its import closure would tie placement and supervision to the web layer.
+    closure = runner_closure()
+    assert {"paths", "executors", "job_config", "progress", "store"} <= closure
+    web = sorted(name for name in closure if _serves_routes(ROOT / "veri_box" / f"{name}.py"))
+    assert web == [], f"the runner imports web modules: {web}"
+
+
+def test_the_web_module_check_sees_route_modules():
+    assert _serves_routes(ROOT / "veri_box" / "jobs.py") and _serves_routes(ROOT / "veri_box" / "devices.py")
+    assert not _serves_routes(ROOT / "veri_box" / "paths.py")

@@ -20,7 +20,7 @@ from typing import Protocol
 from trainers.contract import JobConfig
 
 from . import paths
-from .devices import CPU
+from .inventory import CPU
 from .settings import Settings
 
 log = logging.getLogger("veri_box.executors")

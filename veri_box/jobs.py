@@ -13,8 +13,8 @@ from msgspec import Meta
 
 from . import artifacts, dataset_files, hyperparameters, openreward, paths, reward_functions
 from .auth import Signer
-from .devices import Inventory
 from .errors import ApiError, bad_request, not_found
+from .inventory import Inventory
 from .runner import Runner
 from .schemas import After, ListOf
 from .settings import Settings

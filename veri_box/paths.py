@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainers.progress import CONFIG_FILE, PROGRESS_FILE
+from trainers.contract import CONFIG_FILE
+from trainers.progress import PROGRESS_FILE
 
 DB_FILE = "veri-box.db"
 JOBS = "jobs"

@@ -21,8 +21,8 @@ from pathlib import Path
 from trainers.contract import JobConfig, write_config
 
 from . import job_config, paths, progress
-from .devices import Inventory
 from .executors import Executor, LocalExecutor
+from .inventory import Inventory
 from .settings import Settings
 from .statuses import ACTIVE, PLACED, JobStatus
 from .store import Store, now
