@@ -11,7 +11,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, Parameter
 from msgspec import Meta
 
-from . import artifacts, dataset_files, hyperparameters, openreward, paths, reward_functions
+from . import artifacts, dataset_files, dataset_zips, hyperparameters, openreward, paths, reward_functions
 from .auth import Signer
 from .errors import ApiError, bad_request, not_found
 from .inventory import Inventory
@@ -178,7 +178,7 @@ def _gpu(request: GpuRequest, inventory: Inventory) -> dict:
 
 
 def _check_video_job(dataset: dict, hp: dict, settings: Settings) -> None:
-    shortest = dataset_files.shortest_clip(paths.dataset_dir(settings.data_dir, dataset["id"]), dataset["path"])
+    shortest = dataset_zips.shortest_clip(paths.dataset_dir(settings.data_dir, dataset["id"]), dataset["path"])
     if shortest and shortest[1] < hp["num_frames"]:
         video, frames = shortest
         raise bad_request(
