@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import litestar
 import msgspec
-from litestar import Controller, delete, get, post
+from litestar import Controller
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from msgspec import Meta
@@ -42,22 +43,42 @@ def to_api(row: dict) -> ApiKey:
     )
 
 
+# -- service functions (the API's controller and the dashboard both call these) ---------------
+
+
+def create(store: Store, name: str) -> NewApiKey:
+    """A new key; the returned struct is the only place its secret ever appears."""
+    row, key = store.create_api_key(name.strip() or name)
+    return NewApiKey(**msgspec.structs.asdict(to_api(row)), key=key)
+
+
+def list_(store: Store, limit: int = 20, after: str | None = None) -> tuple[list[dict], bool]:
+    """Live keys, newest first: (rows, has_more)."""
+    return store.list_api_keys(limit, after)
+
+
+def revoke(store: Store, key_id: str) -> None:
+    if not store.revoke_api_key(key_id):
+        raise not_found("api key", key_id)
+
+
+# -- controller --------------------------------------------------------------------------------
+
+
 class ApiKeyController(Controller):
     path = "/v1/api_keys"
     tags = ["api keys"]
 
-    @post("/", status_code=200, sync_to_thread=True)
+    @litestar.post("/", status_code=200, sync_to_thread=True)
     def create(self, store: NamedDependency[Store], data: JSONBody[CreateApiKey]) -> NewApiKey:
-        row, key = store.create_api_key(data.name.strip() or data.name)
-        return NewApiKey(**msgspec.structs.asdict(to_api(row)), key=key)
+        return create(store, data.name)
 
-    @get("/", sync_to_thread=True)
+    @litestar.get("/", sync_to_thread=True)
     def list_(self, store: NamedDependency[Store], limit: ReadLimit = 20, after: After = None) -> ListOf[ApiKey]:
-        rows, more = store.list_api_keys(limit, after)
+        rows, more = list_(store, limit, after)
         return ListOf(data=[to_api(r) for r in rows], has_more=more)
 
-    @delete("/{key_id:str}", status_code=200, sync_to_thread=True)
+    @litestar.delete("/{key_id:str}", status_code=200, sync_to_thread=True)
     def revoke(self, store: NamedDependency[Store], key_id: FromPath[str]) -> Deleted:
-        if not store.revoke_api_key(key_id):
-            raise not_found("api key", key_id)
+        revoke(store, key_id)
         return Deleted(id=key_id, object="api_key")

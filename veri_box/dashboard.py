@@ -1,9 +1,8 @@
 """The dashboard: server-rendered pages (Jinja2) with htmx fragments, behind a session login.
 
-Handlers are thin: every write goes through the same function the API's handler runs (the
-service function, or the API handler's own function where its checks live in it), so the
-dashboard accepts and rejects exactly what the API does, and shows the API's error code and
-message as HTML.
+Handlers are thin: every write goes through the same service function the API's controller
+calls, so the dashboard accepts and rejects exactly what the API does, and shows the API's
+error code and message as HTML.
 """
 
 from __future__ import annotations
@@ -30,14 +29,27 @@ from litestar.params import FromPath, FromQuery
 from litestar.response import File, Redirect, ServerSentEvent, ServerSentEventMessage
 from litestar.static_files import create_static_files_router
 
-from . import __version__, artifacts, dataset_files, datasets, devices, hyperparameters, jobs, logs, metrics, statuses
+from . import (
+    __version__,
+    api_keys,
+    artifacts,
+    dataset_files,
+    datasets,
+    devices,
+    hyperparameters,
+    integrations,
+    jobs,
+    logs,
+    metrics,
+    paths,
+    statuses,
+)
 from . import reward_functions as rf_mod
-from .api_keys import ApiKeyController, CreateApiKey
+from .api_keys import CreateApiKey
 from .auth import Signer
 from .devices import Inventory
 from .errors import ApiError, bad_request, error_body, not_found, split_validation_error, to_api_error, validation_error
-from .integrations import OPENREWARD, IntegrationController, OpenRewardSettings
-from .integrations import to_api as integration_to_api
+from .integrations import OPENREWARD, OpenRewardSettings
 from .runner import Runner
 from .sessions import (
     COOKIE,
@@ -239,13 +251,6 @@ def _convert(body: dict, type_: type) -> Any:
 def _relative(url: str | None, settings: Settings) -> str | None:
     """Signed links are absolute (for API clients); in the page they work from any host name."""
     return url.removeprefix(settings.base_url) if url else None
-
-
-def _get_job(store: Store, job_id: str) -> dict:
-    job = store.get_job(job_id)
-    if job is None:
-        raise not_found("training job", job_id)
-    return job
 
 
 # -- login -------------------------------------------------------------------------------------
@@ -620,7 +625,7 @@ def new_job_page(
 ) -> Response:
     form = _default_form(method if method in jobs.METHODS else "grpo")
     if clone:
-        form = _form_from_job(_get_job(store, clone))
+        form = _form_from_job(jobs.get(store, clone))
         form["output_name"] = f"{form['output_name']}-copy"
     if not form.get("gpu_type") and inventory.types:
         form["gpu_type"] = next(iter(inventory.types))
@@ -722,7 +727,7 @@ def job_page(
     signer: NamedDependency[Signer],
     job_id: FromPath[str],
 ) -> Response:
-    job = _get_job(store, job_id)
+    job = jobs.get(store, job_id)
     return render(
         request,
         "job.html",
@@ -734,7 +739,7 @@ def job_page(
 
 @get("/jobs/{job_id:str}/summary", include_in_schema=False, sync_to_thread=True)
 def job_summary(request: Request, store: NamedDependency[Store], job_id: FromPath[str]) -> Response:
-    job = _get_job(store, job_id)
+    job = jobs.get(store, job_id)
     context = _summary_context(store, job)
     # The page's other panels (downloads, rollouts) refresh once when the job ends.
     headers = {} if context["live"] else {"HX-Trigger": "job-ended"}
@@ -745,11 +750,8 @@ def job_summary(request: Request, store: NamedDependency[Store], job_id: FromPat
 async def cancel_job(
     request: Request, store: NamedDependency[Store], runner: NamedDependency[Runner], job_id: FromPath[str]
 ) -> Response:
-    # The API handler itself: the same checks and the same job_not_cancellable error.
-    await anyio.to_thread.run_sync(
-        lambda: jobs.JobController.cancel.fn(None, job_id=job_id, store=store, runner=runner)
-    )
-    job = await anyio.to_thread.run_sync(_get_job, store, job_id)
+    # The API's own cancel: the same checks and the same job_not_cancellable error.
+    job = await anyio.to_thread.run_sync(jobs.cancel, store, runner, job_id)
     context = await anyio.to_thread.run_sync(_summary_context, store, job)
     return render(request, "_job_summary.html", headers={"HX-Trigger": "job-ended"}, **context)
 
@@ -772,7 +774,7 @@ def job_metrics(
     max_points: FromQuery[int] = 1000,
 ) -> Response:
     """The API's metrics query, plus the job's status so the chart knows when to stop polling."""
-    job = _get_job(store, job_id)
+    job = jobs.get(store, job_id)
     wanted = [k.strip() for k in keys.split(",") if k.strip()] if keys else None
     if from_step is not None and from_step < 0:
         from_step = 0
@@ -807,7 +809,7 @@ async def _html_log(store: Store, data_dir: Path, job_id: str, offset: int) -> A
 async def job_log(
     request: Request, store: NamedDependency[Store], settings: NamedDependency[Settings], job_id: FromPath[str]
 ) -> ServerSentEvent:
-    _get_job(store, job_id)
+    jobs.get(store, job_id)
     last = request.headers.get("last-event-id", "").strip()
     if last.isdigit():
         offset = int(last)
@@ -832,7 +834,7 @@ def _line_start(path: Path, offset: int) -> int:
 
 @get("/jobs/{job_id:str}/log.txt", include_in_schema=False, sync_to_thread=True)
 def job_log_text(store: NamedDependency[Store], settings: NamedDependency[Settings], job_id: FromPath[str]) -> Response:
-    _get_job(store, job_id)
+    jobs.get(store, job_id)
     path = logs.log_path(settings.data_dir, job_id)
     return Response(path.read_bytes() if path.is_file() else b"", media_type="text/plain; charset=utf-8")
 
@@ -868,7 +870,7 @@ def job_rollouts(
     step: FromQuery[str | None] = None,
     sort: FromQuery[str] = "order",
 ) -> Response:
-    job = _get_job(store, job_id)
+    job = jobs.get(store, job_id)
     steps = store.sample_steps(job_id, 500)
     # An empty `step` (the picker's "latest") follows the newest step while the job runs.
     follow = not (step or "").strip().isdigit()
@@ -926,7 +928,7 @@ def job_artifacts(
     signer: NamedDependency[Signer],
     job_id: FromPath[str],
 ) -> Response:
-    job = _get_job(store, job_id)
+    job = jobs.get(store, job_id)
     return render(request, "_artifacts.html", job=job, **_artifacts_context(store, settings, signer, job))
 
 
@@ -954,11 +956,10 @@ async def upload_dataset(
     try:
         if not isinstance(upload, UploadFile) or not upload.filename:
             raise bad_request("missing_field", "Choose a file to upload.", "file")
-        # The API handler itself: the same spooling, size limit and row-by-row checks.
-        dataset = await datasets.DatasetController.create.fn(
-            None, store=store, settings=settings, data=datasets.DatasetUpload(file=upload, name=name)
+        dataset = await datasets.create(store, settings, upload, name)
+        message = (
+            f"Uploaded {dataset['name']}: {dataset['num_rows']} rows, format {dataset['format']} ({dataset['id']})."
         )
-        message = f"Uploaded {dataset.name}: {dataset.num_rows} rows, format {dataset.format} ({dataset.id})."
     except (ApiError, HTTPException) as exc:
         error = error_context(exc)
     context = _datasets_context(store, None)
@@ -973,10 +974,8 @@ def dataset_rows(
     dataset_id: FromPath[str],
     offset: FromQuery[int] = 0,
 ) -> Response:
-    dataset = datasets._get(store, dataset_id)
-    page = datasets.DatasetController.rows.fn(
-        None, store=store, settings=settings, dataset_id=dataset_id, limit=20, offset=max(0, offset)
-    )
+    dataset = datasets.get(store, dataset_id)
+    page = datasets.rows(store, settings, dataset_id, max(0, offset), 20)
     columns: list[str] = []
     for row in page.data:
         for key in row:
@@ -999,8 +998,8 @@ def dataset_file(
     store: NamedDependency[Store], settings: NamedDependency[Settings], dataset_id: FromPath[str], path: FromPath[str]
 ) -> File:
     """A clip of a video dataset, for its preview."""
-    dataset = datasets._get(store, dataset_id)
-    root = (datasets.dataset_dir(settings.data_dir, dataset_id) / dataset["path"]).resolve()
+    dataset = datasets.get(store, dataset_id)
+    root = (paths.dataset_dir(settings.data_dir, dataset_id) / dataset["path"]).resolve()
     target = (root / path.lstrip("/")).resolve()
     # Only the clips, never another file of an upload, and never sniffed into something else.
     if (
@@ -1023,7 +1022,7 @@ def delete_dataset(
 ) -> Response:
     error, message = None, None
     try:
-        datasets.DatasetController.remove.fn(None, store=store, settings=settings, dataset_id=dataset_id)
+        datasets.delete(store, settings, dataset_id)
         message = f"Deleted dataset {dataset_id}."
     except ApiError as exc:
         error = error_context(exc)
@@ -1056,11 +1055,13 @@ async def upload_reward_function(
     try:
         if not isinstance(upload, UploadFile) or not upload.filename:
             raise bad_request("missing_field", "Choose a .py file to upload.", "file")
-        data = rf_mod.RewardFunctionUpload(
-            name=str(form.get("name") or ""), file=upload, format=str(form.get("format") or "trl")
+        raw = await upload.read()
+        created = await anyio.to_thread.run_sync(
+            lambda: rf_mod.create(
+                store, settings, str(form.get("name") or ""), upload.filename, raw, str(form.get("format") or "trl")
+            )
         )
-        created = await rf_mod.RewardFunctionController.create.fn(None, store=store, settings=settings, data=data)
-        message = f"Uploaded {created.name}: calls {created.entrypoint}() ({created.id})."
+        message = f"Uploaded {created['name']}: calls {created['entrypoint']}() ({created['id']})."
     except (ApiError, HTTPException) as exc:
         error = error_context(exc)
     return render(
@@ -1072,18 +1073,18 @@ async def upload_reward_function(
 def reward_function_source(
     request: Request, store: NamedDependency[Store], settings: NamedDependency[Settings], rf_id: FromPath[str]
 ) -> Response:
-    row = rf_mod._get(store, rf_id)
-    source = (settings.data_dir / row["path"]).read_text(encoding="utf-8", errors="replace")
+    row = rf_mod.get(store, rf_id)
+    source = rf_mod.source(store, settings, rf_id).decode("utf-8", errors="replace")
     return render(request, "_reward_source.html", rf=row, source=source)
 
 
-@post("/reward-functions/{rf_id:str}/delete", include_in_schema=False)
-async def delete_reward_function(
+@post("/reward-functions/{rf_id:str}/delete", include_in_schema=False, sync_to_thread=True)
+def delete_reward_function(
     request: Request, store: NamedDependency[Store], settings: NamedDependency[Settings], rf_id: FromPath[str]
 ) -> Response:
     error, message = None, None
     try:
-        await rf_mod.RewardFunctionController.remove.fn(None, store=store, settings=settings, rf_id=rf_id)
+        rf_mod.delete(store, settings, rf_id)
         message = f"Deleted reward function {rf_id}."
     except ApiError as exc:
         error = error_context(exc)
@@ -1096,14 +1097,14 @@ async def delete_reward_function(
 
 
 def _settings_context(store: Store, inventory: Inventory, settings: Settings) -> dict:
-    keys, _ = store.list_api_keys(100, None)
+    keys, _ = api_keys.list_(store, 100)
     holders = store.jobs_holding_devices()
     by_type: dict[str, list[dict]] = {}
     for job in holders:
         by_type.setdefault(job["gpu"]["type"], []).append(job)
     return {
         "keys": keys,
-        "integration": integration_to_api(store.get_integration(OPENREWARD)),
+        "integration": integrations.get(store),
         "inventory": _inventory_rows(store, inventory),
         "holders": by_type,
         "settings": settings,
@@ -1148,7 +1149,7 @@ async def create_api_key(
     new_key, error = None, None
     try:
         body = _convert({"name": (form.get("name") or "").strip()}, CreateApiKey)
-        new_key = await anyio.to_thread.run_sync(lambda: ApiKeyController.create.fn(None, store=store, data=body))
+        new_key = await anyio.to_thread.run_sync(api_keys.create, store, body.name)
     except ApiError as exc:
         error = error_context(exc)
     return render(
@@ -1170,7 +1171,7 @@ def revoke_api_key(
     key_id: FromPath[str],
 ) -> Response:
     session: Session | None = read_session(request)
-    ApiKeyController.revoke.fn(None, store=store, key_id=key_id)
+    api_keys.revoke(store, key_id)
     if session and session.key_id == key_id:
         # This session's own key: the session ends with it.
         return Response(b"", headers={"HX-Redirect": "/login"})
@@ -1198,7 +1199,7 @@ async def save_openreward(
             {"api_key": form.get("api_key") or "", "base_url": (form.get("base_url") or "").strip() or None},
             OpenRewardSettings,
         )
-        await anyio.to_thread.run_sync(lambda: IntegrationController.put_openreward.fn(None, store=store, data=body))
+        await anyio.to_thread.run_sync(integrations.put, store, body)
         message = "OpenReward key saved."
     except ApiError as exc:
         error = error_context(exc)
@@ -1214,7 +1215,7 @@ def delete_openreward(
     inventory: NamedDependency[Inventory],
     settings: NamedDependency[Settings],
 ) -> Response:
-    IntegrationController.delete_openreward.fn(None, store=store)
+    integrations.delete(store)
     return render(
         request,
         "_integration.html",

@@ -8,14 +8,15 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
+import litestar
 import msgspec
-from litestar import Controller, delete, get, post
+from litestar import Controller
 from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
 from litestar.params import Body, FromPath, Parameter
 
-from . import dataset_files
+from . import dataset_files, paths
 from .errors import bad_request, conflict, not_found
 from .schemas import After, Deleted, ListOf, ReadLimit
 from .settings import Settings
@@ -62,10 +63,6 @@ def to_api(row: dict) -> Dataset:
     )
 
 
-def dataset_dir(data_dir: Path, dataset_id: str) -> Path:
-    return data_dir / "datasets" / dataset_id
-
-
 async def _spool(upload: UploadFile, directory: Path, limit: int) -> tuple[Path, int]:
     """Copy the upload to a file of ours (the inspector reads it by path), counting bytes."""
     fd, name = tempfile.mkstemp(dir=directory, prefix="upload-")
@@ -87,7 +84,7 @@ def store_upload(store: Store, settings: Settings, name: str, filename: str, upl
     """Inspect the upload into a staging directory and publish it with one rename, so a
     failure at any point leaves nothing behind."""
     dataset_id = new_id("ds_")
-    final = dataset_dir(settings.data_dir, dataset_id)
+    final = paths.dataset_dir(settings.data_dir, dataset_id)
     staging = final.with_name(f".staging-{dataset_id}")
     staging.mkdir(parents=True)
     try:
@@ -117,11 +114,69 @@ def store_upload(store: Store, settings: Settings, name: str, filename: str, upl
         raise
 
 
+# -- service functions (the API's controller and the dashboard both call these) ---------------
+
+
+def get(store: Store, dataset_id: str) -> dict:
+    row = store.get_dataset(dataset_id)
+    if row is None:
+        raise not_found("dataset", dataset_id)
+    return row
+
+
+async def create(store: Store, settings: Settings, upload: UploadFile, name: str | None = None) -> dict:
+    """Spool an upload (within the box's size limit), inspect it row by row and store it; the
+    upload is closed either way."""
+    try:
+        filename = Path(upload.filename or "upload").name[:200]
+        name = (name or Path(filename).stem).strip()
+        if not name or len(name) > 200:
+            raise bad_request("invalid_name", "name must be 1 to 200 characters.", "name")
+        spool_dir = paths.spool_dir(settings.data_dir)
+        spool_dir.mkdir(parents=True, exist_ok=True)
+        spooled = None
+        try:
+            spooled, size = await _spool(upload, spool_dir, settings.max_upload_bytes)
+            if size == 0:
+                raise bad_request("empty_file", "The uploaded file is empty.", "file")
+            return await asyncio.to_thread(store_upload, store, settings, name, filename, spooled, size)
+        finally:
+            if spooled is not None:
+                spooled.unlink(missing_ok=True)
+    finally:
+        await upload.close()
+
+
+def rows(store: Store, settings: Settings, dataset_id: str, offset: int = 0, limit: int = 20) -> Rows:
+    """A page of the dataset's rows, for previews."""
+    row = get(store, dataset_id)
+    page = dataset_files.preview_rows(
+        paths.dataset_dir(settings.data_dir, dataset_id), row["format"], row["path"], offset, limit
+    )
+    return Rows(data=page, offset=offset, has_more=offset + len(page) < row["num_rows"])
+
+
+def delete(store: Store, settings: Settings, dataset_id: str) -> None:
+    """Delete a dataset no unfinished job uses, and its files."""
+    get(store, dataset_id)
+    try:
+        store.delete_dataset(dataset_id)
+    except Conflict as busy:
+        raise conflict(
+            "dataset_in_use",
+            f"Dataset {dataset_id} is used by job {busy}, which has not finished; cancel it or wait for it to end.",
+        ) from None
+    shutil.rmtree(paths.dataset_dir(settings.data_dir, dataset_id), ignore_errors=True)
+
+
+# -- controller --------------------------------------------------------------------------------
+
+
 class DatasetController(Controller):
     path = "/v1/datasets"
     tags = ["datasets"]
 
-    @post("/", status_code=200)
+    @litestar.post("/", status_code=200)
     async def create(
         self,
         store: NamedDependency[Store],
@@ -129,34 +184,18 @@ class DatasetController(Controller):
         data: Annotated[DatasetUpload, Body(media_type=RequestEncodingType.MULTI_PART)],
     ) -> Dataset:
         """Upload JSONL, Parquet, or a .zip of videos with metadata.jsonl; validated row by row."""
-        filename = Path(data.file.filename or "upload").name[:200]
-        name = (data.name or Path(filename).stem).strip()
-        if not name or len(name) > 200:
-            raise bad_request("invalid_name", "name must be 1 to 200 characters.", "name")
-        spool_dir = settings.data_dir / "tmp"
-        spool_dir.mkdir(parents=True, exist_ok=True)
-        upload, size = None, 0
-        try:
-            upload, size = await _spool(data.file, spool_dir, settings.max_upload_bytes)
-            if size == 0:
-                raise bad_request("empty_file", "The uploaded file is empty.", "file")
-            row = await asyncio.to_thread(store_upload, store, settings, name, filename, upload, size)
-        finally:
-            await data.file.close()
-            if upload is not None:
-                upload.unlink(missing_ok=True)
-        return to_api(row)
+        return to_api(await create(store, settings, data.file, data.name))
 
-    @get("/", sync_to_thread=True)
+    @litestar.get("/", sync_to_thread=True)
     def list_(self, store: NamedDependency[Store], limit: ReadLimit = 20, after: After = None) -> ListOf[Dataset]:
-        rows, more = store.list_datasets(limit, after)
-        return ListOf(data=[to_api(r) for r in rows], has_more=more)
+        found, more = store.list_datasets(limit, after)
+        return ListOf(data=[to_api(r) for r in found], has_more=more)
 
-    @get("/{dataset_id:str}", sync_to_thread=True)
+    @litestar.get("/{dataset_id:str}", sync_to_thread=True)
     def retrieve(self, store: NamedDependency[Store], dataset_id: FromPath[str]) -> Dataset:
-        return to_api(_get(store, dataset_id))
+        return to_api(get(store, dataset_id))
 
-    @get("/{dataset_id:str}/rows", sync_to_thread=True)
+    @litestar.get("/{dataset_id:str}/rows", sync_to_thread=True)
     def rows(
         self,
         store: NamedDependency[Store],
@@ -166,30 +205,11 @@ class DatasetController(Controller):
         offset: Annotated[int, Parameter(ge=0, le=2**31)] = 0,
     ) -> Rows:
         """A page of the dataset's rows, for previews."""
-        row = _get(store, dataset_id)
-        page = dataset_files.preview_rows(
-            dataset_dir(settings.data_dir, dataset_id), row["format"], row["path"], offset, limit
-        )
-        return Rows(data=page, offset=offset, has_more=offset + len(page) < row["num_rows"])
+        return rows(store, settings, dataset_id, offset, limit)
 
-    @delete("/{dataset_id:str}", status_code=200, sync_to_thread=True)
+    @litestar.delete("/{dataset_id:str}", status_code=200, sync_to_thread=True)
     def remove(
         self, store: NamedDependency[Store], settings: NamedDependency[Settings], dataset_id: FromPath[str]
     ) -> Deleted:
-        _get(store, dataset_id)
-        try:
-            store.delete_dataset(dataset_id)
-        except Conflict as busy:
-            raise conflict(
-                "dataset_in_use",
-                f"Dataset {dataset_id} is used by job {busy}, which has not finished; cancel it or wait for it to end.",
-            ) from None
-        shutil.rmtree(dataset_dir(settings.data_dir, dataset_id), ignore_errors=True)
+        delete(store, settings, dataset_id)
         return Deleted(id=dataset_id, object="dataset")
-
-
-def _get(store: Store, dataset_id: str) -> dict:
-    row = store.get_dataset(dataset_id)
-    if row is None:
-        raise not_found("dataset", dataset_id)
-    return row

@@ -11,8 +11,9 @@ from __future__ import annotations
 from typing import Annotated
 from urllib.parse import urlparse
 
+import litestar
 import msgspec
-from litestar import Controller, delete, get, put
+from litestar import Controller
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from msgspec import Meta
@@ -55,32 +56,51 @@ def to_api(row: dict | None) -> Integration:
     )
 
 
+# -- service functions (the API's controller and the dashboard both call these) ---------------
+
+
+def get(store: Store) -> Integration:
+    return to_api(store.get_integration(OPENREWARD))
+
+
+def put(store: Store, body: OpenRewardSettings) -> Integration:
+    """Store the OpenReward key (one token) and optional base URL (http or https)."""
+    key = body.api_key.strip()
+    if not key or any(c.isspace() for c in key):
+        raise bad_request("invalid_value", "api_key must be a single token without spaces.", "api_key")
+    base_url = (body.base_url or "").strip().rstrip("/") or None
+    if base_url:
+        parsed = urlparse(base_url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise bad_request(
+                "invalid_value",
+                "base_url must be an http(s) URL: https://openreward.ai, or a self-hosted ORS server "
+                "such as http://127.0.0.1:8080.",
+                "base_url",
+            )
+    return to_api(store.put_integration(OPENREWARD, key, base_url))
+
+
+def delete(store: Store) -> Integration:
+    store.delete_integration(OPENREWARD)
+    return to_api(None)
+
+
+# -- controller --------------------------------------------------------------------------------
+
+
 class IntegrationController(Controller):
     path = "/v1/settings/integrations/openreward"
     tags = ["settings"]
 
-    @put("/", sync_to_thread=True)
+    @litestar.put("/", sync_to_thread=True)
     def put_openreward(self, store: NamedDependency[Store], data: JSONBody[OpenRewardSettings]) -> Integration:
-        key = data.api_key.strip()
-        if not key or any(c.isspace() for c in key):
-            raise bad_request("invalid_value", "api_key must be a single token without spaces.", "api_key")
-        base_url = (data.base_url or "").strip().rstrip("/") or None
-        if base_url:
-            parsed = urlparse(base_url)
-            if parsed.scheme not in ("http", "https") or not parsed.netloc:
-                raise bad_request(
-                    "invalid_value",
-                    "base_url must be an http(s) URL: https://openreward.ai, or a self-hosted ORS server "
-                    "such as http://127.0.0.1:8080.",
-                    "base_url",
-                )
-        return to_api(store.put_integration(OPENREWARD, key, base_url))
+        return put(store, data)
 
-    @get("/", sync_to_thread=True)
+    @litestar.get("/", sync_to_thread=True)
     def get_openreward(self, store: NamedDependency[Store]) -> Integration:
-        return to_api(store.get_integration(OPENREWARD))
+        return get(store)
 
-    @delete("/", status_code=200, sync_to_thread=True)
+    @litestar.delete("/", status_code=200, sync_to_thread=True)
     def delete_openreward(self, store: NamedDependency[Store]) -> Integration:
-        store.delete_integration(OPENREWARD)
-        return to_api(None)
+        return delete(store)

@@ -10,13 +10,15 @@ import ast
 import hashlib
 from typing import Annotated
 
+import litestar
 import msgspec
-from litestar import Controller, Response, delete, get, post
+from litestar import Controller, Response
 from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
 from litestar.params import Body, FromPath
 
+from . import paths
 from . import store as store_mod
 from .errors import bad_request, conflict, not_found
 from .schemas import After, Deleted, ListOf, ReadLimit
@@ -107,9 +109,8 @@ def prepare(
     """Check `source` and write it under the data dir; returns the row to insert."""
     entrypoint = find_entrypoint(source, param)
     rf_id = store_mod.new_id("rf_")
-    directory = settings.data_dir / "reward_functions"
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{rf_id}.py"
+    path = paths.reward_function_file(settings.data_dir, rf_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
     data = source.encode()
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(data)
@@ -145,66 +146,84 @@ class RewardFunctionUpload(msgspec.Struct):
     format: str = "trl"
 
 
+# -- service functions (the API's controller and the dashboard both call these) ---------------
+
+
+def get(store: Store, rf_id: str) -> dict:
+    row = store.get_reward_function(rf_id)
+    if row is None:
+        raise not_found("reward function", rf_id)
+    return row
+
+
+def create(store: Store, settings: Settings, name: str, filename: str, raw: bytes, fmt: str = "trl") -> dict:
+    """Check an uploaded .py file (name, format, encoding, entrypoint) and store it."""
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise bad_request("invalid_name", "name must be 1 to 200 characters.", "name")
+    if fmt not in FORMATS:
+        raise bad_request("invalid_format", f"format must be one of: {', '.join(FORMATS)}.", "format")
+    if not filename.endswith(".py"):
+        raise bad_request("invalid_file_type", "Upload the reward function as a .py file.", "file")
+    row = prepare(settings, name, decode_source(raw), fmt)
+    return store.insert_reward_function(row)
+
+
+def source(store: Store, settings: Settings, rf_id: str) -> bytes:
+    return (settings.data_dir / get(store, rf_id)["path"]).read_bytes()
+
+
+def delete(store: Store, settings: Settings, rf_id: str) -> None:
+    """Delete a reward function no unfinished job uses, and its file."""
+    row = get(store, rf_id)
+    try:
+        store.delete_reward_function(rf_id)
+    except store_mod.Conflict as busy:
+        raise conflict(
+            "reward_function_in_use",
+            f"Reward function {rf_id} is used by job {busy}, which has not finished; cancel it or wait for it to end.",
+        ) from None
+    # Jobs that ran keep their own copy in their job directory, so the file can go.
+    (settings.data_dir / row["path"]).unlink(missing_ok=True)
+
+
+# -- controller --------------------------------------------------------------------------------
+
+
 class RewardFunctionController(Controller):
     path = "/v1/reward_functions"
     tags = ["reward functions"]
 
-    @post("/", status_code=200, request_max_body_size=2 * MAX_SOURCE_BYTES)
+    @litestar.post("/", status_code=200, request_max_body_size=2 * MAX_SOURCE_BYTES)
     async def create(
         self,
         store: NamedDependency[Store],
         settings: NamedDependency[Settings],
         data: Annotated[RewardFunctionUpload, Body(media_type=RequestEncodingType.MULTI_PART)],
     ) -> RewardFunction:
-        name = data.name.strip()
-        if not name or len(name) > 200:
-            raise bad_request("invalid_name", "name must be 1 to 200 characters.", "name")
-        if data.format not in FORMATS:
-            raise bad_request("invalid_format", f"format must be one of: {', '.join(FORMATS)}.", "format")
-        if not (data.file.filename or "").endswith(".py"):
-            raise bad_request("invalid_file_type", "Upload the reward function as a .py file.", "file")
-        source = decode_source(await data.file.read())
-        row = prepare(settings, name, source, data.format)
-        return to_api(store.insert_reward_function(row))
+        raw = await data.file.read()
+        return to_api(create(store, settings, data.name, data.file.filename or "", raw, data.format))
 
-    @get("/")
+    @litestar.get("/")
     async def list_(
         self, store: NamedDependency[Store], limit: ReadLimit = 20, after: After = None
     ) -> ListOf[RewardFunction]:
         rows, more = store.list_reward_functions(limit, after)
         return ListOf(data=[to_api(r) for r in rows], has_more=more)
 
-    @get("/{rf_id:str}")
+    @litestar.get("/{rf_id:str}")
     async def retrieve(self, store: NamedDependency[Store], rf_id: FromPath[str]) -> RewardFunction:
-        return to_api(_get(store, rf_id))
+        return to_api(get(store, rf_id))
 
-    @get("/{rf_id:str}/source", media_type="text/x-python")
+    @litestar.get("/{rf_id:str}/source", media_type="text/x-python")
     async def source(
         self, store: NamedDependency[Store], settings: NamedDependency[Settings], rf_id: FromPath[str]
     ) -> Response[bytes]:
-        row = _get(store, rf_id)
-        return Response((settings.data_dir / row["path"]).read_bytes(), media_type="text/x-python; charset=utf-8")
+        return Response(source(store, settings, rf_id), media_type="text/x-python; charset=utf-8")
 
-    @delete("/{rf_id:str}", status_code=200)
+    @litestar.delete("/{rf_id:str}", status_code=200)
     async def remove(
         self, store: NamedDependency[Store], settings: NamedDependency[Settings], rf_id: FromPath[str]
     ) -> Deleted:
-        row = _get(store, rf_id)
-        try:
-            store.delete_reward_function(rf_id)
-        except store_mod.Conflict as busy:
-            raise conflict(
-                "reward_function_in_use",
-                f"Reward function {rf_id} is used by job {busy}, which has not finished; "
-                "cancel it or wait for it to end.",
-            ) from None
-        # Jobs that ran keep their own copy in their job directory, so the file can go.
-        (settings.data_dir / row["path"]).unlink(missing_ok=True)
+        delete(store, settings, rf_id)
         return Deleted(id=rf_id, object="reward_function")
-
-
-def _get(store: Store, rf_id: str) -> dict:
-    row = store.get_reward_function(rf_id)
-    if row is None:
-        raise not_found("reward function", rf_id)
-    return row
