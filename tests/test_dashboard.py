@@ -227,7 +227,10 @@ def test_form_errors_are_the_apis_own(web, change, code, param):
     assert f'data-code="{code}"' in r.text and f"<code>{param}</code>" in r.text
     assert 'aria-invalid="true"' in r.text
     # the API says the same about the same body
-    body = dashboard.job_body({**form, "reward_function_ids": [v for v in [form["reward_function_ids"]] if v]}, {})
+    sent = {**form, "reward_function_ids": [v for v in [form["reward_function_ids"]] if v]}
+    # The form hands its chosen function to jobs.submit as an (id, weight) pair; an API client names it.
+    choices = dashboard.reward_choices(sent)
+    body = {**dashboard.job_body(sent), **({"reward_function_id": choices[0][0]} if choices else {})}
     api_error = web.api.post("/v1/training_jobs", json=body).json()["error"]
     assert (api_error["code"], api_error["param"]) == (code, param)
     assert api_error["message"] in html.unescape(r.text)

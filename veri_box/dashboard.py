@@ -48,7 +48,7 @@ from . import reward_functions as rf_mod
 from .api_keys import CreateApiKey
 from .auth import Signer
 from .devices import Inventory
-from .errors import ApiError, bad_request, error_body, not_found, split_validation_error, to_api_error, validation_error
+from .errors import ApiError, bad_request, error_body, split_validation_error, to_api_error, validation_error
 from .integrations import OPENREWARD, OpenRewardSettings
 from .runner import Runner
 from .sessions import (
@@ -495,8 +495,9 @@ def _parse_hyperparameter(field: dict, raw: str | None) -> tuple[bool, Any]:
     return True, text
 
 
-def job_body(form: dict[str, Any], reward_sources: dict[str, str]) -> dict:
-    """The API request body this form describes (the same CreateJob the API decodes)."""
+def job_body(form: dict[str, Any]) -> dict:
+    """The API request body this form describes (the same CreateJob the API decodes), less the
+    chosen reward functions: those go to jobs.submit as pairs (see reward_choices)."""
     method = form.get("method") or "grpo"
     body: dict[str, Any] = {
         "method": method,
@@ -516,20 +517,30 @@ def job_body(form: dict[str, Any], reward_sources: dict[str, str]) -> dict:
                 hp[field["name"]] = value
         body["hyperparameters"] = hp
     if method == "grpo":
-        chosen = [rf for rf in form.get("reward_function_ids", []) if rf]
         environments = [e.strip() for e in (form.get("environments") or "").split(",") if e.strip()]
         if environments:
             body["environments"] = {e: {"splits": ["train"]} for e in environments}
-        if len(chosen) == 1:
-            body["reward_function_id"] = chosen[0]
-            weight = form.get(f"weight.{chosen[0]}", "").strip()
-            if weight and weight not in ("1", "1.0"):
-                body["reward_weights"] = [_number(weight)]
-        elif len(chosen) > 1:
-            # Several uploaded functions: the API takes them as inline sources with weights.
-            body["reward_sources"] = [reward_sources.get(rf, "") for rf in chosen]
-            body["reward_weights"] = [_number(form.get(f"weight.{rf}", "") or "1") for rf in chosen]
     return body
+
+
+def reward_choices(form: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(id, weight) of each stored reward function the form picked; a weight that is not a
+    number stays text, for the API's own check to name."""
+    if (form.get("method") or "grpo") != "grpo":
+        return []
+    chosen = [rf for rf in form.get("reward_function_ids", []) if rf]
+    return [(rf, _number(form.get(f"weight.{rf}", "").strip() or "1")) for rf in chosen]
+
+
+def _job_request(form: dict[str, Any]) -> tuple[jobs.CreateJob, list[tuple[str, float]]]:
+    """The decoded body and the reward function pairs to submit. The weights are decoded as the
+    body's reward_weights, so the API's bounds check them and its errors name them; the body
+    then goes without them, since jobs.submit takes each weight with its id."""
+    choices = reward_choices(form)
+    weights = [weight for _, weight in choices] or None
+    body = _convert({**job_body(form), "reward_weights": weights}, jobs.CreateJob)
+    pairs = [(rf_id, weight) for (rf_id, _), weight in zip(choices, body.reward_weights or [])]
+    return msgspec.structs.replace(body, reward_weights=None), pairs
 
 
 def _number(text: str) -> Any:
@@ -646,15 +657,8 @@ async def create_job(
     form["reward_function_ids"] = [v for v in raw.getall("reward_function_ids") if isinstance(v, str)]
 
     def submit() -> dict:
-        sources = {}
-        if len(form["reward_function_ids"]) > 1:
-            for rf_id in form["reward_function_ids"]:
-                row = store.get_reward_function(rf_id)
-                if row is None:
-                    raise not_found("reward function", rf_id, "reward_function_id")
-                sources[rf_id] = (settings.data_dir / row["path"]).read_text()
-        body = _convert(job_body(form, sources), jobs.CreateJob)
-        return jobs.submit(body, store, settings, inventory)
+        body, pairs = _job_request(form)
+        return jobs.submit(body, store, settings, inventory, pairs or None)
 
     try:
         job = await anyio.to_thread.run_sync(submit)
