@@ -10,7 +10,7 @@ import re
 import pytest
 from conftest import Api
 
-from veri_box import dashboard, demo
+from veri_box import dashboard, demo, hyperparameters
 
 HTMX = {"HX-Request": "true"}
 
@@ -185,7 +185,7 @@ def form_for(web: Browser, dataset: str, rf: str, **hp) -> dict:
         "gpu_type": "cpu",
         "gpu_count": "1",
     }
-    for field in dashboard.hyperparameter_fields("grpo"):
+    for field in hyperparameters.describe("grpo"):
         body[f"hp.{field['name']}"] = dashboard._form_value(field["default"])
     body.update({f"hp.{k}": v for k, v in hp.items()})
     return body

@@ -26,6 +26,7 @@ from .job_outputs import JobOutputController
 from .jobs import JobController
 from .reward_functions import RewardFunctionController
 from .runner import Runner
+from .sessions import session_signer
 from .settings import Settings
 from .store import Store
 
@@ -127,6 +128,6 @@ def create_app(settings: Settings, inventory: Inventory | None = None, run_jobs:
     app.state.settings = settings
     app.state.inventory = inventory
     app.state.runner = runner
-    app.state.session_signer = dashboard.session_signer(store)
+    app.state.session_signer = session_signer(store)
     _document_errors(app)
     return app

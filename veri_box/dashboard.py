@@ -7,7 +7,6 @@ error code and message as HTML.
 
 from __future__ import annotations
 
-import functools
 import html
 import json
 import math
@@ -400,61 +399,6 @@ def jobs_table(
 # -- new job -----------------------------------------------------------------------------------
 
 
-@functools.cache
-def hyperparameter_fields(method: str) -> list[dict]:
-    """Each hyperparameter of a method: its input kind, bounds, default and help, read from the
-    same schema the API validates with."""
-    schema = hyperparameters.SCHEMAS[method]
-    defaults = {f.name: f for f in msgspec.structs.fields(schema)}
-    out = []
-    for info in msgspec.inspect.type_info(schema).fields:
-        field = defaults[info.name]
-        default = field.default if field.default is not msgspec.NODEFAULT else field.default_factory()
-        meta = info.type
-        description = ""
-        if isinstance(meta, msgspec.inspect.Metadata):
-            description = (meta.extra_json_schema or {}).get("description", "")
-            meta = meta.type
-        nullable = False
-        if isinstance(meta, msgspec.inspect.UnionType):
-            kinds = [t for t in meta.types if not isinstance(t, msgspec.inspect.NoneType)]
-            nullable = len(kinds) < len(meta.types)
-            meta = kinds[0]
-        if isinstance(meta, msgspec.inspect.Metadata):
-            meta = meta.type
-        kind = {
-            msgspec.inspect.IntType: "int",
-            msgspec.inspect.FloatType: "float",
-            msgspec.inspect.BoolType: "bool",
-            msgspec.inspect.StrType: "str",
-            msgspec.inspect.ListType: "list",
-        }.get(type(meta), "str")
-        bounds = {k: getattr(meta, k, None) for k in ("ge", "gt", "le", "lt", "multiple_of")}
-        rules = []
-        for k, sign in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
-            if bounds[k] is not None:
-                bound = bounds[k]
-                rules.append(f"{sign} {bound:g}" if isinstance(bound, float) else f"{sign} {bound}")
-        if bounds["multiple_of"]:
-            rules.append(f"multiple of {bounds['multiple_of']}")
-        if kind == "str" and getattr(meta, "max_length", None):
-            rules.append(f"at most {meta.max_length} characters")
-        out.append(
-            {
-                "name": info.name,
-                "kind": kind,
-                "nullable": nullable,
-                "default": default,
-                "help": description,
-                "rules": ", ".join(rules),
-                "min": bounds["ge"] if bounds["ge"] is not None else None,
-                "max": bounds["le"] if bounds["le"] is not None else None,
-                "step": "any" if kind == "float" else (bounds["multiple_of"] or 1),
-            }
-        )
-    return out
-
-
 def _form_value(value: Any) -> str:
     if value is None:
         return ""
@@ -511,7 +455,7 @@ def job_body(form: dict[str, Any]) -> dict:
         body["gpu"]["count"] = int(count) if count.isdigit() else count
     if method in hyperparameters.SCHEMAS:
         hp = {}
-        for field in hyperparameter_fields(method):
+        for field in hyperparameters.describe(method):
             given, value = _parse_hyperparameter(field, form.get(f"hp.{field['name']}"))
             if given:
                 hp[field["name"]] = value
@@ -570,7 +514,7 @@ def _form_from_job(job: dict) -> dict[str, Any]:
 
 def _default_form(method: str) -> dict[str, Any]:
     form: dict[str, Any] = {"method": method, "reward_function_ids": [], "gpu_count": "1"}
-    for field in hyperparameter_fields(method):
+    for field in hyperparameters.describe(method):
         form[f"hp.{field['name']}"] = _form_value(field["default"])
     return form
 
@@ -614,7 +558,7 @@ def _new_job_context(store: Store, settings: Settings, inventory: Inventory, for
     return {
         "form": form,
         "method": method,
-        "fields": hyperparameter_fields(method),
+        "fields": hyperparameters.describe(method),
         "datasets": datasets_,
         "compatible": compatible,
         "reward_functions": reward_fns,
@@ -1287,9 +1231,3 @@ def routers(settings: Settings, store: Store) -> list[Router]:
         send_as_attachment=False,
     )
     return [open_, protected, static]
-
-
-def session_signer(store: Store) -> SessionSigner:
-    import secrets
-
-    return SessionSigner(store.box_value("session_secret", lambda: secrets.token_hex(32)))

@@ -6,6 +6,7 @@ a job's page shows exactly what the trainer will use.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from typing import Annotated, Any
 
@@ -91,6 +92,61 @@ SCHEMAS: dict[str, type[msgspec.Struct]] = {
     "grpo": GrpoHyperparameters,
     "sft_video_gen": VideoHyperparameters,
 }
+
+
+@functools.cache
+def describe(method: str) -> list[dict]:
+    """Each hyperparameter of a method: its input kind, bounds, default and help, read from the
+    schema the API validates with (the dashboard's form is built from this)."""
+    schema = SCHEMAS[method]
+    defaults = {f.name: f for f in msgspec.structs.fields(schema)}
+    out = []
+    for info in msgspec.inspect.type_info(schema).fields:
+        field = defaults[info.name]
+        default = field.default if field.default is not msgspec.NODEFAULT else field.default_factory()
+        meta = info.type
+        description = ""
+        if isinstance(meta, msgspec.inspect.Metadata):
+            description = (meta.extra_json_schema or {}).get("description", "")
+            meta = meta.type
+        nullable = False
+        if isinstance(meta, msgspec.inspect.UnionType):
+            kinds = [t for t in meta.types if not isinstance(t, msgspec.inspect.NoneType)]
+            nullable = len(kinds) < len(meta.types)
+            meta = kinds[0]
+        if isinstance(meta, msgspec.inspect.Metadata):
+            meta = meta.type
+        kind = {
+            msgspec.inspect.IntType: "int",
+            msgspec.inspect.FloatType: "float",
+            msgspec.inspect.BoolType: "bool",
+            msgspec.inspect.StrType: "str",
+            msgspec.inspect.ListType: "list",
+        }.get(type(meta), "str")
+        bounds = {k: getattr(meta, k, None) for k in ("ge", "gt", "le", "lt", "multiple_of")}
+        rules = []
+        for k, sign in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
+            if bounds[k] is not None:
+                bound = bounds[k]
+                rules.append(f"{sign} {bound:g}" if isinstance(bound, float) else f"{sign} {bound}")
+        if bounds["multiple_of"]:
+            rules.append(f"multiple of {bounds['multiple_of']}")
+        if kind == "str" and getattr(meta, "max_length", None):
+            rules.append(f"at most {meta.max_length} characters")
+        out.append(
+            {
+                "name": info.name,
+                "kind": kind,
+                "nullable": nullable,
+                "default": default,
+                "help": description,
+                "rules": ", ".join(rules),
+                "min": bounds["ge"] if bounds["ge"] is not None else None,
+                "max": bounds["le"] if bounds["le"] is not None else None,
+                "step": "any" if kind == "float" else (bounds["multiple_of"] or 1),
+            }
+        )
+    return out
 
 
 def _param(err: msgspec.ValidationError) -> tuple[str, str]:

@@ -87,6 +87,11 @@ class SessionSigner:
         return self.dumps({"l": secrets.token_urlsafe(16), "e": int(time.time()) + 3600})
 
 
+def session_signer(store: Store) -> SessionSigner:
+    """The box's session signer; its secret is made on first use and kept in the store."""
+    return SessionSigner(store.box_value("session_secret", lambda: secrets.token_hex(32)))
+
+
 def read_session(connection: ASGIConnection) -> Session | None:
     """The live session of this request, or None. Cached on the connection's scope."""
     state = connection.scope.setdefault("state", {})
