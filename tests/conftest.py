@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from litestar.testing import TestClient
 
-from veri_box.app import create_app
+from veri_box.app import Box, create_app
 from veri_box.devices import build_inventory
 from veri_box.settings import Settings
 
@@ -34,12 +34,13 @@ def reward(completions, **kwargs):
 
 
 class Api:
-    """An in-process client holding a valid API key."""
+    """An in-process client holding a valid API key, and the Box its app serves."""
 
-    def __init__(self, client: TestClient, key: str, settings: Settings):
+    def __init__(self, client: TestClient, key: str, box: Box):
         self.client = client
         self.key = key
-        self.settings = settings
+        self.box = box
+        self.settings = box.settings
         self.headers = {"Authorization": f"Bearer {key}"}
 
     def __getattr__(self, method: str):
@@ -53,7 +54,7 @@ class Api:
 
     @property
     def store(self):
-        return self.client.app.state.store
+        return self.box.store
 
     def upload_dataset(self, rows: list[dict] | bytes, filename: str = "data.jsonl", name: str = "ds"):
         body = rows if isinstance(rows, bytes) else "".join(json.dumps(r) + "\n" for r in rows).encode()
@@ -101,10 +102,10 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def api(settings: Settings) -> Iterator[Api]:
-    app = create_app(settings, build_inventory("A100-80GB:2", settings.cpu_slots), run_jobs=False)
-    with TestClient(app) as client:
-        _, key = app.state.store.create_api_key("test")
-        yield Api(client, key, settings)
+    box = Box.open(settings, build_inventory("A100-80GB:2", settings.cpu_slots))
+    with TestClient(create_app(box, run_jobs=False)) as client:
+        _, key = box.store.create_api_key("test")
+        yield Api(client, key, box)
 
 
 # -- real training jobs: the in-process API, the runner ticked by the test, real trainers ----
@@ -113,20 +114,20 @@ def api(settings: Settings) -> Iterator[Api]:
 @pytest.fixture
 def box(tmp_path: Path):
     settings = Settings(data_dir=tmp_path / "data", gpus="none", cpu_slots=1)
-    app = create_app(settings, run_jobs=False)
-    with TestClient(app) as client:
-        _, key = app.state.store.create_api_key("t")
-        api = Api(client, key, settings)
+    box = Box.open(settings)
+    with TestClient(create_app(box, run_jobs=False)) as client:
+        _, key = box.store.create_api_key("t")
+        api = Api(client, key, box)
         yield api
         for job in api.store.jobs_with_status("queued", "provisioning", "running"):
-            app.state.runner.cancel(job["id"])
+            box.runner.cancel(job["id"])
         run_until(api, lambda: not api.store.jobs_holding_devices(), timeout=30)
 
 
 def run_until(api: Api, predicate, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        api.client.app.state.runner.tick()
+        api.box.runner.tick()
         if predicate():
             return
         time.sleep(0.2)

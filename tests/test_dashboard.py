@@ -370,7 +370,7 @@ def test_the_log_streams_as_escaped_html_and_closes_when_the_job_ends(web, setti
 
 
 def test_demo_button_is_refused_plainly_without_the_cpu_pool(web, settings):
-    web.api.client.app.state.inventory.types.pop("cpu")
+    web.api.box.inventory.types.pop("cpu")
     assert "cpu-slots 0" in web.get("/jobs").text
 
 
@@ -462,12 +462,12 @@ def test_openreward_integration_saved_without_showing_the_key(web):
 def test_devices_show_what_runs_where_and_the_price(api, settings):
     from litestar.testing import TestClient
 
-    from veri_box.app import create_app
+    from veri_box.app import Box, create_app
     from veri_box.devices import build_inventory
 
-    app = create_app(settings, build_inventory("A100-80GB:2", 1, {"A100-80GB": 1.89}), run_jobs=False)
-    with TestClient(app) as client:
-        other = Api(client, api.key, settings)
+    box = Box.open(settings, build_inventory("A100-80GB:2", 1, {"A100-80GB": 1.89}))
+    with TestClient(create_app(box, run_jobs=False)) as client:
+        other = Api(client, api.key, box)
         web = Browser(other)
         job = other.job(gpu={"type": "A100-80GB", "count": 1})
         other.store.update_job(job["id"], status="running", gpu={"type": "A100-80GB", "count": 1}, devices=[1])

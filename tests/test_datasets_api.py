@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 from conftest import make_settings
 from litestar.testing import TestClient
 
-from veri_box.app import create_app
+from veri_box.app import Box, create_app
 
 
 def stored_entries(api):
@@ -90,9 +90,9 @@ def test_bad_uploads_name_the_problem_and_leave_nothing(api):
 
 def test_oversize_upload_is_a_400(tmp_path):
     settings = make_settings(tmp_path, max_upload_mb=1)
-    app = create_app(settings, run_jobs=False)
-    with TestClient(app) as client:
-        _, key = app.state.store.create_api_key("t")
+    box = Box.open(settings)
+    with TestClient(create_app(box, run_jobs=False)) as client:
+        _, key = box.store.create_api_key("t")
         line = json.dumps({"prompt": "x" * 1000}) + "\n"
         body = (line * 1200).encode()  # ~1.2 MB
         r = client.post(

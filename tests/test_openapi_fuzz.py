@@ -34,7 +34,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from veri_box.app import create_app
+from veri_box.app import Box, create_app
 from veri_box.settings import Settings
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
@@ -87,8 +87,9 @@ def _seed(client: TestClient, headers: dict[str, str]) -> dict[str, str]:
 DATA_DIR = Path(tempfile.mkdtemp(prefix="veri-box-fuzz-"))
 atexit.register(shutil.rmtree, DATA_DIR, ignore_errors=True)
 # The API layer alone: jobs the fuzzer creates stay queued instead of starting trainers.
-APP = create_app(Settings(data_dir=DATA_DIR / "data", gpus="none"), run_jobs=False)
-_, KEY = APP.state.store.create_api_key("fuzz")
+BOX = Box.open(Settings(data_dir=DATA_DIR / "data", gpus="none"))
+APP = create_app(BOX, run_jobs=False)
+_, KEY = BOX.store.create_api_key("fuzz")
 HEADERS = {"Authorization": f"Bearer {KEY}"}
 REAL_IDS: dict[str, str] = {}  # filled by the `seeded` fixture, read while cases are generated
 

@@ -16,7 +16,7 @@ from conftest import Api
 from litestar.testing import TestClient
 from serving import FAKE_TRAINERS, REPO
 
-from veri_box.app import create_app
+from veri_box.app import Box, create_app
 from veri_box.devices import build_inventory
 from veri_box.executors import process_start_time, trainer_command
 from veri_box.settings import Settings
@@ -31,12 +31,11 @@ def make_box(data_dir: Path, gpus: str = "A100-80GB:2", **settings_kw) -> tuple[
         **settings_kw,
     }
     settings = Settings(data_dir=data_dir, gpus="none", **settings_kw)
-    app = create_app(settings, build_inventory(gpus, settings.cpu_slots, settings.prices()), run_jobs=False)
-    client = TestClient(app)
+    box = Box.open(settings, build_inventory(gpus, settings.cpu_slots, settings.prices()))
+    client = TestClient(create_app(box, run_jobs=False))
     client.__enter__()
-    store = app.state.store
-    key = next(iter([store.create_api_key("t")[1]]))
-    return client, Api(client, key, settings)
+    key = next(iter([box.store.create_api_key("t")[1]]))
+    return client, Api(client, key, box)
 
 
 @pytest.fixture
@@ -46,13 +45,13 @@ def box(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     yield api
     # No trainer outlives its test: cancel what is left and let the runner reap it.
     for job in api.store.jobs_with_status("queued", "provisioning", "running"):
-        api.client.app.state.runner.cancel(job["id"])
+        api.box.runner.cancel(job["id"])
     until(api, lambda: not api.store.jobs_holding_devices(), timeout=15)
     client.__exit__(None, None, None)
 
 
 def tick(api: Api) -> None:
-    api.client.app.state.runner.tick()
+    api.box.runner.tick()
 
 
 def until(api: Api, predicate, timeout: float = 10.0) -> float:
@@ -276,7 +275,7 @@ def test_sigterm_is_not_sent_to_unrelated_processes(box):
     until(box, lambda: status(box, job_id) == "running")
     box.store.update_job(job_id, pid_started="1")  # as if the pid now belonged to another process
     pid = trainer_env(box, job_id)["pid"]
-    box.client.app.state.runner.executors["local"]._children.clear()  # a re-attached trainer is not our child
+    box.box.runner.executors["local"]._children.clear()  # a re-attached trainer is not our child
     until(box, lambda: status(box, job_id) == "failed")
     assert box.get(f"/v1/training_jobs/{job_id}").json()["error"]["code"] == "trainer_crashed"
     assert alive(pid)  # not ours any more as far as the runner can tell, so left alone

@@ -1,11 +1,14 @@
-"""The Litestar application: one factory that wires settings, store and routes together."""
+"""The Litestar application: the Box of shared objects, and one factory that wires it and the
+routes together. Handlers reach the Box's objects only through dependency injection."""
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, fields
 from datetime import datetime
+from typing import Any
 
 import anyio
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -15,18 +18,18 @@ from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
-from . import __version__, artifacts, dashboard, devices
+from . import __version__, artifacts, dashboard, devices, paths
 from .api_keys import ApiKeyController
-from .auth import Signer, require_api_key
+from .auth import Signer, api_key_guard
 from .datasets import DatasetController
-from .devices import Inventory, build_inventory
 from .errors import ErrorBody, exception_handler
 from .integrations import IntegrationController
+from .inventory import Inventory, build_inventory
 from .job_outputs import JobOutputController
 from .jobs import JobController
 from .reward_functions import RewardFunctionController
 from .runner import Runner
-from .sessions import session_signer
+from .sessions import Sessions, session_signer
 from .settings import Settings
 from .store import Store
 
@@ -58,14 +61,42 @@ def _document_errors(app: Litestar) -> None:
             handler.responses = {**ERROR_RESPONSES, **(handler.responses or {})}
 
 
-def create_app(settings: Settings, inventory: Inventory | None = None, run_jobs: bool = True) -> Litestar:
-    """The whole box. `run_jobs=False` serves the API without placing jobs (tests of the API
-    layer use it so their jobs stay queued)."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = Store(settings.db_path)
-    signer = Signer(store.box_value("url_signing_secret", lambda: secrets.token_hex(32)))
-    inventory = inventory or build_inventory(settings.gpus, settings.cpu_slots, settings.prices())
-    runner = Runner(store, settings, inventory)
+@dataclass(frozen=True)
+class Box:
+    """The objects one box shares, built once: the app hands each to handlers as a dependency of
+    the same name; tests and the CLI hold the Box itself."""
+
+    settings: Settings
+    store: Store
+    inventory: Inventory
+    runner: Runner
+    signer: Signer
+    sessions: Sessions
+
+    @classmethod
+    def open(cls, settings: Settings, inventory: Inventory | None = None) -> Box:
+        """The box of `settings.data_dir` (made if new); the inventory from the settings unless given."""
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        store = Store(paths.db(settings.data_dir))
+        signer = Signer(store.box_value("url_signing_secret", lambda: secrets.token_hex(32)))
+        inventory = inventory or build_inventory(settings.gpus, settings.cpu_slots, settings.prices())
+        runner = Runner(store, settings, inventory)
+        return cls(settings, store, inventory, runner, signer, Sessions(store, session_signer(store)))
+
+
+def _provide(value: Any) -> Provide:
+    return Provide(lambda: value, use_cache=True, sync_to_thread=False)
+
+
+def create_app(box: Box | Settings, inventory: Inventory | None = None, run_jobs: bool = True) -> Litestar:
+    """The whole box, from a Box or from Settings (then opened here, with `inventory` if given).
+    `run_jobs=False` serves the API without placing jobs (tests of the API layer use it so
+    their jobs stay queued)."""
+    if isinstance(box, Settings):
+        box = Box.open(box, inventory)
+    elif inventory is not None:
+        raise ValueError("a Box brings its own inventory")
+    settings, runner = box.settings, box.runner
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
@@ -96,7 +127,7 @@ def create_app(settings: Settings, inventory: Inventory | None = None, run_jobs:
     )
     api = Router(
         path="/",
-        guards=[require_api_key],
+        guards=[api_key_guard(box.store)],
         route_handlers=[
             ApiKeyController,
             uploads,
@@ -108,14 +139,8 @@ def create_app(settings: Settings, inventory: Inventory | None = None, run_jobs:
         ],
     )
     app = Litestar(
-        route_handlers=[api, artifacts.download, healthz, *dashboard.routers(settings, store)],
-        dependencies={
-            "store": Provide(lambda: store, use_cache=True, sync_to_thread=False),
-            "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
-            "inventory": Provide(lambda: inventory, use_cache=True, sync_to_thread=False),
-            "signer": Provide(lambda: signer, use_cache=True, sync_to_thread=False),
-            "runner": Provide(lambda: runner, use_cache=True, sync_to_thread=False),
-        },
+        route_handlers=[api, artifacts.download, healthz, *dashboard.routers(settings, box.sessions)],
+        dependencies={f.name: _provide(getattr(box, f.name)) for f in fields(box)},
         lifespan=[lifespan],
         exception_handlers={HTTPException: exception_handler, Exception: exception_handler},
         request_max_body_size=JSON_BODY_LIMIT,
@@ -124,10 +149,5 @@ def create_app(settings: Settings, inventory: Inventory | None = None, run_jobs:
         ),
         debug=False,
     )
-    app.state.store = store
-    app.state.settings = settings
-    app.state.inventory = inventory
-    app.state.runner = runner
-    app.state.session_signer = session_signer(store)
     _document_errors(app)
     return app

@@ -9,25 +9,31 @@ from urllib.parse import quote, urlencode
 
 from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
+from litestar.types import Guard
 
 from .errors import ApiError
 from .store import Store
 
 
-def require_api_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-    header = connection.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError(
-            401,
-            "missing_api_key",
-            "Send your API key as 'Authorization: Bearer vk_...'; create one with `veri-box keys create --name NAME`.",
-        )
-    store: Store = connection.app.state.store
-    key = store.authenticate(token.strip())
-    if key is None:
-        raise ApiError(401, "invalid_api_key", "This API key is not valid or has been revoked.")
-    connection.scope.setdefault("state", {})["api_key_id"] = key["id"]
+def api_key_guard(store: Store) -> Guard:
+    """The guard of /v1: a live Bearer key of `store`; its id is kept on the request's state."""
+
+    def require_api_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+        header = connection.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(
+                401,
+                "missing_api_key",
+                "Send your API key as 'Authorization: Bearer vk_...'; "
+                "create one with `veri-box keys create --name NAME`.",
+            )
+        key = store.authenticate(token.strip())
+        if key is None:
+            raise ApiError(401, "invalid_api_key", "This API key is not valid or has been revoked.")
+        connection.scope.setdefault("state", {})["api_key_id"] = key["id"]
+
+    return require_api_key
 
 
 class Signer:

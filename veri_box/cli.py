@@ -91,10 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _store(args: argparse.Namespace):
+    from . import paths
     from .store import Store
 
-    data_dir = args.data_dir or default_data_dir()
-    return Store(Path(data_dir) / "veri-box.db")
+    return Store(paths.db(Path(args.data_dir or default_data_dir())))
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
@@ -146,17 +146,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .app import create_app
-    from .devices import InventoryError
+    from .app import Box, create_app
+    from .inventory import InventoryError
     from .settings import SettingsError
 
     settings = _settings(args)
     try:
-        app = create_app(settings)
+        box = Box.open(settings)
     except (InventoryError, SettingsError) as err:
         print(f"veri-box: {err}", file=sys.stderr)
         return 2
-    store = app.state.store
+    app = create_app(box)
+    store = box.store
     if store.count_api_keys() == 0:
         _, key = store.create_api_key("first key")
         print(
@@ -168,7 +169,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             flush=True,
         )
     print(
-        f"veri-box {settings.base_url}  data: {settings.data_dir}  devices: {app.state.inventory.describe()}",
+        f"veri-box {settings.base_url}  data: {settings.data_dir}  devices: {box.inventory.describe()}",
         flush=True,
     )
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5)

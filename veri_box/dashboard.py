@@ -58,9 +58,10 @@ from .sessions import (
     CsrfFailed,
     NotLoggedIn,
     Session,
-    SessionSigner,
-    read_session,
-    require_session,
+    Sessions,
+    current,
+    login_guard,
+    reading_guard,
     tokens_match,
 )
 from .settings import Settings
@@ -180,7 +181,7 @@ _env.globals.update(
 def render(
     request: Request, name: str, status_code: int = 200, headers: dict[str, str] | None = None, **context: Any
 ) -> Response:
-    session = read_session(request)
+    session = current(request)
     page = _env.get_template(name).render(
         request_path=request.url.path,
         session=session,
@@ -268,8 +269,7 @@ def _safe_next(target: str | None) -> str:
     return "/jobs"
 
 
-def _cookie(request: Request, key: str, value: str, max_age: int, path: str = "/") -> Cookie:
-    settings: Settings = request.app.state.settings
+def _cookie(settings: Settings, key: str, value: str, max_age: int, path: str = "/") -> Cookie:
     return Cookie(
         key=key,
         value=value,
@@ -283,26 +283,34 @@ def _cookie(request: Request, key: str, value: str, max_age: int, path: str = "/
 
 @get("/", include_in_schema=False)
 async def home(request: Request) -> Redirect:
-    return Redirect("/jobs" if read_session(request) else "/login", status_code=303)
+    return Redirect("/jobs" if current(request) else "/login", status_code=303)
 
 
 @get("/login", include_in_schema=False, sync_to_thread=False)
-def login_page(request: Request, next: FromQuery[str | None] = None) -> Response:
-    if read_session(request):
+def login_page(
+    request: Request,
+    settings: NamedDependency[Settings],
+    sessions: NamedDependency[Sessions],
+    next: FromQuery[str | None] = None,
+) -> Response:
+    if current(request):
         return Redirect(_safe_next(next), status_code=303)
-    signer: SessionSigner = request.app.state.session_signer
-    token = signer.login_token()
+    token = sessions.signer.login_token()
     response = render(request, "login.html", next=_safe_next(next), login_token=token, error=None)
-    response.cookies.append(_cookie(request, LOGIN_COOKIE, token, 3600, "/login"))
+    response.cookies.append(_cookie(settings, LOGIN_COOKIE, token, 3600, "/login"))
     return response
 
 
 @post("/login", include_in_schema=False, status_code=303)
-async def login(request: Request) -> Response:
+async def login(
+    request: Request,
+    store: NamedDependency[Store],
+    settings: NamedDependency[Settings],
+    sessions: NamedDependency[Sessions],
+) -> Response:
     """Checks the key the way the Bearer guard does (its SHA-256 against live keys)."""
     form = await _form(request)
-    store: Store = request.app.state.store
-    signer: SessionSigner = request.app.state.session_signer
+    signer = sessions.signer
     target = _safe_next(form.get("next"))
     given_token = form.get(CSRF_FIELD)
     cookie_token = request.cookies.get(LOGIN_COOKIE)
@@ -316,12 +324,12 @@ async def login(request: Request) -> Response:
             error = "This API key is not valid or has been revoked."
         else:
             response = Redirect(target, status_code=303)
-            response.cookies.append(_cookie(request, COOKIE, signer.new_session(row["id"]), SESSION_TTL_S))
-            response.cookies.append(_cookie(request, LOGIN_COOKIE, "", 0, "/login"))
+            response.cookies.append(_cookie(settings, COOKIE, signer.new_session(row["id"]), SESSION_TTL_S))
+            response.cookies.append(_cookie(settings, LOGIN_COOKIE, "", 0, "/login"))
             return response
     token = signer.login_token()
     response = render(request, "login.html", next=target, login_token=token, error=error)
-    response.cookies.append(_cookie(request, LOGIN_COOKIE, token, 3600, "/login"))
+    response.cookies.append(_cookie(settings, LOGIN_COOKIE, token, 3600, "/login"))
     return response
 
 
@@ -332,11 +340,11 @@ async def _form(request: Request) -> dict[str, str]:
 
 
 @post("/logout", include_in_schema=False, status_code=303)
-async def logout(request: Request) -> Response:
+async def logout(request: Request, settings: NamedDependency[Settings]) -> Response:
     response = Redirect("/login", status_code=303)
     if is_htmx(request):
         response = Response(b"", headers={"HX-Redirect": "/login"})
-    response.cookies.append(_cookie(request, COOKIE, "", 0))
+    response.cookies.append(_cookie(settings, COOKIE, "", 0))
     return response
 
 
@@ -1118,7 +1126,7 @@ def revoke_api_key(
     settings: NamedDependency[Settings],
     key_id: FromPath[str],
 ) -> Response:
-    session: Session | None = read_session(request)
+    session: Session | None = current(request)
     api_keys.revoke(store, key_id)
     if session and session.key_id == key_id:
         # This session's own key: the session ends with it.
@@ -1176,13 +1184,13 @@ def delete_openreward(
 # -- wiring ------------------------------------------------------------------------------------
 
 
-def routers(settings: Settings, store: Store) -> list[Router]:
+def routers(settings: Settings, sessions: Sessions) -> list[Router]:
     """The dashboard's routes: the login (open), everything else behind the session guard,
     and the static files."""
     handlers = {HTTPException: dashboard_errors, Exception: dashboard_errors}
     protected = Router(
         path="/",
-        guards=[require_session],
+        guards=[login_guard(sessions)],
         exception_handlers=handlers,
         include_in_schema=False,
         route_handlers=[
@@ -1221,7 +1229,11 @@ def routers(settings: Settings, store: Store) -> list[Router]:
         ],
     )
     open_ = Router(
-        path="/", exception_handlers=handlers, include_in_schema=False, route_handlers=[home, login_page, login]
+        path="/",
+        guards=[reading_guard(sessions)],
+        exception_handlers=handlers,
+        include_in_schema=False,
+        route_handlers=[home, login_page, login],
     )
     static = create_static_files_router(
         path="/static",

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
+from litestar.types import Guard
 
 from .store import Store
 
@@ -29,6 +30,7 @@ SESSION_TTL_S = 14 * 24 * 3600
 CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "_csrf"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+_STATE_KEY = "dashboard_session"
 
 
 @dataclass(frozen=True)
@@ -92,40 +94,68 @@ def session_signer(store: Store) -> SessionSigner:
     return SessionSigner(store.box_value("session_secret", lambda: secrets.token_hex(32)))
 
 
-def read_session(connection: ASGIConnection) -> Session | None:
-    """The live session of this request, or None. Cached on the connection's scope."""
-    state = connection.scope.setdefault("state", {})
-    if "dashboard_session" in state:
-        return state["dashboard_session"]
-    session = None
-    token = connection.cookies.get(COOKIE)
-    signer: SessionSigner = connection.app.state.session_signer
-    payload = signer.loads(token) if token else None
-    if payload and isinstance(payload.get("e"), int) and payload["e"] > time.time() and payload.get("k"):
-        store: Store = connection.app.state.store
-        key = store.get_api_key(str(payload["k"]))  # revoked keys are not returned
-        if key is not None:
-            session = Session(key["id"], key["name"], key["key_prefix"], str(payload.get("c", "")), payload["e"])
-    state["dashboard_session"] = session
-    return session
+class Sessions:
+    """The dashboard's sessions: cookies signed by `signer`, naming live keys of `store`."""
+
+    def __init__(self, store: Store, signer: SessionSigner):
+        self.store = store
+        self.signer = signer
+
+    def read(self, connection: ASGIConnection) -> Session | None:
+        """The live session of this request, or None. Cached on the connection's scope."""
+        state = connection.scope.setdefault("state", {})
+        if _STATE_KEY in state:
+            return state[_STATE_KEY]
+        session = None
+        token = connection.cookies.get(COOKIE)
+        payload = self.signer.loads(token) if token else None
+        if payload and isinstance(payload.get("e"), int) and payload["e"] > time.time() and payload.get("k"):
+            key = self.store.get_api_key(str(payload["k"]))  # revoked keys are not returned
+            if key is not None:
+                session = Session(key["id"], key["name"], key["key_prefix"], str(payload.get("c", "")), payload["e"])
+        state[_STATE_KEY] = session
+        return session
+
+
+# Every dashboard route has one of these two guards, so its session is read before its handler
+# (or its error handler) runs, and `current` finds it. They are closures, not bound methods:
+# Litestar deep-copies routers as it registers them, and a bound method would copy the store.
+
+
+def reading_guard(sessions: Sessions) -> Guard:
+    """Guard of the open dashboard routes (home, login): reads the session, refuses nothing."""
+
+    def read_session(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+        sessions.read(connection)
+
+    return read_session
+
+
+def login_guard(sessions: Sessions) -> Guard:
+    """Guard of every dashboard route behind the login; checks CSRF on unsafe methods."""
+
+    async def require_session(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+        session = sessions.read(connection)
+        if session is None:
+            raise NotLoggedIn()
+        if connection.scope.get("method", "GET") in SAFE_METHODS:
+            return
+        given = connection.headers.get(CSRF_HEADER)
+        if given is None and isinstance(connection, Request):
+            content_type = connection.headers.get("content-type", "")
+            if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+                # The parsed form is cached on the request: the handler reads it again for free.
+                given = (await connection.form()).get(CSRF_FIELD)
+        if not tokens_match(session.csrf, given if isinstance(given, str) else None):
+            raise CsrfFailed()
+
+    return require_session
+
+
+def current(connection: ASGIConnection) -> Session | None:
+    """The session the dashboard's guard read for this request (None outside its routes)."""
+    return connection.scope.get("state", {}).get(_STATE_KEY)
 
 
 def tokens_match(expected: str, given: str | None) -> bool:
     return bool(expected) and bool(given) and given.isascii() and hmac.compare_digest(expected, given)
-
-
-async def require_session(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-    """Guard of every dashboard route behind the login; checks CSRF on unsafe methods."""
-    session = read_session(connection)
-    if session is None:
-        raise NotLoggedIn()
-    if connection.scope.get("method", "GET") in SAFE_METHODS:
-        return
-    given = connection.headers.get(CSRF_HEADER)
-    if given is None and isinstance(connection, Request):
-        content_type = connection.headers.get("content-type", "")
-        if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
-            # The parsed form is cached on the request: the handler reads it again for free.
-            given = (await connection.form()).get(CSRF_FIELD)
-    if not tokens_match(session.csrf, given if isinstance(given, str) else None):
-        raise CsrfFailed()

@@ -110,10 +110,6 @@ class Settings:
         return f"http://{host}:{self.port}"
 
     @property
-    def db_path(self) -> Path:
-        return self.data_dir / "veri-box.db"
-
-    @property
     def max_upload_bytes(self) -> int:
         return self.max_upload_mb * 1024 * 1024
 
