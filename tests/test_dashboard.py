@@ -10,7 +10,8 @@ import re
 import pytest
 from conftest import Api
 
-from veri_box import dashboard, demo, hyperparameters
+from veri_box import demo, hyperparameters
+from veri_box.dashboard import job_form, job_page, rendering
 
 HTMX = {"HX-Request": "true"}
 
@@ -150,7 +151,7 @@ def test_jobs_list_filters_and_pages(web):
         ids[-1], status="running", current_step=5, total_steps=10, started_at="2026-01-01T00:00:00Z"
     )
     page = web.get("/jobs").text
-    assert page.count('<tr id="row-') == dashboard.PAGE_SIZE
+    assert page.count('<tr id="row-') == rendering.PAGE_SIZE
     assert ids[-1] in page and "step 5 of 10" in page and "ETA" in page
     assert 'hx-trigger="every 2s"' in page  # live rows refresh themselves
     older = re.search(r'href="(/jobs\?after=[^"]+)" rel="next"', page).group(1)
@@ -186,7 +187,7 @@ def form_for(web: Browser, dataset: str, rf: str, **hp) -> dict:
         "gpu_count": "1",
     }
     for field in hyperparameters.describe("grpo"):
-        body[f"hp.{field['name']}"] = dashboard._form_value(field["default"])
+        body[f"hp.{field['name']}"] = job_form._form_value(field["default"])
     body.update({f"hp.{k}": v for k, v in hp.items()})
     return body
 
@@ -229,8 +230,8 @@ def test_form_errors_are_the_apis_own(web, change, code, param):
     # the API says the same about the same body
     sent = {**form, "reward_function_ids": [v for v in [form["reward_function_ids"]] if v]}
     # The form hands its chosen function to jobs.submit as an (id, weight) pair; an API client names it.
-    choices = dashboard.reward_choices(sent)
-    body = {**dashboard.job_body(sent), **({"reward_function_id": choices[0][0]} if choices else {})}
+    choices = job_form.reward_choices(sent)
+    body = {**job_form.job_body(sent), **({"reward_function_id": choices[0][0]} if choices else {})}
     api_error = web.api.post("/v1/training_jobs", json=body).json()["error"]
     assert (api_error["code"], api_error["param"]) == (code, param)
     assert api_error["message"] in html.unescape(r.text)
@@ -485,7 +486,7 @@ def test_errors_render_as_html_pages_with_the_apis_status(web):
 
 
 def test_static_assets_are_vendored_and_served(web):
-    for name in dashboard.ASSETS.values():
+    for name in rendering.ASSETS.values():
         r = web.get(f"/static/{name}")
         assert r.status_code == 200 and len(r.content) > 1000, name
     page = web.get("/jobs").text
@@ -532,7 +533,7 @@ def test_a_log_stream_without_a_session_ends_cleanly(api):
 
 
 def test_a_long_log_starts_near_its_end_on_a_whole_line(web, settings, monkeypatch):
-    monkeypatch.setattr(dashboard, "LOG_TAIL_BYTES", 100)
+    monkeypatch.setattr(job_page, "LOG_TAIL_BYTES", 100)
     job = web.api.job()
     log = settings.data_dir / "jobs" / job["id"] / "train.log"
     log.parent.mkdir(parents=True)

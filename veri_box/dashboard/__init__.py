@@ -1,0 +1,80 @@
+"""The dashboard: server-rendered pages (Jinja2) with htmx fragments, behind a session login.
+
+Handlers are thin: every write goes through the same service function the API's controller
+calls, so the dashboard accepts and rejects exactly what the API does, and shows the API's
+error code and message as HTML. One module per page (or group of pages); rendering.py holds
+what they share.
+"""
+
+from __future__ import annotations
+
+from litestar import Router, post
+from litestar.exceptions import HTTPException
+from litestar.static_files import create_static_files_router
+
+from ..sessions import Sessions, login_guard, reading_guard
+from ..settings import Settings
+from . import job_form, job_page, jobs, library, login
+from . import settings as settings_pages
+from .rendering import STATIC, dashboard_errors
+
+
+def routers(settings: Settings, sessions: Sessions) -> list[Router]:
+    """The dashboard's routes: the login (open), everything else behind the session guard,
+    and the static files."""
+    handlers = {HTTPException: dashboard_errors, Exception: dashboard_errors}
+    protected = Router(
+        path="/",
+        guards=[login_guard(sessions)],
+        exception_handlers=handlers,
+        include_in_schema=False,
+        route_handlers=[
+            login.logout,
+            jobs.jobs_page,
+            jobs.jobs_table,
+            job_form.new_job_page,
+            job_form.create_job,
+            job_form.start_demo,
+            job_page.job_page,
+            job_page.job_summary,
+            job_page.cancel_job,
+            job_page.job_metrics,
+            job_page.job_log,
+            job_page.job_log_text,
+            job_page.job_rollouts,
+            job_page.job_artifacts,
+            library.datasets_page,
+            # Its body limit is the box's upload limit, as for the API's dataset uploads.
+            post("/datasets", include_in_schema=False, request_max_body_size=settings.max_upload_bytes + 2**20)(
+                library.upload_dataset
+            ),
+            library.dataset_rows,
+            library.dataset_file,
+            library.delete_dataset,
+            library.reward_functions_page,
+            library.upload_reward_function,
+            library.reward_function_source,
+            library.delete_reward_function,
+            settings_pages.settings_page,
+            settings_pages.devices_panel,
+            settings_pages.create_api_key,
+            settings_pages.revoke_api_key,
+            settings_pages.save_openreward,
+            settings_pages.delete_openreward,
+        ],
+    )
+    open_ = Router(
+        path="/",
+        guards=[reading_guard(sessions)],
+        exception_handlers=handlers,
+        include_in_schema=False,
+        route_handlers=[login.home, login.login_page, login.login],
+    )
+    static = create_static_files_router(
+        path="/static",
+        directories=[STATIC],
+        include_in_schema=False,
+        cache_control=None,
+        send_as_attachment=False,
+    )
+    return [open_, protected, static]

@@ -1,0 +1,256 @@
+"""One job's page and its live parts: the summary and timeline, cancel, the metrics behind the
+charts, the log as Server-Sent Events (and as text), rollouts by step, and the downloads."""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+from litestar import Request, Response, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+
+from .. import artifacts, jobs, logs, metrics, statuses
+from ..auth import Signer
+from ..errors import ApiError
+from ..runner import Runner
+from ..settings import Settings
+from ..store import Store
+from .rendering import relative, render
+
+EVENTS_SHOWN = 200
+ROLLOUTS_PER_STEP = 1000
+LOG_TAIL_BYTES = 256 * 1024
+DEFAULT_CHART_KEYS = ["reward", "loss", "kl", "completions/mean_length"]
+
+
+def _summary_context(store: Store, job: dict) -> dict:
+    events = store.list_events(job["id"], EVENTS_SHOWN)
+    reward_fns = []
+    for rf in job["reward_functions"] or []:
+        row = store.get_reward_function(rf["id"])
+        reward_fns.append({"id": rf["id"], "weight": rf.get("weight"), "name": row["name"] if row else rf["id"]})
+    return {
+        "job": job,
+        "events": events,
+        "live": job["status"] not in statuses.TERMINAL,
+        "reward_fns": reward_fns,
+        "dataset": store.get_dataset(job["dataset_id"]),
+    }
+
+
+@get("/jobs/{job_id:str}", include_in_schema=False, sync_to_thread=True)
+def job_page(
+    request: Request,
+    store: NamedDependency[Store],
+    settings: NamedDependency[Settings],
+    signer: NamedDependency[Signer],
+    job_id: FromPath[str],
+) -> Response:
+    job = jobs.get(store, job_id)
+    return render(
+        request,
+        "job.html",
+        **_summary_context(store, job),
+        **_artifacts_context(store, settings, signer, job),
+        default_keys=DEFAULT_CHART_KEYS,
+    )
+
+
+@get("/jobs/{job_id:str}/summary", include_in_schema=False, sync_to_thread=True)
+def job_summary(request: Request, store: NamedDependency[Store], job_id: FromPath[str]) -> Response:
+    job = jobs.get(store, job_id)
+    context = _summary_context(store, job)
+    # The page's other panels (downloads, rollouts) refresh once when the job ends.
+    headers = {} if context["live"] else {"HX-Trigger": "job-ended"}
+    return render(request, "_job_summary.html", headers=headers, **context)
+
+
+@post("/jobs/{job_id:str}/cancel", include_in_schema=False)
+async def cancel_job(
+    request: Request, store: NamedDependency[Store], runner: NamedDependency[Runner], job_id: FromPath[str]
+) -> Response:
+    # The API's own cancel: the same checks and the same job_not_cancellable error.
+    job = await anyio.to_thread.run_sync(jobs.cancel, store, runner, job_id)
+    context = await anyio.to_thread.run_sync(_summary_context, store, job)
+    return render(request, "_job_summary.html", headers={"HX-Trigger": "job-ended"}, **context)
+
+
+class MetricsView(msgspec.Struct):
+    status: str
+    metrics: list[metrics.MetricPoint]
+    available_keys: list[str]
+    latest_step: int | None
+    current_step: int | None
+    total_steps: int | None
+
+
+@get("/jobs/{job_id:str}/metrics.json", include_in_schema=False, sync_to_thread=True)
+def job_metrics(
+    store: NamedDependency[Store],
+    job_id: FromPath[str],
+    keys: FromQuery[str | None] = None,
+    from_step: FromQuery[int | None] = None,
+    max_points: FromQuery[int] = 1000,
+) -> Response:
+    """The API's metrics query, plus the job's status so the chart knows when to stop polling."""
+    job = jobs.get(store, job_id)
+    wanted = [k.strip() for k in keys.split(",") if k.strip()] if keys else None
+    if from_step is not None and from_step < 0:
+        from_step = 0
+    result = metrics.query(store, job_id, wanted, from_step, None, max(1, min(max_points, 10_000)))
+    view = MetricsView(
+        status=job["status"],
+        metrics=result.metrics,
+        available_keys=result.available_keys,
+        latest_step=result.latest_step,
+        current_step=job["current_step"],
+        total_steps=job["total_steps"],
+    )
+    return Response(msgspec.json.encode(view), media_type="application/json", headers={"Cache-Control": "no-store"})
+
+
+async def _html_log(store: Store, data_dir: Path, job_id: str, offset: int) -> AsyncIterator[ServerSentEventMessage]:
+    """The API's log stream, each line escaped for the page, then a `done` event that tells
+    the browser to close the stream instead of reconnecting."""
+    async for message in logs.stream(store, data_dir, job_id, offset):
+        if message.data is None:
+            yield message
+            continue
+        line = str(message.data)
+        css = "sentinel" if line.startswith("[Job ") else ("err" if "Error" in line or "Traceback" in line else "")
+        yield ServerSentEventMessage(
+            data=f'<div class="line {css}">{html.escape(line) or "&nbsp;"}</div>', id=message.id, event="line"
+        )
+    yield ServerSentEventMessage(data="end", event="done")
+
+
+@get("/jobs/{job_id:str}/log", include_in_schema=False, media_type="text/event-stream")
+async def job_log(
+    request: Request, store: NamedDependency[Store], settings: NamedDependency[Settings], job_id: FromPath[str]
+) -> ServerSentEvent:
+    jobs.get(store, job_id)
+    last = request.headers.get("last-event-id", "").strip()
+    if last.isdigit():
+        offset = int(last)
+    else:
+        # A long log starts near its end; the full text is one link away.
+        path = logs.log_path(settings.data_dir, job_id)
+        total = path.stat().st_size if path.is_file() else 0
+        offset = 0 if total <= LOG_TAIL_BYTES else _line_start(path, total - LOG_TAIL_BYTES)
+    return ServerSentEvent(
+        _html_log(store, settings.data_dir, job_id, offset),
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _line_start(path: Path, offset: int) -> int:
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        chunk = fh.read(65536)
+    newline = chunk.find(b"\n")
+    return offset + newline + 1 if newline >= 0 else offset
+
+
+@get("/jobs/{job_id:str}/log.txt", include_in_schema=False, sync_to_thread=True)
+def job_log_text(store: NamedDependency[Store], settings: NamedDependency[Settings], job_id: FromPath[str]) -> Response:
+    jobs.get(store, job_id)
+    path = logs.log_path(settings.data_dir, job_id)
+    return Response(path.read_bytes() if path.is_file() else b"", media_type="text/plain; charset=utf-8")
+
+
+def _group_rollouts(samples: list[dict], sort: str) -> list[dict]:
+    """Samples of one step in their GRPO groups (same prompt), each with its reward spread;
+    a group whose rewards are all equal teaches nothing (every advantage is zero)."""
+    groups: dict[Any, dict] = {}
+    for sample in samples:
+        key = sample.get("group", sample.get("prompt"))
+        group = groups.setdefault(key, {"prompt": sample.get("prompt", ""), "items": []})
+        group["items"].append(sample)
+    out = []
+    for group in groups.values():
+        rewards = [s["reward"] for s in group["items"] if isinstance(s.get("reward"), (int, float))]
+        mean = sum(rewards) / len(rewards) if rewards else None
+        spread = math.sqrt(sum((r - mean) ** 2 for r in rewards) / len(rewards)) if rewards else None
+        if sort == "reward":
+            group["items"].sort(key=lambda s: -(s.get("reward") if s.get("reward") is not None else -math.inf))
+        out.append({**group, "mean": mean, "std": spread, "zero_variance": len(rewards) > 1 and spread < 1e-9})
+    if sort == "reward":
+        out.sort(key=lambda g: -(g["mean"] if g["mean"] is not None else -math.inf))
+    return out
+
+
+@get("/jobs/{job_id:str}/rollouts", include_in_schema=False, sync_to_thread=True)
+def job_rollouts(
+    request: Request,
+    store: NamedDependency[Store],
+    settings: NamedDependency[Settings],
+    signer: NamedDependency[Signer],
+    job_id: FromPath[str],
+    step: FromQuery[str | None] = None,
+    sort: FromQuery[str] = "order",
+) -> Response:
+    job = jobs.get(store, job_id)
+    steps = store.sample_steps(job_id, 500)
+    # An empty `step` (the picker's "latest") follows the newest step while the job runs.
+    follow = not (step or "").strip().isdigit()
+    step = (steps[0] if steps else None) if follow else int(step.strip())
+    samples: list[dict] = []
+    if step is not None:
+        rows, _ = store.list_samples(job_id, step, ROLLOUTS_PER_STEP, None)
+        samples = [artifacts.sample(settings, signer, job_id, r["seq"], r["data"]) for r in rows]
+    clips = [{**s, "url": relative(s["video_url"], settings)} for s in samples if "video_url" in s]
+    return render(
+        request,
+        "_rollouts.html",
+        job=job,
+        steps=steps,
+        step=step,
+        sort=sort if sort in ("order", "reward") else "order",
+        follow=follow,
+        live=job["status"] not in statuses.TERMINAL,
+        groups=_group_rollouts([s for s in samples if not s.get("video")], sort),
+        clips=clips,
+    )
+
+
+def _artifacts_context(store: Store, settings: Settings, signer: Signer, job: dict) -> dict:
+    model = None
+    if job["status"] == "completed":
+        try:
+            manifest = artifacts.manifest(settings, signer, job)
+            model = {
+                "download_url": relative(manifest.download_url, settings),
+                "files": [{"path": f.path, "bytes": f.bytes, "url": relative(f.url, settings)} for f in manifest.files],
+            }
+        except ApiError:
+            model = None
+    checkpoints = []
+    for row in store.list_checkpoints(job["id"])[:50]:
+        ckpt = artifacts.checkpoint(settings, signer, row)
+        checkpoints.append(
+            {
+                "step": ckpt.step,
+                "created_at": ckpt.created_at,
+                "files": [{"path": f.path, "bytes": f.bytes, "url": relative(f.url, settings)} for f in ckpt.files],
+            }
+        )
+    return {"model": model, "checkpoints": checkpoints}
+
+
+@get("/jobs/{job_id:str}/artifacts", include_in_schema=False, sync_to_thread=True)
+def job_artifacts(
+    request: Request,
+    store: NamedDependency[Store],
+    settings: NamedDependency[Settings],
+    signer: NamedDependency[Signer],
+    job_id: FromPath[str],
+) -> Response:
+    job = jobs.get(store, job_id)
+    return render(request, "_artifacts.html", job=job, **_artifacts_context(store, settings, signer, job))

@@ -1,0 +1,69 @@
+"""The jobs list: filters by status and method, pages, and a table that refreshes itself while
+any of its jobs is live."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from litestar import Request, Response, get
+from litestar.di import NamedDependency
+from litestar.params import FromQuery
+
+from .. import devices, statuses
+from ..devices import Inventory
+from ..jobs import METHODS
+from ..store import Store
+from .rendering import PAGE_SIZE, render
+
+
+def _job_filters(status: str | None, method: str | None) -> tuple[str | None, str | None]:
+    return (status if status in statuses.ALL else None, method if method in METHODS else None)
+
+
+def _jobs_table(store: Store, status: str | None, method: str | None, after: str | None) -> dict:
+    rows, more = store.list_jobs(PAGE_SIZE, after, status, method)
+    query = {k: v for k, v in (("status", status), ("method", method)) if v}
+    return {
+        "jobs": rows,
+        "has_more": more,
+        "next_url": "/jobs?" + urlencode({**query, "after": rows[-1]["id"]}) if more and rows else None,
+        "table_url": "/jobs/table?" + urlencode({**query, **({"after": after} if after else {})}),
+        "live": any(r["status"] not in statuses.TERMINAL for r in rows),
+        "status": status,
+        "method": method,
+        "after": after,
+    }
+
+
+@get("/jobs", include_in_schema=False, sync_to_thread=True)
+def jobs_page(
+    request: Request,
+    store: NamedDependency[Store],
+    inventory: NamedDependency[Inventory],
+    status: FromQuery[str | None] = None,
+    method: FromQuery[str | None] = None,
+    after: FromQuery[str | None] = None,
+) -> Response:
+    status, method = _job_filters(status, method)
+    table = _jobs_table(store, status, method, after)
+    empty = not table["jobs"] and not status and not method and not after and not store.any_job()
+    return render(
+        request,
+        "jobs.html",
+        counts=store.job_counts(),
+        empty_box=empty,
+        has_cpu=devices.CPU in inventory.types,
+        **table,
+    )
+
+
+@get("/jobs/table", include_in_schema=False, sync_to_thread=True)
+def jobs_table(
+    request: Request,
+    store: NamedDependency[Store],
+    status: FromQuery[str | None] = None,
+    method: FromQuery[str | None] = None,
+    after: FromQuery[str | None] = None,
+) -> Response:
+    status, method = _job_filters(status, method)
+    return render(request, "_job_table.html", **_jobs_table(store, status, method, after))

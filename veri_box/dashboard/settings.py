@@ -1,0 +1,148 @@
+"""The settings page: devices and what runs on them, API keys (a new one shown once), and the
+OpenReward integration."""
+
+from __future__ import annotations
+
+import anyio
+from litestar import Request, Response, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath
+
+from .. import api_keys, integrations
+from ..api_keys import CreateApiKey
+from ..devices import Inventory
+from ..errors import ApiError
+from ..integrations import OpenRewardSettings
+from ..sessions import Session, current
+from ..settings import Settings
+from ..store import Store
+from .rendering import convert, error_context, inventory_rows, render, text_fields
+
+
+def _settings_context(store: Store, inventory: Inventory, settings: Settings) -> dict:
+    keys, _ = api_keys.list_(store, 100)
+    holders = store.jobs_holding_devices()
+    by_type: dict[str, list[dict]] = {}
+    for job in holders:
+        by_type.setdefault(job["gpu"]["type"], []).append(job)
+    return {
+        "keys": keys,
+        "integration": integrations.get(store),
+        "inventory": inventory_rows(store, inventory),
+        "holders": by_type,
+        "settings": settings,
+    }
+
+
+@get("/settings", include_in_schema=False, sync_to_thread=True)
+def settings_page(
+    request: Request,
+    store: NamedDependency[Store],
+    inventory: NamedDependency[Inventory],
+    settings: NamedDependency[Settings],
+) -> Response:
+    return render(
+        request,
+        "settings.html",
+        new_key=None,
+        error=None,
+        message=None,
+        **_settings_context(store, inventory, settings),
+    )
+
+
+@get("/settings/devices", include_in_schema=False, sync_to_thread=True)
+def devices_panel(
+    request: Request,
+    store: NamedDependency[Store],
+    inventory: NamedDependency[Inventory],
+    settings: NamedDependency[Settings],
+) -> Response:
+    return render(request, "_devices.html", **_settings_context(store, inventory, settings))
+
+
+@post("/settings/api-keys", include_in_schema=False)
+async def create_api_key(
+    request: Request,
+    store: NamedDependency[Store],
+    inventory: NamedDependency[Inventory],
+    settings: NamedDependency[Settings],
+) -> Response:
+    form = await text_fields(request)
+    new_key, error = None, None
+    try:
+        body = convert({"name": (form.get("name") or "").strip()}, CreateApiKey)
+        new_key = await anyio.to_thread.run_sync(api_keys.create, store, body.name)
+    except ApiError as exc:
+        error = error_context(exc)
+    return render(
+        request,
+        "_api_keys.html",
+        new_key=new_key,
+        error=error,
+        message=None,
+        **_settings_context(store, inventory, settings),
+    )
+
+
+@post("/settings/api-keys/{key_id:str}/revoke", include_in_schema=False, sync_to_thread=True)
+def revoke_api_key(
+    request: Request,
+    store: NamedDependency[Store],
+    inventory: NamedDependency[Inventory],
+    settings: NamedDependency[Settings],
+    key_id: FromPath[str],
+) -> Response:
+    session: Session | None = current(request)
+    api_keys.revoke(store, key_id)
+    if session and session.key_id == key_id:
+        # This session's own key: the session ends with it.
+        return Response(b"", headers={"HX-Redirect": "/login"})
+    return render(
+        request,
+        "_api_keys.html",
+        new_key=None,
+        error=None,
+        message=f"Revoked key {key_id}.",
+        **_settings_context(store, inventory, settings),
+    )
+
+
+@post("/settings/openreward", include_in_schema=False)
+async def save_openreward(
+    request: Request,
+    store: NamedDependency[Store],
+    inventory: NamedDependency[Inventory],
+    settings: NamedDependency[Settings],
+) -> Response:
+    form = await text_fields(request)
+    error, message = None, None
+    try:
+        body = convert(
+            {"api_key": form.get("api_key") or "", "base_url": (form.get("base_url") or "").strip() or None},
+            OpenRewardSettings,
+        )
+        await anyio.to_thread.run_sync(integrations.put, store, body)
+        message = "OpenReward key saved."
+    except ApiError as exc:
+        error = error_context(exc)
+    return render(
+        request, "_integration.html", error=error, message=message, **_settings_context(store, inventory, settings)
+    )
+
+
+@post("/settings/openreward/delete", include_in_schema=False, sync_to_thread=True)
+def delete_openreward(
+    request: Request,
+    store: NamedDependency[Store],
+    inventory: NamedDependency[Inventory],
+    settings: NamedDependency[Settings],
+) -> Response:
+    integrations.delete(store)
+    return render(
+        request,
+        "_integration.html",
+        error=None,
+        message="OpenReward key removed.",
+        **_settings_context(store, inventory, settings),
+    )
