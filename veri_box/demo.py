@@ -17,6 +17,8 @@ from pathlib import Path
 
 import httpx
 
+from .statuses import TERMINAL, JobStatus
+
 PROMPTS = [
     "Say something:",
     "Tell me a number.",
@@ -155,7 +157,7 @@ def _submit_grpo(http: httpx.Client) -> dict:
 
 
 def _follow(http: httpx.Client, job_id: str, timeout_s: float, key: str) -> int:
-    deadline, shown, values, status = time.monotonic() + timeout_s, -1, [], "queued"
+    deadline, shown, values, status = time.monotonic() + timeout_s, -1, [], JobStatus.QUEUED
     while time.monotonic() < deadline:
         job = _check(http.get(f"/v1/training_jobs/{job_id}"))
         if job["status"] != status:
@@ -170,13 +172,13 @@ def _follow(http: httpx.Client, job_id: str, timeout_s: float, key: str) -> int:
                     f"step {shown:>3}/{job['total_steps'] or '?'}  {key} {values[-1]:.3f}  {sparkline(values)}",
                     flush=True,
                 )
-        if status in ("completed", "failed", "cancelled"):
+        if status in TERMINAL:
             break
         time.sleep(1)
     else:
         print(f"Still {status} after {timeout_s:.0f} s; the job goes on (GET /v1/training_jobs/{job_id}).")
         return 1
-    if status != "completed":
+    if status != JobStatus.COMPLETED:
         error = job["error"] or {}
         print(f"The job ended {status}: {error.get('code')}: {error.get('message')}", file=sys.stderr)
         return 1

@@ -15,7 +15,7 @@ from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException
 from litestar.params import FromQuery
 
-from .. import dataset_files, datasets, devices, hyperparameters, jobs
+from .. import dataset_files, datasets, devices, hyperparameters, jobs, paths
 from .. import reward_functions as rf_mod
 from ..devices import Inventory
 from ..errors import ApiError
@@ -148,7 +148,7 @@ def _default_form(method: str) -> dict[str, Any]:
 def _local_models(settings: Settings, store: Store) -> list[str]:
     """Suggestions for base_model: models under DATA_DIR/models and the latest jobs' models."""
     found = []
-    models = settings.data_dir / "models"
+    models = paths.models_dir(settings.data_dir)
     if models.is_dir():
         found += sorted(str(p) for p in models.iterdir() if (p / "config.json").is_file())
     for model in store.recent_base_models(20):
@@ -240,7 +240,7 @@ def start_demo(
     from .. import demo  # only here: it brings the HTTP client the `veri-box demo` command uses
 
     rows = "".join(json.dumps({"prompt": p}) + "\n" for p in demo.PROMPTS).encode()
-    spool = settings.data_dir / "tmp"
+    spool = paths.spool_dir(settings.data_dir)
     spool.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=spool, prefix="demo-", suffix=".jsonl") as fh:
         fh.write(rows)

@@ -16,11 +16,12 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from .. import artifacts, jobs, logs, metrics, statuses
+from .. import artifacts, jobs, logs, metrics, paths, statuses
 from ..auth import Signer
 from ..errors import ApiError
 from ..runner import Runner
 from ..settings import Settings
+from ..statuses import JobStatus
 from ..store import Store
 from .rendering import relative, render
 
@@ -141,7 +142,7 @@ async def job_log(
         offset = int(last)
     else:
         # A long log starts near its end; the full text is one link away.
-        path = logs.log_path(settings.data_dir, job_id)
+        path = paths.train_log(settings.data_dir, job_id)
         total = path.stat().st_size if path.is_file() else 0
         offset = 0 if total <= LOG_TAIL_BYTES else _line_start(path, total - LOG_TAIL_BYTES)
     return ServerSentEvent(
@@ -161,7 +162,7 @@ def _line_start(path: Path, offset: int) -> int:
 @get("/jobs/{job_id:str}/log.txt", include_in_schema=False, sync_to_thread=True)
 def job_log_text(store: NamedDependency[Store], settings: NamedDependency[Settings], job_id: FromPath[str]) -> Response:
     jobs.get(store, job_id)
-    path = logs.log_path(settings.data_dir, job_id)
+    path = paths.train_log(settings.data_dir, job_id)
     return Response(path.read_bytes() if path.is_file() else b"", media_type="text/plain; charset=utf-8")
 
 
@@ -222,7 +223,7 @@ def job_rollouts(
 
 def _artifacts_context(store: Store, settings: Settings, signer: Signer, job: dict) -> dict:
     model = None
-    if job["status"] == "completed":
+    if job["status"] == JobStatus.COMPLETED:
         try:
             manifest = artifacts.manifest(settings, signer, job)
             model = {

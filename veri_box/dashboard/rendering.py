@@ -22,6 +22,7 @@ from ..devices import Inventory
 from ..errors import error_body, split_validation_error, to_api_error, validation_error
 from ..sessions import CsrfFailed, NotLoggedIn, current
 from ..settings import Settings
+from ..statuses import JobStatus
 from ..store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,10 +102,10 @@ def progress(job: dict) -> dict:
     fraction = min(step / total, 1.0) if step is not None and total else None
     eta = None
     started = _parse_time(job.get("started_at"))
-    if job["status"] == "running" and started and step and total and step < total:
+    if job["status"] == JobStatus.RUNNING and started and step and total and step < total:
         elapsed = (datetime.now(UTC) - started).total_seconds()
         eta = elapsed / step * (total - step)
-    if job["status"] == "completed":
+    if job["status"] == JobStatus.COMPLETED:
         fraction = 1.0
     return {"step": step, "total": total, "fraction": fraction, "eta": eta}
 
