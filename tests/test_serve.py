@@ -52,7 +52,6 @@ SEED_GRPO_BODY = """{
   }"""
 
 
-
 @pytest.fixture(scope="module")
 def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One server shared by the tests of this module, on a fresh data dir. Its one cpu slot is
