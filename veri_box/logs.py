@@ -18,9 +18,6 @@ KEEPALIVE_S = 15.0
 CHUNK = 1 << 16
 
 
-log_path = paths.train_log  # TODO(structure): callers move to paths.train_log
-
-
 def read_lines(path: Path, offset: int) -> tuple[list[tuple[str, int]], int]:
     """Complete lines from `offset` on, each with the offset just past it. A line still being
     written (no newline yet) waits for the next read."""
