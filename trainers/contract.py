@@ -28,6 +28,11 @@ class ConfigError(ValueError):
     """config.json does not hold what this trainer needs."""
 
 
+def _part(cls: type, data: Any, where: str) -> Any:
+    """One part of config.json (a dataset, a reward function, ...) read as its dataclass."""
+    return cls(**_values(cls, data, where))
+
+
 def _values(cls: type, data: Any, where: str) -> dict[str, Any]:
     """The values of cls's fields in the JSON object `data` (at `where` in config.json)."""
     if not isinstance(data, Mapping):
@@ -49,10 +54,6 @@ class DatasetConfig:
     num_rows: int
     path: str  # absolute: a file, or a folder for video datasets
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "dataset") -> DatasetConfig:
-        return cls(**_values(cls, data, where))
-
 
 @dataclass(frozen=True)
 class RewardFunctionConfig:
@@ -62,10 +63,6 @@ class RewardFunctionConfig:
     path: str  # the job's own copy of the uploaded file
     weight: float
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "reward_function") -> RewardFunctionConfig:
-        return cls(**_values(cls, data, where))
-
 
 @dataclass(frozen=True)
 class OpenRewardConfig:
@@ -74,20 +71,12 @@ class OpenRewardConfig:
     session_url: str
     api_url: str
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "openreward") -> OpenRewardConfig:
-        return cls(**_values(cls, data, where))
-
 
 @dataclass(frozen=True)
 class Devices:
     type: str  # "cpu" or a GPU type
     count: int
     indices: list[int]
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "devices") -> Devices:
-        return cls(**_values(cls, data, where))
 
 
 @dataclass(frozen=True)
@@ -119,12 +108,12 @@ class JobConfig:
         return cls(
             **{
                 **values,
-                "dataset": DatasetConfig.from_dict(values["dataset"]),
+                "dataset": _part(DatasetConfig, values["dataset"], "dataset"),
                 "reward_functions": [
-                    RewardFunctionConfig.from_dict(entry, f"reward_functions[{i}]") for i, entry in enumerate(entries)
+                    _part(RewardFunctionConfig, entry, f"reward_functions[{i}]") for i, entry in enumerate(entries)
                 ],
-                "openreward": None if openreward is None else OpenRewardConfig.from_dict(openreward),
-                "devices": Devices.from_dict(values["devices"]),
+                "openreward": None if openreward is None else _part(OpenRewardConfig, openreward, "openreward"),
+                "devices": _part(Devices, values["devices"], "devices"),
             }
         )
 

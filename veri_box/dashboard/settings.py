@@ -34,6 +34,22 @@ def _settings_context(store: Store, inventory: Inventory, settings: Settings) ->
     }
 
 
+def _panel(
+    request: Request,
+    template: str,
+    store: Store,
+    inventory: Inventory,
+    settings: Settings,
+    *,
+    new_key: api_keys.NewApiKey | None = None,
+    error: dict | None = None,
+    message: str | None = None,
+) -> Response:
+    """The page, or one of its panels after a change, with the outcome shown in it."""
+    context = _settings_context(store, inventory, settings)
+    return render(request, template, new_key=new_key, error=error, message=message, **context)
+
+
 @get("/settings", include_in_schema=False, sync_to_thread=True)
 def settings_page(
     request: Request,
@@ -41,14 +57,7 @@ def settings_page(
     inventory: NamedDependency[Inventory],
     settings: NamedDependency[Settings],
 ) -> Response:
-    return render(
-        request,
-        "settings.html",
-        new_key=None,
-        error=None,
-        message=None,
-        **_settings_context(store, inventory, settings),
-    )
+    return _panel(request, "settings.html", store, inventory, settings)
 
 
 @get("/settings/devices", include_in_schema=False, sync_to_thread=True)
@@ -75,14 +84,7 @@ async def create_api_key(
         new_key = await anyio.to_thread.run_sync(api_keys.create, store, body.name)
     except ApiError as exc:
         error = error_context(exc)
-    return render(
-        request,
-        "_api_keys.html",
-        new_key=new_key,
-        error=error,
-        message=None,
-        **_settings_context(store, inventory, settings),
-    )
+    return _panel(request, "_api_keys.html", store, inventory, settings, new_key=new_key, error=error)
 
 
 @post("/settings/api-keys/{key_id:str}/revoke", include_in_schema=False, sync_to_thread=True)
@@ -98,14 +100,7 @@ def revoke_api_key(
     if session and session.key_id == key_id:
         # This session's own key: the session ends with it.
         return Response(b"", headers={"HX-Redirect": "/login"})
-    return render(
-        request,
-        "_api_keys.html",
-        new_key=None,
-        error=None,
-        message=f"Revoked key {key_id}.",
-        **_settings_context(store, inventory, settings),
-    )
+    return _panel(request, "_api_keys.html", store, inventory, settings, message=f"Revoked key {key_id}.")
 
 
 @post("/settings/openreward", include_in_schema=False)
@@ -126,9 +121,7 @@ async def save_openreward(
         message = "OpenReward key saved."
     except ApiError as exc:
         error = error_context(exc)
-    return render(
-        request, "_integration.html", error=error, message=message, **_settings_context(store, inventory, settings)
-    )
+    return _panel(request, "_integration.html", store, inventory, settings, error=error, message=message)
 
 
 @post("/settings/openreward/delete", include_in_schema=False, sync_to_thread=True)
@@ -139,10 +132,4 @@ def delete_openreward(
     settings: NamedDependency[Settings],
 ) -> Response:
     integrations.delete(store)
-    return render(
-        request,
-        "_integration.html",
-        error=None,
-        message="OpenReward key removed.",
-        **_settings_context(store, inventory, settings),
-    )
+    return _panel(request, "_integration.html", store, inventory, settings, message="OpenReward key removed.")
