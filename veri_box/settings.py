@@ -80,6 +80,28 @@ class Settings:
         default=5.0,
         metadata={"help": "Seconds a cancelled trainer gets to save and stop after SIGTERM before SIGKILL."},
     )
+    sandbox: str = field(
+        default="auto",
+        metadata={
+            "help": "Where trainers (and the reward functions inside them) run: 'bwrap' in a bubblewrap "
+            "sandbox (no database, secrets, other jobs or network), 'none' as plain processes, or 'auto' "
+            "(bwrap when it works on this machine)."
+        },
+    )
+    heartbeat_timeout_s: float = field(
+        default=600.0,
+        metadata={
+            "help": "Cancel a job whose client sent heartbeats (requires_heartbeat) and then fell silent for "
+            "this many seconds; 0 disables. Jobs that never sent one are not affected."
+        },
+    )
+    stall_timeout_s: float = field(
+        default=1800.0,
+        metadata={
+            "help": "Fail a running job (trainer_stalled) whose trainer reports nothing for this many seconds; "
+            "0 disables."
+        },
+    )
     trainers: str = field(
         default="",
         metadata={
