@@ -458,7 +458,7 @@ def test_declared_unpacked_size_limit(upload):
 
 
 def test_a_header_that_understates_the_size_is_caught(upload):
-    content = bytearray(zip_bytes({**GOOD, "b.mp4": b"x" * 5000}))
+    content = bytearray(zip_bytes({**GOOD, "metadata.jsonl": metadata(*ROWS_AB), "b.mp4": b"x" * 5000}))
     # Declare 10 bytes for b.mp4 in the central directory, which is what readers trust.
     entry = content.rindex(b"PK\x01\x02")
     assert content[entry + 46 : entry + 51] == b"b.mp4"

@@ -42,11 +42,22 @@ class DatasetError(Exception):
         self.param = param
 
 
+# Clips are already compressed, so a zip of them unpacks to about its own size; a much larger
+# total is a zip bomb. The floor keeps a small --max-upload-mb usable for a zip of small clips.
+UNPACKED_PER_UPLOAD_BYTE = 4
+MIN_UNPACKED_BYTES = 256 * 1024**2
+
+
 @dataclass(frozen=True)
 class Limits:
     max_rows: int = 10_000_000
     max_zip_files: int = 100_000
     max_unpacked_bytes: int = 50 * 1024**3
+
+    @classmethod
+    def for_upload(cls, max_upload_bytes: int) -> Limits:
+        """The limits of a box whose uploads are at most `max_upload_bytes` (--max-upload-mb)."""
+        return cls(max_unpacked_bytes=max(UNPACKED_PER_UPLOAD_BYTE * max_upload_bytes, MIN_UNPACKED_BYTES))
 
 
 @dataclass

@@ -10,7 +10,7 @@ import re
 import stat
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from itertools import zip_longest
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -27,8 +27,11 @@ def inspect_zip(src: Path, dest_dir: Path, limits: Limits) -> Inspected:
             files = _safe_members(archive, limits)
             videos_dir = dest_dir / "videos"
             videos_dir.mkdir()
+            _check_unpacked(files, CAPTION_FILES, limits)  # before they are read into memory
             rows = _caption_rows(archive, files)  # checked before anything is unpacked
-            _extract(archive, files, videos_dir, limits)
+            clips = {row["video"]: files[row["video"]] for row in rows}
+            _check_unpacked(files, [*CAPTION_FILES, *clips], limits)
+            _extract(archive, clips, videos_dir, limits)
             num_rows, columns = _write_metadata(rows, videos_dir, limits)
     except (zipfile.BadZipFile, NotImplementedError, zlib.error, EOFError) as e:
         raise DatasetError("invalid_zip", f"The zip cannot be read ({e}); create it again and re-upload.") from None
@@ -46,11 +49,6 @@ def _safe_members(archive: zipfile.ZipFile, limits: Limits) -> dict[str, zipfile
     if len(entries) > limits.max_zip_files:
         message = f"The zip has {len(entries):,} entries; the most allowed is {limits.max_zip_files:,}."
         raise DatasetError("unsafe_zip", message)
-    declared = sum(info.file_size for info in entries)
-    if declared > limits.max_unpacked_bytes:
-        raise DatasetError(
-            "unsafe_zip", f"The zip unpacks to {declared:,} bytes; the most allowed is {limits.max_unpacked_bytes:,}."
-        )
     files: dict[PurePosixPath, zipfile.ZipInfo] = {}
     for info in entries:
         name = info.filename
@@ -203,12 +201,26 @@ def _video_path(where: str, video: Any, files: dict[str, zipfile.ZipInfo]) -> st
     return path
 
 
+CAPTION_FILES = ("metadata.jsonl", "prompts.txt", "videos.txt")
+
+
+def _check_unpacked(files: dict[str, zipfile.ZipInfo], names: Iterable[str], limits: Limits) -> None:
+    """Only the captions and the clips they name are read or unpacked, so whatever else the zip
+    holds (a forgotten folder, or a bomb of zeros) costs nothing; what is read is capped by its
+    declared sizes, which zipfile never reads past."""
+    declared = sum(files[name].file_size for name in set(names) if name in files)
+    if declared > limits.max_unpacked_bytes:
+        raise DatasetError(
+            "unsafe_zip",
+            f"The zip's captions and the clips they name unpack to {declared:,} bytes; the most this box "
+            f"allows is {limits.max_unpacked_bytes:,} (4 x veri-box serve --max-upload-mb, at least 256 MiB).",
+        )
+
+
 def _extract(archive: zipfile.ZipFile, files: dict[str, zipfile.ZipInfo], videos_dir: Path, limits: Limits) -> None:
     """Copy entries out one by one, counting bytes, since headers can lie about sizes."""
     root, written = videos_dir.resolve(), 0
     for name, info in files.items():
-        if name == "metadata.jsonl":  # replaced by the normalised one already written
-            continue
         target = videos_dir / name
         if not target.resolve().is_relative_to(root):  # belt and braces over _safe_members
             raise _unsafe(name, "points outside the dataset")

@@ -6,7 +6,7 @@ import asyncio
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO
 
 import litestar
 import msgspec
@@ -63,21 +63,38 @@ def to_api(row: dict) -> Dataset:
     )
 
 
-async def _spool(upload: UploadFile, directory: Path, limit: int) -> tuple[Path, int]:
+SPOOL_PREFIX = "upload-"
+STAGING_PREFIX = ".staging-"
+
+
+async def _spool(upload: UploadFile, out: BinaryIO, limit: int) -> int:
     """Copy the upload to a file of ours (the inspector reads it by path), counting bytes."""
-    fd, name = tempfile.mkstemp(dir=directory, prefix="upload-")
     size = 0
-    with open(fd, "wb") as out:
-        while chunk := await upload.read(COPY_CHUNK):
-            size += len(chunk)
-            if size > limit:
-                raise bad_request(
-                    "file_too_large",
-                    f"Datasets are limited to {limit // 2**20} MiB on this box (veri-box serve --max-upload-mb).",
-                    "file",
-                )
-            await asyncio.to_thread(out.write, chunk)
-    return Path(name), size
+    while chunk := await upload.read(COPY_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise bad_request(
+                "file_too_large",
+                f"Datasets are limited to {limit // 2**20} MiB on this box (veri-box serve --max-upload-mb).",
+                "file",
+            )
+        await asyncio.to_thread(out.write, chunk)
+    await asyncio.to_thread(out.flush)
+    return size
+
+
+def cleanup_leftovers(data_dir: Path) -> int:
+    """Remove the spool files and staging directories of uploads a crash interrupted; call it at
+    start-up, before the server takes uploads (a live upload's files look just the same).
+    Returns how many it removed."""
+    staging = paths.dataset_dir(data_dir, f"{STAGING_PREFIX}*")
+    leftovers = [*paths.spool_dir(data_dir).glob(f"{SPOOL_PREFIX}*"), *staging.parent.glob(staging.name)]
+    for path in leftovers:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return len(leftovers)
 
 
 def store_upload(store: Store, settings: Settings, name: str, filename: str, upload: Path, size: int) -> dict:
@@ -85,10 +102,11 @@ def store_upload(store: Store, settings: Settings, name: str, filename: str, upl
     failure at any point leaves nothing behind."""
     dataset_id = new_id("ds_")
     final = paths.dataset_dir(settings.data_dir, dataset_id)
-    staging = final.with_name(f".staging-{dataset_id}")
+    staging = final.with_name(f"{STAGING_PREFIX}{dataset_id}")
     staging.mkdir(parents=True)
     try:
-        inspected = dataset_files.inspect_upload(upload, filename, staging)
+        limits = dataset_files.Limits.for_upload(settings.max_upload_bytes)
+        inspected = dataset_files.inspect_upload(upload, filename, staging, limits)
         staging.rename(final)
     except dataset_files.DatasetError as err:
         shutil.rmtree(staging, ignore_errors=True)
@@ -134,15 +152,17 @@ async def create(store: Store, settings: Settings, upload: UploadFile, name: str
             raise bad_request("invalid_name", "name must be 1 to 200 characters.", "name")
         spool_dir = paths.spool_dir(settings.data_dir)
         spool_dir.mkdir(parents=True, exist_ok=True)
-        spooled = None
+        fd, spooled = tempfile.mkstemp(dir=spool_dir, prefix=SPOOL_PREFIX)
+        # The spool file is ours from here on: whatever fails below (too large, a full disk, a
+        # bad file) it goes.
         try:
-            spooled, size = await _spool(upload, spool_dir, settings.max_upload_bytes)
+            with open(fd, "wb") as out:
+                size = await _spool(upload, out, settings.max_upload_bytes)
             if size == 0:
                 raise bad_request("empty_file", "The uploaded file is empty.", "file")
-            return await asyncio.to_thread(store_upload, store, settings, name, filename, spooled, size)
+            return await asyncio.to_thread(store_upload, store, settings, name, filename, Path(spooled), size)
         finally:
-            if spooled is not None:
-                spooled.unlink(missing_ok=True)
+            Path(spooled).unlink(missing_ok=True)
     finally:
         await upload.close()
 
