@@ -15,6 +15,7 @@ Its behaviour comes from config.base_model, e.g. "fake:steps=5,step_s=0.1,crash_
     error_code=trainer_error
     oom_at=0         at step K print a PyTorch CUDA OOM line on stderr and exit 1, no error record
     hang=0           1: after reporting running, sleep forever (a SIGTERM stops it unless ignored)
+    hang_at=0        after step K, sleep forever without reporting anything more: a stalled trainer
     child=0          1: start a grandchild `sleep 600` in the same process group, pid in
                      JOB_DIR/grandchild.pid; it is never reaped here, killing the group is the runner's job
 
@@ -45,6 +46,7 @@ DEFAULTS: dict[str, int | float | str] = {
     "error_code": "trainer_error",
     "oom_at": 0,
     "hang": 0,
+    "hang_at": 0,
     "child": 0,
 }
 
@@ -174,6 +176,9 @@ def main(argv: list[str]) -> int:
         if save_every > 0 and i % save_every == 0:
             save_checkpoint(progress, job_dir, i)
             last_saved = i
+        if i == opts["hang_at"]:
+            log(f"hanging after step {i}")
+            sleep_until_stopped(float("inf"), ignore_sigterm)
 
     output = save_output(config, job_dir)
     log(f"saved model to {output}")

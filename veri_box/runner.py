@@ -24,7 +24,7 @@ from . import job_config, paths, progress
 from .executors import Executor, LocalExecutor
 from .inventory import Inventory
 from .settings import Settings
-from .statuses import ACTIVE, PLACED, JobStatus
+from .statuses import ACTIVE, PLACED, TERMINAL, JobStatus
 from .store import Store, now
 
 log = logging.getLogger("veri_box.runner")
@@ -35,6 +35,7 @@ OOM_HINT = (
     "or train a LoRA (lora_rank) on a 4-bit base model (load_in_4bit)."
 )
 LOCAL = "local"
+LOG_LINES = 20  # of the trainer's log, in the messages of failures it did not explain itself
 
 
 def _module_exists(module: str | None) -> bool:
@@ -62,6 +63,8 @@ class Runner:
         self.prices = settings.prices()
         self.executors: dict[str, Executor] = {LOCAL: LocalExecutor(settings)}
         self._tick = threading.Lock()
+        # No client could reach a stopped server: a heartbeat's silence counts from no earlier.
+        self._up_since = now()
 
     def _executor(self, job: dict) -> Executor:
         return self.executors[job["provider"] or LOCAL]
@@ -83,6 +86,7 @@ class Runner:
     def tick(self) -> None:
         """One pass of supervision and placement; the scheduler calls it about once a second."""
         with self._tick:
+            self._cancel_silent_clients()
             for job in self.store.jobs_holding_devices():
                 try:
                     self._supervise(job)
@@ -90,12 +94,15 @@ class Runner:
                     log.exception("supervising %s failed", job["id"])
             self._place()
 
-    def cancel(self, job_id: str) -> dict | None:
+    def cancel(self, job_id: str, reason: dict | None = None) -> dict | None:
         """Cancel a job that has not finished (None if it had). The job reads `cancelled` at
         once; its trainer gets SIGTERM now and SIGKILL after the grace period, and its devices
-        are released when no process of it remains."""
+        are released when no process of it remains. `reason` is the cancelled event's metadata
+        when the box itself cancels."""
         stamp = now()
-        job = self.store.transition_job(job_id, JobStatus.CANCELLED, allowed_from=ACTIVE, completed_at=stamp)
+        job = self.store.transition_job(
+            job_id, JobStatus.CANCELLED, allowed_from=ACTIVE, event_metadata=reason, completed_at=stamp
+        )
         if job and job["pid"]:
             self._terminate(job)
         return job
@@ -206,17 +213,73 @@ class Runner:
         self.store.update_job(job["id"], terminated_at=now())
 
     def _supervise(self, job: dict) -> None:
+        offset = job["progress_offset"]
         job = self._ingest(job)
+        if job["progress_offset"] != offset:
+            job["progress_at"] = now()
+            self.store.update_job(job["id"], progress_at=job["progress_at"])
         executor = self._executor(job)
-        if job["status"] == JobStatus.CANCELLED:
+        if job["status"] in TERMINAL:  # cancelled, or failed by the runner: its trainer must stop
             if job["pid"] and not job["terminated_at"]:
                 self._terminate(job)
             elif job["terminated_at"] and _seconds_between(job["terminated_at"], now()) >= self.settings.cancel_grace_s:
                 executor.cancel(job, force=True)
+        elif job["pid"] and (failure := self._failure_while_running(job)):
+            self._stop_failed(job, *failure)
         running, exit_code = executor.poll(job)
         if running:
             return
         self._finish(self._ingest(job, drain=True), exit_code)
+
+    def _cancel_silent_clients(self) -> None:
+        """Cancel the jobs whose client sent heartbeats and then fell silent for longer than
+        --heartbeat-timeout-s; a client that never sent one is not watched."""
+        timeout = self.settings.heartbeat_timeout_s
+        if timeout <= 0:
+            return
+        stamp = now()
+        for job in self.store.jobs_with_status(*ACTIVE):
+            if not job["requires_heartbeat"] or not job["last_heartbeat_at"]:
+                continue
+            silent = _seconds_between(max(job["last_heartbeat_at"], self._up_since), stamp) or 0.0
+            if silent > timeout:
+                log.warning("cancelling %s: no heartbeat for %.0f s", job["id"], silent)
+                reason = {"reason": "heartbeat_lost", "silent_s": round(silent, 1), "heartbeat_timeout_s": timeout}
+                self.cancel(job["id"], reason)
+
+    def _failure_while_running(self, job: dict) -> tuple[str, str] | None:
+        """(code, message) if a trainer that still runs must be stopped as failed: its job
+        directory is gone, or it has reported nothing for --stall-timeout-s."""
+        job_dir = paths.job_dir(self.settings.data_dir, job["id"])
+        if not job_dir.is_dir():
+            return "job_dir_missing", _job_dir_missing(job_dir)
+        limit = self.settings.stall_timeout_s
+        last = job["progress_at"] or job["started_at"]
+        if limit <= 0 or job["status"] != JobStatus.RUNNING or not last:
+            return None
+        silent = _seconds_between(last, now()) or 0.0
+        if silent <= limit:
+            return None
+        said = f"The trainer reported no progress for {silent:.0f} s (--stall-timeout-s {limit:g}) and was stopped."
+        tail = self._log_lines(job)
+        return "trainer_stalled", f"{said} Last lines of its log:\n{tail}" if tail else said
+
+    def _stop_failed(self, job: dict, code: str, message: str) -> None:
+        """Fail a placed job now, as a cancel ends one: the trainer is asked to stop, killed
+        after the grace period, and the devices are released once it is gone."""
+        failed = self.store.transition_job(
+            job["id"],
+            JobStatus.FAILED,
+            allowed_from=PLACED,
+            event_metadata={"code": code},
+            error_code=code,
+            error_message=message,
+            completed_at=now(),
+        )
+        if failed:
+            log.warning("failing %s: %s", job["id"], code)
+            self._terminate(failed)
+            job.update(failed)
 
     def _ingest(self, job: dict, drain: bool = False) -> dict:
         """Read progress.jsonl from the stored offset into SQLite; returns the fresh job row.
@@ -250,8 +313,8 @@ class Runner:
         self._executor(job).release(job)
         outcome, fields = self._outcome(job, exit_code, abandoned, start_error)
         stamp = now()
-        # A cancelled job ended when it was cancelled, however long its trainer took to stop.
-        end = job["completed_at"] if job["status"] == JobStatus.CANCELLED and job["completed_at"] else stamp
+        # A job cancelled or failed by the runner ended then, however long its trainer took to stop.
+        end = job["completed_at"] if job["status"] in TERMINAL and job["completed_at"] else stamp
         duration = _seconds_between(job["started_at"], end)
         released = {
             "devices": None,
@@ -268,15 +331,20 @@ class Runner:
             **fields,
             **released,
         )
-        if not ended:  # cancelled, now or while we looked: the cancel already set its status
+        if not ended:  # cancelled or stopped, now or while we looked: that already set its status
             self.store.update_job(job["id"], **released)
 
     def _outcome(
         self, job: dict, exit_code: int | None, abandoned: bool, start_error: str | None
     ) -> tuple[str | None, dict]:
-        """How a placed job ended: (status, fields to set), or (None, {}) if it was cancelled."""
-        if job["status"] == JobStatus.CANCELLED:
+        """How a placed job ended: (status, fields to set), or (None, {}) if its status is set
+        (cancelled, or failed by the runner while it ran)."""
+        if job["status"] in TERMINAL:
             return None, {}
+        job_dir = paths.job_dir(self.settings.data_dir, job["id"])
+        if not job_dir.is_dir():  # whatever the trainer said, nothing of the job is left
+            code, message = "job_dir_missing", _job_dir_missing(job_dir)
+            return JobStatus.FAILED, {"error_code": code, "error_message": message, "event": {"code": code}}
         reported = job["reported_error"]
         succeeded = exit_code == 0 or (
             exit_code is None and not abandoned and job["trainer_state"] == JobStatus.COMPLETED
@@ -316,7 +384,7 @@ class Runner:
             how = f"exited with code {exit_code}"
         else:
             how = "ended without reporting completion"
-        last = "\n".join(tail.splitlines()[-20:])
+        last = "\n".join(tail.splitlines()[-LOG_LINES:])
         return (
             "trainer_crashed",
             f"The trainer {how}. Last lines of its log:\n{last}" if last else f"The trainer {how}.",
@@ -334,6 +402,16 @@ class Runner:
                 tar.add(path, arcname=path.relative_to(output).as_posix(), recursive=False)
         tmp.replace(archive)
         return None
+
+    def _log_lines(self, job: dict) -> str:
+        return "\n".join(_log_tail(paths.train_log(self.settings.data_dir, job["id"])).splitlines()[-LOG_LINES:])
+
+
+def _job_dir_missing(job_dir: Path) -> str:
+    return (
+        f"The job's directory {job_dir} disappeared while it ran (deleted or unmounted), so its progress, "
+        "checkpoints and model are lost; the trainer was stopped. Submit the job again."
+    )
 
 
 def _log_tail(path: Path, size: int = 16384) -> str:

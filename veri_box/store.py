@@ -202,6 +202,12 @@ def m003_drop_cancel_requested_at(db: Database) -> None:
     db.execute("ALTER TABLE jobs DROP COLUMN cancel_requested_at")
 
 
+@migrations()
+def m004_progress_at(db: Database) -> None:
+    """When the runner last read new progress of a job: the stall check outlives a restart."""
+    db.execute("ALTER TABLE jobs ADD COLUMN progress_at TEXT")
+
+
 JSON_COLUMNS = {
     "datasets": ("columns",),
     "jobs": (

@@ -1,0 +1,155 @@
+"""What the box does on its own about jobs nobody watches any more: a client whose heartbeats
+stopped, a trainer that stopped reporting, a job directory that vanished; and the rules around
+the server itself: one server per data directory, logout ending the session on the server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from serving import REPO
+from test_runner import alive, events, free, job_dir, make_box, status, submit, tick, trainer_env, until
+
+
+@pytest.fixture(autouse=True)
+def trainers_importable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+
+
+@pytest.fixture
+def boxes(tmp_path: Path):
+    """boxes(**settings) -> an Api on tmp_path/data; every trainer is reaped at the end."""
+    opened = []
+
+    def open_box(**settings):
+        client, api = make_box(tmp_path / "data", **settings)
+        opened.append((client, api))
+        return api
+
+    yield open_box
+    for client, api in reversed(opened):
+        for job in api.store.jobs_with_status("queued", "provisioning", "running"):
+            api.box.runner.cancel(job["id"])
+        until(api, lambda: not api.store.jobs_holding_devices(), timeout=15)
+        client.__exit__(None, None, None)
+
+
+def cancelled_event(api, job_id: str) -> dict:
+    items = api.get(f"/v1/training_jobs/{job_id}/events").json()["items"]
+    return next(e for e in items if e["event_type"] == "cancelled")
+
+
+# ---- heartbeats ------------------------------------------------------------------------------
+
+
+def test_a_job_whose_client_stopped_beating_is_cancelled(boxes):
+    api = boxes(heartbeat_timeout_s=0.5)
+    job_id = submit(api, "hang=1", requires_heartbeat=True)
+    until(api, lambda: status(api, job_id) == "running")
+    pid = trainer_env(api, job_id)["pid"]
+    assert api.post(f"/v1/training_jobs/{job_id}/heartbeat").status_code == 200
+    until(api, lambda: status(api, job_id) == "cancelled", timeout=10)
+    metadata = cancelled_event(api, job_id)["metadata"]
+    assert metadata["reason"] == "heartbeat_lost" and metadata["silent_s"] >= 0.5, metadata
+    until(api, lambda: free(api, "cpu") == 1)
+    assert not alive(pid)
+
+
+def test_beating_clients_and_clients_that_never_beat_keep_their_jobs(boxes):
+    api = boxes(heartbeat_timeout_s=0.5, cpu_slots=3)
+    beating = submit(api, "hang=1", requires_heartbeat=True)
+    never_beat = submit(api, "hang=1", requires_heartbeat=True)
+    not_required = submit(api, "hang=1", requires_heartbeat=False)
+    until(api, lambda: all(status(api, j) == "running" for j in (beating, never_beat, not_required)))
+    api.post(f"/v1/training_jobs/{not_required}/heartbeat")
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        api.post(f"/v1/training_jobs/{beating}/heartbeat")
+        tick(api)
+        time.sleep(0.1)
+    assert [status(api, j) for j in (beating, never_beat, not_required)] == ["running"] * 3
+
+
+def test_heartbeat_silence_counts_from_the_servers_start(boxes, tmp_path):
+    """A server that was down heard no heartbeats; its clients get a timeout's time to come back."""
+    api = boxes(heartbeat_timeout_s=1.5)
+    job_id = submit(api, "hang=1", requires_heartbeat=True)
+    until(api, lambda: status(api, job_id) == "running")
+    api.store.update_job(job_id, last_heartbeat_at="2020-01-01T00:00:00.000Z")  # beat, then the server went down
+    restarted = boxes(heartbeat_timeout_s=1.5)
+    restarted.box.runner.recover()
+    tick(restarted)
+    assert status(restarted, job_id) == "running"
+    until(restarted, lambda: status(restarted, job_id) == "cancelled", timeout=10)
+
+
+def test_heartbeats_can_be_turned_off(boxes):
+    api = boxes(heartbeat_timeout_s=0)
+    job_id = submit(api, "hang=1", requires_heartbeat=True)
+    until(api, lambda: status(api, job_id) == "running")
+    api.store.update_job(job_id, last_heartbeat_at="2020-01-01T00:00:00.000Z")
+    api.box.runner._up_since = "2020-01-01T00:00:00.000Z"
+    tick(api)
+    assert status(api, job_id) == "running"
+
+
+# ---- stalled trainers ------------------------------------------------------------------------
+
+
+def test_a_trainer_that_reports_nothing_fails_as_stalled_with_its_log(boxes):
+    api = boxes(stall_timeout_s=1.0)
+    job_id = submit(api, "steps=5,step_s=0.05,hang_at=2")
+    until(api, lambda: status(api, job_id) == "running")
+    pid = trainer_env(api, job_id)["pid"]
+    until(api, lambda: status(api, job_id) == "failed", timeout=15)
+    job = api.get(f"/v1/training_jobs/{job_id}").json()
+    assert job["error"]["code"] == "trainer_stalled", job["error"]
+    assert "reported no progress" in job["error"]["message"] and "hanging after step 2" in job["error"]["message"]
+    assert events(api, job_id)[-1] == "failed"
+    until(api, lambda: free(api, "cpu") == 1)
+    assert not alive(pid)
+    assert api.get(f"/v1/training_jobs/{job_id}").json()["status"] == "failed"  # not overwritten by its exit
+
+
+def test_a_slow_trainer_that_keeps_reporting_is_not_stalled(boxes):
+    api = boxes(stall_timeout_s=1.5)
+    job_id = submit(api, "steps=6,step_s=0.5")
+    until(api, lambda: status(api, job_id) in ("completed", "failed"), timeout=30)
+    assert status(api, job_id) == "completed"
+
+
+def test_the_time_of_the_last_progress_survives_a_restart(boxes):
+    api = boxes()
+    job_id = submit(api, "steps=10,step_s=1,hang_at=3")
+    until(api, lambda: api.store.get_job(job_id)["current_step"] == 3, timeout=20)
+    last = api.store.get_job(job_id)["progress_at"]
+    assert last is not None
+    time.sleep(2)
+    # Counted from the start of training (about 5 s ago) the job would be stalled at once;
+    # counted from its last progress (about 2 s ago) it is not yet.
+    restarted = boxes(stall_timeout_s=3.5)
+    restarted.box.runner.recover()
+    tick(restarted)
+    assert status(restarted, job_id) == "running"
+    until(restarted, lambda: status(restarted, job_id) == "failed", timeout=10)
+    assert restarted.get(f"/v1/training_jobs/{job_id}").json()["error"]["code"] == "trainer_stalled"
+
+
+# ---- a job directory that disappears ------------------------------------------------------------
+
+
+def test_a_job_whose_directory_disappears_fails_clearly(boxes):
+    api = boxes()
+    job_id = submit(api, "steps=40,step_s=0.1")
+    until(api, lambda: status(api, job_id) == "running")
+    pid = trainer_env(api, job_id)["pid"]
+    shutil.rmtree(job_dir(api, job_id))
+    until(api, lambda: status(api, job_id) in ("completed", "failed"), timeout=15)
+    error = api.get(f"/v1/training_jobs/{job_id}").json()["error"]
+    assert error and error["code"] == "job_dir_missing", error
+    assert str(job_dir(api, job_id)) in error["message"]
+    until(api, lambda: free(api, "cpu") == 1)
+    assert not alive(pid)
