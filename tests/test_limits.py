@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from conftest import Api, make_settings
 from litestar.testing import TestClient
+from serving import FAKE_TRAINERS, KEY, Server
 from test_dataset_files import VIDEO, metadata
+from test_serve import client_for, create_job, wait_until
 
 from veri_box import datasets
 from veri_box.app import Box, create_app
@@ -118,3 +123,131 @@ def test_limits_follow_the_upload_setting():
 
     assert Limits.for_upload(2048 << 20).max_unpacked_bytes == 8 << 30
     assert Limits.for_upload(1 << 20).max_unpacked_bytes == 256 << 20
+
+
+# ---- a real server: logs streamed, long lines, Last-Event-ID, revoked keys ------------------
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One real `veri-box serve` with two cpu slots and the fake trainers."""
+    base = tmp_path_factory.mktemp("limits")
+    server = Server(
+        base / "data", base / "serve.log", "--gpus", "none", "--cpu-slots", "2", "--trainers", FAKE_TRAINERS
+    )
+    try:
+        server.key = KEY.findall(server.start())[0]
+        yield server
+    finally:
+        with client_for(server) as http:
+            for job in http.get("/v1/training_jobs?status=running").json()["data"]:
+                http.post(f"/v1/training_jobs/{job['id']}/cancel")
+        server.stop()
+
+
+def job_in(http: httpx.Client, status: str, base_model: str) -> str:
+    job_id = create_job(http, base_model)["id"]
+    assert wait_until(lambda: http.get(f"/v1/training_jobs/{job_id}").json()["status"] == status), job_id
+    return job_id
+
+
+def rss_peak_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def test_the_full_log_is_streamed_not_read_whole(served):
+    with client_for(served) as http:
+        job_id = job_in(http, "completed", "fake:steps=1,step_s=0")
+        http.get(f"/v1/training_jobs/{job_id}/logs/full").raise_for_status()  # warm up the route
+        log = served.data_dir / "jobs" / job_id / "train.log"
+        line = b"x" * 1023 + b"\n"
+        with log.open("wb") as out:
+            for _ in range(64):
+                out.write(line * 1024)  # 64 MiB
+        before = rss_peak_kb(served.proc.pid)
+        size = 0
+        with http.stream("GET", f"/v1/training_jobs/{job_id}/logs/full") as r:
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+            assert r.headers["content-length"] == str(64 << 20)
+            for chunk in r.iter_raw():
+                size += len(chunk)
+        assert size == 64 << 20
+        # Read whole, the body alone was 64 MiB in the server (and copied once more).
+        assert rss_peak_kb(served.proc.pid) - before < 24 * 1024
+
+
+def sse_events(response: httpx.Response) -> Iterator[dict]:
+    event: dict = {}
+    for line in response.iter_lines():
+        if not line:
+            if event:
+                yield event
+            event = {}
+        elif line.startswith(":"):
+            continue
+        else:
+            name, _, value = line.partition(":")
+            event[name] = value.removeprefix(" ")
+
+
+def test_a_line_longer_than_the_read_window_is_cut_and_the_stream_goes_on(served):
+    with client_for(served) as http:
+        job_id = job_in(http, "completed", "fake:steps=1,step_s=0")
+        log = served.data_dir / "jobs" / job_id / "train.log"
+        log.write_bytes(b"before\n" + b"y" * (3 << 20) + b"\nafter\n")
+        with http.stream("GET", f"/v1/training_jobs/{job_id}/logs") as r:
+            events = list(sse_events(r))
+        datas = [e["data"] for e in events]
+        assert datas[0] == "before" and datas[2:] == ["after", "[Job completed]"], [d[:80] for d in datas]
+        assert datas[1].startswith("y" * 1000) and datas[1].endswith("[line truncated: longer than 65,536 bytes]")
+        assert len(datas[1]) < 70_000
+        assert int(events[1]["id"]) == 7 + (3 << 20) + 1  # just past the long line
+        # A reconnect after it resumes with the next line.
+        headers = {"Last-Event-ID": events[1]["id"]}
+        with http.stream("GET", f"/v1/training_jobs/{job_id}/logs", headers=headers) as r:
+            assert [e["data"] for e in sse_events(r)] == ["after", "[Job completed]"]
+
+
+def test_a_huge_last_event_id_is_a_400(served):
+    with client_for(served) as http:
+        job_id = job_in(http, "completed", "fake:steps=1,step_s=0")
+        for value in (b"9" * 10_000, "²".encode(), b"12a", b"-1"):
+            r = http.get(f"/v1/training_jobs/{job_id}/logs", headers={"Last-Event-ID": value})
+            assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_last_event_id", r.text
+
+
+def test_revoking_a_key_ends_its_open_log_streams(served):
+    with client_for(served) as http:
+        job_id = job_in(http, "running", "fake:hang=1")
+        key = http.post("/v1/api_keys", json={"name": "doomed"}).json()
+        with client_for(served, key["key"]) as doomed:
+            doomed.timeout = httpx.Timeout(10)  # keep-alives come every 15 s: a stream left open times out
+            with doomed.stream("GET", f"/v1/training_jobs/{job_id}/logs") as r:
+                assert r.status_code == 200
+                assert http.delete(f"/v1/api_keys/{key['id']}").status_code == 200
+                started = time.monotonic()
+                list(sse_events(r))
+                assert time.monotonic() - started < 8
+        http.post(f"/v1/training_jobs/{job_id}/cancel")
+
+
+def test_revoking_a_key_ends_its_dashboard_log_streams(served):
+    with client_for(served) as http:
+        job_id = job_in(http, "running", "fake:hang=1")
+        key = http.post("/v1/api_keys", json={"name": "doomed"}).json()
+        with httpx.Client(base_url=served.url, timeout=10) as browser:
+            page = browser.get("/login")
+            csrf = re.search(r'name="_csrf" value="([^"]+)"', page.text)
+            form = {"api_key": key["key"], **({"_csrf": csrf.group(1)} if csrf else {})}
+            assert browser.post("/login", data=form).status_code in (200, 303), "login failed"
+            with browser.stream("GET", f"/jobs/{job_id}/log") as r:
+                assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+                assert http.delete(f"/v1/api_keys/{key['id']}").status_code == 200
+                started = time.monotonic()
+                events = list(sse_events(r))
+                assert time.monotonic() - started < 8
+                assert events[-1].get("event") == "done"
+        http.post(f"/v1/training_jobs/{job_id}/cancel")

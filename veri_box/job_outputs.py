@@ -7,11 +7,11 @@ from typing import Annotated, Any
 
 import litestar
 import msgspec
-from litestar import Controller, Request, Response
+from litestar import Controller, Request
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, Parameter
-from litestar.response import ServerSentEvent
+from litestar.response import ServerSentEvent, Stream
 
 from . import artifacts, logs, metrics, paths
 from .auth import Signer
@@ -73,10 +73,12 @@ class JobOutputController(Controller):
         """The training log as Server-Sent Events, ending with `[Job <status>]` once the job is terminal."""
         get(store, job_id)
         last = request.headers.get("last-event-id", "").strip()
-        if last and not last.isdigit():
+        offset = logs.event_offset(last) if last else 0
+        if offset is None:
             raise bad_request("invalid_last_event_id", "Last-Event-ID must be an id this stream sent.")
+        live = logs.key_is_live(store, request.scope.get("state", {}).get("api_key_id"))
         return ServerSentEvent(
-            logs.stream(store, settings.data_dir, job_id, int(last or 0)),
+            logs.stream(store, settings.data_dir, job_id, offset, live),
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
@@ -85,23 +87,27 @@ class JobOutputController(Controller):
         sync_to_thread=True,
         media_type="text/plain",
         responses={
+            200: ResponseSpec(
+                data_container=str,
+                media_type="text/plain",
+                generate_examples=False,
+                description="The whole log; the job has finished.",
+            ),
             206: ResponseSpec(
                 data_container=str,
                 media_type="text/plain",
                 generate_examples=False,
                 description="The log so far; the job has not finished yet.",
-            )
+            ),
         },
     )
     def logs_full(
         self, job_id: FromPath[str], store: NamedDependency[Store], settings: NamedDependency[Settings]
-    ) -> Response[bytes]:
+    ) -> Stream:
         """The whole log as text: 200 once the job is terminal, 206 (so far) while it is not."""
-        job = get(store, job_id)
-        path = paths.train_log(settings.data_dir, job_id)
-        text = path.read_bytes() if path.is_file() else b""
+        job = get(store, job_id)  # the status before the file: a 200 then has every line
         status = 200 if job["status"] in TERMINAL else 206
-        return Response(text, status_code=status, media_type="text/plain; charset=utf-8")
+        return logs.download_response(paths.train_log(settings.data_dir, job_id), status)
 
     @litestar.get("/{job_id:str}/model", sync_to_thread=True)
     def model(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +14,9 @@ import msgspec
 from litestar import Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery
-from litestar.response import ServerSentEvent, ServerSentEventMessage
+from litestar.response import ServerSentEvent, ServerSentEventMessage, Stream
 
-from .. import artifacts, jobs, logs, metrics, paths, statuses
+from .. import artifacts, jobs, logs, metrics, paths, sessions, statuses
 from ..auth import Signer
 from ..errors import ApiError
 from ..runner import Runner
@@ -117,10 +117,12 @@ def job_metrics(
     return Response(msgspec.json.encode(view), media_type="application/json", headers={"Cache-Control": "no-store"})
 
 
-async def _html_log(store: Store, data_dir: Path, job_id: str, offset: int) -> AsyncIterator[ServerSentEventMessage]:
+async def _html_log(
+    store: Store, data_dir: Path, job_id: str, offset: int, allowed: Callable[[], bool]
+) -> AsyncIterator[ServerSentEventMessage]:
     """The API's log stream, each line escaped for the page, then a `done` event that tells
     the browser to close the stream instead of reconnecting."""
-    async for message in logs.stream(store, data_dir, job_id, offset):
+    async for message in logs.stream(store, data_dir, job_id, offset, allowed):
         if message.data is None:
             yield message
             continue
@@ -137,16 +139,16 @@ async def job_log(
     request: Request, store: NamedDependency[Store], settings: NamedDependency[Settings], job_id: FromPath[str]
 ) -> ServerSentEvent:
     jobs.get(store, job_id)
-    last = request.headers.get("last-event-id", "").strip()
-    if last.isdigit():
-        offset = int(last)
-    else:
+    offset = logs.event_offset(request.headers.get("last-event-id", ""))
+    if offset is None:
         # A long log starts near its end; the full text is one link away.
         path = paths.train_log(settings.data_dir, job_id)
         total = path.stat().st_size if path.is_file() else 0
         offset = 0 if total <= LOG_TAIL_BYTES else _line_start(path, total - LOG_TAIL_BYTES)
+    session = sessions.current(request)
+    live = logs.key_is_live(store, session.key_id if session else None, session.expires if session else None)
     return ServerSentEvent(
-        _html_log(store, settings.data_dir, job_id, offset),
+        _html_log(store, settings.data_dir, job_id, offset, live),
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
@@ -160,10 +162,9 @@ def _line_start(path: Path, offset: int) -> int:
 
 
 @get("/jobs/{job_id:str}/log.txt", include_in_schema=False, sync_to_thread=True)
-def job_log_text(store: NamedDependency[Store], settings: NamedDependency[Settings], job_id: FromPath[str]) -> Response:
+def job_log_text(store: NamedDependency[Store], settings: NamedDependency[Settings], job_id: FromPath[str]) -> Stream:
     jobs.get(store, job_id)
-    path = paths.train_log(settings.data_dir, job_id)
-    return Response(path.read_bytes() if path.is_file() else b"", media_type="text/plain; charset=utf-8")
+    return logs.download_response(paths.train_log(settings.data_dir, job_id))
 
 
 def _group_rollouts(samples: list[dict], sort: str) -> list[dict]:
