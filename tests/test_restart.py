@@ -127,9 +127,25 @@ def job_dir(server: Server, job_id: str) -> Path:
 
 
 def trainer_pid(server: Server, job_id: str) -> int:
+    """The leader of the trainer's process group, as the runner follows it: in the sandbox the
+    trainer sees only its own PID namespace, so its own pid (in env.json) is not a host pid."""
     env = wait_until(lambda: _read_json(job_dir(server, job_id) / "env.json"), timeout=10)
     assert env, f"the trainer of {job_id} never wrote env.json"
-    return env["pid"]
+    leader = _group_leader(job_dir(server, job_id))
+    assert leader, f"no process group leader runs the trainer of {job_id}"
+    return leader
+
+
+def _group_leader(directory: Path) -> int | None:
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text, cmdline = stat.read_text(), (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        pid, pgid = int(stat.parent.name), int(text[text.rindex(")") + 2 :].split()[2])
+        if pid == pgid and str(directory).encode() in cmdline:
+            return pid
+    return None
 
 
 def _read_json(path: Path) -> dict | None:

@@ -19,7 +19,7 @@ from typing import Protocol
 
 from trainers.contract import JobConfig
 
-from . import paths
+from . import paths, sandbox
 from .inventory import CPU
 from .settings import Settings
 
@@ -89,21 +89,50 @@ def trainer_command(
     return command, env
 
 
+# The process group leader of a sandboxed trainer: a shell that ignores SIGTERM and waits for
+# bwrap. The runner's SIGTERM to the group then reaches the trainer (to save and stop) and not
+# bwrap, which would die of it and take the trainer with it (--die-with-parent) before it
+# saved; and bwrap's parent is this shell, not the server, so a server restart leaves trainers
+# running. SIGKILL to the group ends the shell, bwrap and the trainer at once.
+SIGTERM_SHIELD = ["/bin/sh", "-c", 'trap "" TERM; "$@"; exit $?', "veri-box-sandbox"]
+
+
+def sandboxed_command(
+    config: JobConfig, command: list[str], env: dict[str, str], host: sandbox.Host
+) -> tuple[list[str], dict[str, str]]:
+    """The trainer's command line and environment inside the bubblewrap sandbox."""
+    prefix, env = sandbox.command(config, env, host)
+    return [*SIGTERM_SHIELD, *prefix, *command], env
+
+
+def _exit_code(code: int | None) -> int | None:
+    """bwrap (and the shell) report a trainer killed by signal N as exit code 128 + N: read it
+    back as the -N a plain child would have given, so the runner can name the signal."""
+    return -(code - 128) if code is not None and 128 < code < 128 + 65 else code
+
+
 class LocalExecutor:
     """A trainer as a child process of this server, in its own session and process group, its
-    stdout and stderr appended to train.log. It is identified by pid and process start time,
-    so a restarted server finds it again; only our own children have exit codes."""
+    stdout and stderr appended to train.log, inside the bubblewrap sandbox unless the box runs
+    without one (sandbox.py). It is identified by pid and process start time, so a restarted
+    server finds it again; only our own children have exit codes."""
 
     def __init__(self, settings: Settings):
         self.data_dir = settings.data_dir
         self.cpu_threads = max(1, (os.cpu_count() or 1) // max(settings.cpu_slots, 1))
+        self.sandbox = sandbox.resolve(settings.sandbox)
         self._children: dict[str, subprocess.Popen] = {}
+        self._sandboxed: set[str] = set()
 
     def start(self, job: dict, config: JobConfig) -> dict:
         job_dir = Path(config.job_dir)
         command, env = trainer_command(
             config.trainer or "", job_dir, config.devices.type, config.devices.indices, self.cpu_threads
         )
+        if self.sandbox == sandbox.Mode.BWRAP:
+            Path(config.models_dir).mkdir(parents=True, exist_ok=True)  # a mount point, even before a model
+            command, env = sandboxed_command(config, command, env, sandbox.host(self.data_dir, env))
+            self._sandboxed.add(job["id"])
         with open(paths.train_log(self.data_dir, job["id"]), "ab") as log_file:
             child = subprocess.Popen(
                 command,
@@ -121,7 +150,7 @@ class LocalExecutor:
         child = self._children.get(job["id"])
         if child is not None:
             code = child.poll()
-            return code is None, code
+            return code is None, _exit_code(code) if job["id"] in self._sandboxed else code
         return self._alive(job), None
 
     def read_progress(self, job: dict, offset: int, limit: int) -> bytes:
@@ -144,6 +173,7 @@ class LocalExecutor:
     def release(self, job: dict) -> None:
         self._signal_group(job, signal.SIGKILL)  # no stray workers outlive their job
         self._children.pop(job["id"], None)
+        self._sandboxed.discard(job["id"])
 
     def _alive(self, job: dict) -> bool:
         return bool(job["pid"]) and process_start_time(job["pid"]) == job["pid_started"]
