@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up of veri-box in ./.venv.
-#   ./install.sh         the server and the training stack
+#   ./install.sh         the server, the training stack, and bubblewrap (the trainers' sandbox)
+#                        where apt-get and root or sudo are at hand
 #   ./install.sh --dev   also the test tools, and Debian's chromium for the browser tests
 # TORCH_SPEC overrides which torch is installed when none is (default: torch==2.13.0).
 set -euo pipefail
@@ -10,7 +11,7 @@ dev=0
 for arg in "$@"; do
   case "$arg" in
     --dev) dev=1 ;;
-    -h|--help) sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "install.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -39,6 +40,23 @@ if [ "$dev" = 1 ]; then
   "${pip[@]}" -e '.[dev]'
 else
   "${pip[@]}" -e .
+fi
+
+# The sandbox trainers run in (veri-box serve --sandbox). Without it the box still works, and
+# says loudly at start that reward functions run unconfined: never fail the install for it.
+if ! command -v bwrap >/dev/null 2>&1; then
+  sudo_=""
+  if [ "$(id -u)" != 0 ]; then
+    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo_="sudo"; else sudo_="none"; fi
+  fi
+  if [ "$sudo_" != none ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing bubblewrap (the trainers' sandbox)"
+    { $sudo_ apt-get update -q && DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -q bubblewrap; } ||
+      echo "install.sh: could not install bubblewrap; trainers will run without a sandbox" >&2
+  else
+    echo "install.sh: bubblewrap is not installed and cannot be here (needs root or sudo, and apt-get);" \
+      "trainers will run without a sandbox until it is: apt-get install bubblewrap" >&2
+  fi
 fi
 
 if [ "$dev" = 1 ] && ! command -v chromium >/dev/null 2>&1; then

@@ -157,7 +157,7 @@ def _prompts_and_rewards(config: JobConfig, tokenizer: Any) -> tuple[list[dict],
         functions = environments.reward_functions()
     else:
         source, fmt = prompts.read_rows(config.dataset), config.dataset.format
-        functions, _ = rewards.load(config.reward_functions)
+        functions, _ = rewards.load(config.reward_functions, timeout_s=hp.get("reward_timeout_s"))
     rows, changed = prompts.build(source, fmt, tokenizer, hp["system_prompt"], hp["max_prompt_length"])
     if changed["truncated"] or changed["dropped"]:
         log(

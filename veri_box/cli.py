@@ -146,14 +146,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from . import sandbox
     from .app import Box, create_app
     from .inventory import InventoryError
     from .settings import SettingsError
 
     settings = _settings(args)
     try:
+        mode = sandbox.resolve(settings.sandbox)  # before the box opens: --sandbox bwrap must work here
         box = Box.open(settings)
-    except (InventoryError, SettingsError) as err:
+    except (InventoryError, SettingsError, sandbox.SandboxError) as err:
         print(f"veri-box: {err}", file=sys.stderr)
         return 2
     app = create_app(box)
@@ -169,9 +171,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             flush=True,
         )
     print(
-        f"veri-box {settings.base_url}  data: {settings.data_dir}  devices: {box.inventory.describe()}",
+        f"veri-box {settings.base_url}  data: {settings.data_dir}  devices: {box.inventory.describe()}  "
+        f"sandbox: {mode}",
         flush=True,
     )
+    if mode == sandbox.Mode.NONE:
+        why = sandbox.works() if settings.sandbox == "auto" else "--sandbox none"
+        print(f"\nWARNING: {sandbox.WARNING} ({why}).\n", file=sys.stderr, flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5)
     return 0
 

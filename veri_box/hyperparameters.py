@@ -54,6 +54,15 @@ class GrpoHyperparameters(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tr
     temperature: Annotated[float, Meta(gt=0, le=10, description="Sampling temperature for rollouts.")] = 1.0
     save_steps: Annotated[Steps | None, Meta(description="Save a checkpoint every this many steps.")] = None
     use_vllm: Annotated[bool, Meta(description="Generate rollouts with vLLM (needs vLLM installed).")] = False
+    reward_timeout_s: Annotated[
+        float,
+        Meta(
+            ge=1,
+            le=86_400,
+            description="Seconds one call of a reward function may take; past it the job fails "
+            "(reward_function_error naming the function and the prompt).",
+        ),
+    ] = 300
 
 
 class VideoHyperparameters(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -229,6 +229,9 @@ def command(config: JobConfig, environ: dict[str, str], host: Host) -> tuple[lis
     env["PATH"] = os.pathsep.join([os.path.join(sys.prefix, "bin"), "/usr/local/bin", "/usr/bin", "/bin"])
     env.setdefault("LANG", "C.UTF-8")
     env["HF_HOME"] = host.hf_home  # HOME moved: the cache (and its messages) stay where the server's are
+    # The cache is read-only here; `datasets` writes its Arrow copy of the job's dataset (big
+    # datasets are big: not the tmpfs) beside the job.
+    env["HF_DATASETS_CACHE"] = os.path.join(config.job_dir, ".cache", "datasets")
     return [*args, "--"], env
 
 

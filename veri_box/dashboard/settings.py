@@ -10,7 +10,7 @@ from litestar.params import FromPath
 
 from .. import api_keys, integrations
 from ..api_keys import CreateApiKey
-from ..devices import Inventory
+from ..devices import Inventory, box_info
 from ..errors import ApiError
 from ..integrations import OpenRewardSettings
 from ..sessions import Session, current
@@ -31,6 +31,7 @@ def _settings_context(store: Store, inventory: Inventory, settings: Settings) ->
         "inventory": inventory_rows(store, inventory),
         "holders": by_type,
         "settings": settings,
+        "box_info": box_info(settings),
     }
 
 
