@@ -3,11 +3,17 @@ routes together. Handlers reach the Box's objects only through dependency inject
 
 from __future__ import annotations
 
+import fcntl
+import logging
+import os
 import secrets
+import threading
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -18,7 +24,7 @@ from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
-from . import __version__, artifacts, dashboard, devices, paths
+from . import __version__, artifacts, dashboard, datasets, devices, paths
 from .api_keys import ApiKeyController
 from .auth import Signer, api_key_guard
 from .datasets import DatasetController
@@ -30,12 +36,15 @@ from .jobs import JobController
 from .reward_functions import RewardFunctionController
 from .runner import Runner
 from .sessions import Sessions, session_signer
-from .settings import Settings
+from .settings import Settings, SettingsError
 from .store import Store
+
+log = logging.getLogger("veri_box")
 
 # Bodies other than uploads are small; uploads get their own, configurable limit.
 JSON_BODY_LIMIT = 8 * 1024 * 1024
 TICK_S = 1.0
+LOCK_FILE = "veri-box.lock"
 
 ERROR_RESPONSES = {
     status: ResponseSpec(data_container=ErrorBody, description=description)
@@ -61,6 +70,60 @@ def _document_errors(app: Litestar) -> None:
             handler.responses = {**ERROR_RESPONSES, **(handler.responses or {})}
 
 
+class DataDirInUse(SettingsError):
+    """Another process serves this data directory: two runners would start the same jobs twice."""
+
+
+class _DataDirLock:
+    """An flock on DATA_DIR/veri-box.lock, taken once per process and shared by every Box of that
+    directory in it: flock conflicts even between two descriptors of one process, and tests (or a
+    restart in-process) open a second Box on a directory the first still holds. The kernel drops
+    the lock when the process dies, so a crashed server never leaves a stale one."""
+
+    _held: dict[Path, tuple[int, int]] = {}  # lock file -> (descriptor, boxes holding it)
+    _guard = threading.Lock()
+
+    @classmethod
+    def acquire(cls, path: Path) -> bool:
+        """Take the lock file `path` (True if this process did not hold it yet) or raise DataDirInUse."""
+        with cls._guard:
+            if path in cls._held:
+                fd, count = cls._held[path]
+                cls._held[path] = (fd, count + 1)
+                return False
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise DataDirInUse(
+                    f"another veri-box server (pid {holder}) is using the data directory {path.parent}; "
+                    "stop it first, or give this one its own --data-dir."
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            cls._held[path] = (fd, 1)
+            return True
+
+    @classmethod
+    def release(cls, path: Path) -> None:
+        with cls._guard:
+            fd, count = cls._held.get(path, (-1, 0))
+            if count > 1:
+                cls._held[path] = (fd, count - 1)
+            elif count == 1:
+                del cls._held[path]
+                os.close(fd)  # closing the last descriptor releases the flock
+
+
+def _clean_up_after_a_crash(data_dir: Path) -> None:
+    cleanup = getattr(datasets, "cleanup_leftovers", None)
+    removed = cleanup(data_dir) if cleanup else 0
+    if removed:
+        log.info("removed %d leftover upload file(s) of an interrupted upload", removed)
+
+
 @dataclass(frozen=True)
 class Box:
     """The objects one box shares, built once: the app hands each to handlers as a dependency of
@@ -75,13 +138,26 @@ class Box:
 
     @classmethod
     def open(cls, settings: Settings, inventory: Inventory | None = None) -> Box:
-        """The box of `settings.data_dir` (made if new); the inventory from the settings unless given."""
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        store = Store(paths.db(settings.data_dir))
-        signer = Signer(store.box_value("url_signing_secret", lambda: secrets.token_hex(32)))
-        inventory = inventory or build_inventory(settings.gpus, settings.cpu_slots, settings.prices())
-        runner = Runner(store, settings, inventory)
-        return cls(settings, store, inventory, runner, signer, Sessions(store, session_signer(store)))
+        """The box of `settings.data_dir` (made if new); the inventory from the settings unless given.
+        Raises DataDirInUse while another process serves that directory; the lock is held until
+        the last Box of the directory in this process is gone."""
+        data_dir = settings.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        lock = (data_dir / LOCK_FILE).resolve()
+        first = _DataDirLock.acquire(lock)
+        try:
+            if first:  # a Box of this process may be taking uploads: their files are not leftovers
+                _clean_up_after_a_crash(data_dir)
+            store = Store(paths.db(data_dir))
+            signer = Signer(store.box_value("url_signing_secret", lambda: secrets.token_hex(32)))
+            inventory = inventory or build_inventory(settings.gpus, settings.cpu_slots, settings.prices())
+            runner = Runner(store, settings, inventory)
+            box = cls(settings, store, inventory, runner, signer, Sessions(store, session_signer(store)))
+        except BaseException:
+            _DataDirLock.release(lock)
+            raise
+        weakref.finalize(box, _DataDirLock.release, lock)
+        return box
 
 
 def _provide(value: Any) -> Provide:
