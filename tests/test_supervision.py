@@ -4,14 +4,23 @@ the server itself: one server per data directory, logout ending the session on t
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from serving import REPO
+from litestar.testing import TestClient
+from serving import REPO, free_port, run_cli
+from test_dashboard import csrf_of, login
 from test_runner import alive, events, free, job_dir, make_box, status, submit, tick, trainer_env, until
+
+from veri_box import datasets, paths
+from veri_box.app import Box, create_app
+from veri_box.settings import Settings
 
 
 @pytest.fixture(autouse=True)
@@ -153,3 +162,69 @@ def test_a_job_whose_directory_disappears_fails_clearly(boxes):
     assert str(job_dir(api, job_id)) in error["message"]
     until(api, lambda: free(api, "cpu") == 1)
     assert not alive(pid)
+
+
+# ---- one server per data directory -------------------------------------------------------------
+
+
+def open_in_another_process(data_dir: Path) -> subprocess.CompletedProcess:
+    code = (
+        "import sys; from pathlib import Path; from veri_box.app import Box; from veri_box.settings import Settings; "
+        "Box.open(Settings(data_dir=Path(sys.argv[1]), gpus='none'))"
+    )
+    return subprocess.run([sys.executable, "-c", code, str(data_dir)], capture_output=True, text=True, timeout=60)
+
+
+def test_a_second_server_on_a_data_dir_refuses_to_start_and_names_the_first(tmp_path):
+    settings = Settings(data_dir=tmp_path / "data", gpus="none")
+    box = Box.open(settings)
+    again = Box.open(settings)  # this process may open its own directory again (a restart in tests)
+    served = run_cli("serve", "--data-dir", str(settings.data_dir), "--gpus", "none", "--port", str(free_port()))
+    assert served.returncode == 2, served
+    assert f"pid {os.getpid()}" in served.stderr and str(settings.data_dir) in served.stderr, served.stderr
+    assert "Traceback" not in served.stderr
+    # The commands that only open the store work beside a running server.
+    assert run_cli("keys", "list", "--data-dir", str(settings.data_dir)).returncode == 0
+    assert (settings.data_dir / "veri-box.lock").read_text().strip() == str(os.getpid())
+
+    del box
+    gc.collect()
+    assert open_in_another_process(settings.data_dir).returncode == 1, "one Box of the directory is still open"
+    del again
+    gc.collect()
+    opened = open_in_another_process(settings.data_dir)
+    assert opened.returncode == 0, opened.stderr
+
+
+def test_the_first_box_of_a_directory_removes_what_interrupted_uploads_left(tmp_path):
+    settings = Settings(data_dir=tmp_path / "data", gpus="none")
+    spool = paths.spool_dir(settings.data_dir)
+    spool.mkdir(parents=True)
+    (spool / f"{datasets.SPOOL_PREFIX}crashed").write_bytes(b"half an upload")
+    box = Box.open(settings)
+    assert not list(spool.iterdir())
+    (spool / f"{datasets.SPOOL_PREFIX}live").write_bytes(b"an upload the first box is receiving")
+    Box.open(settings)
+    assert [p.name for p in spool.iterdir()] == [f"{datasets.SPOOL_PREFIX}live"]
+    del box
+
+
+# ---- logout ends the session on the server -------------------------------------------------------
+
+
+def test_a_logged_out_session_cookie_replayed_gets_the_login(api, settings):
+    assert login(api).status_code == 303
+    cookie = api.client.cookies["vb_session"]
+    page = api.client.get("/jobs")
+    assert page.status_code == 200
+    r = api.client.post("/logout", data={"_csrf": csrf_of(page.text)}, follow_redirects=False)
+    assert r.status_code == 303
+    api.client.cookies.set("vb_session", cookie)  # a copy of the cookie, kept from before the logout
+    r = api.client.get("/jobs", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/login"), r.headers
+    with TestClient(create_app(settings, run_jobs=False)) as restarted:
+        restarted.cookies.set("vb_session", cookie)
+        assert restarted.get("/jobs", follow_redirects=False).status_code == 303
+    # Another session of the same key is not affected, and logging in again works.
+    assert login(api).status_code == 303
+    assert api.client.get("/jobs").status_code == 200

@@ -2,7 +2,8 @@
 the user logged in with, and a CSRF token bound to it.
 
 The API keeps Bearer auth; the cookie only opens dashboard routes. A session ends when its
-key is revoked (checked on every request), when it expires, or on logout. State-changing
+key is revoked (checked on every request), when it expires, or on logout, which records it as
+ended in the store: a copy of the cookie is refused too. State-changing
 dashboard requests must echo the session's CSRF token, as the `X-CSRF-Token` header (htmx
 sends it from `hx-headers` on <body>) or as a `_csrf` form field (plain forms).
 """
@@ -17,6 +18,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
+import anyio
 from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
@@ -40,6 +42,12 @@ class Session:
     key_prefix: str
     csrf: str
     expires: int
+
+    @property
+    def id(self) -> str:
+        """What names the session in the store's ended sessions: its CSRF token is a random value
+        per session that the signature binds to it, and only a hash of it is kept."""
+        return hashlib.sha256(self.csrf.encode()).hexdigest()
 
 
 class NotLoggedIn(Exception):
@@ -101,20 +109,33 @@ class Sessions:
         self.store = store
         self.signer = signer
 
-    def read(self, connection: ASGIConnection) -> Session | None:
-        """The live session of this request, or None. Cached on the connection's scope."""
+    async def read(self, connection: ASGIConnection) -> Session | None:
+        """The live session of this request, or None. Cached on the connection's scope; the
+        store is asked in a worker thread, never on the event loop."""
         state = connection.scope.setdefault("state", {})
         if _STATE_KEY in state:
             return state[_STATE_KEY]
-        session = None
         token = connection.cookies.get(COOKIE)
         payload = self.signer.loads(token) if token else None
-        if payload and isinstance(payload.get("e"), int) and payload["e"] > time.time() and payload.get("k"):
-            key = self.store.get_api_key(str(payload["k"]))  # revoked keys are not returned
-            if key is not None:
-                session = Session(key["id"], key["name"], key["key_prefix"], str(payload.get("c", "")), payload["e"])
+        session = await anyio.to_thread.run_sync(self._live, payload) if payload else None
         state[_STATE_KEY] = session
         return session
+
+    def _live(self, payload: dict) -> Session | None:
+        if not (isinstance(payload.get("e"), int) and payload["e"] > time.time() and payload.get("k")):
+            return None
+        csrf = payload.get("c")
+        if not isinstance(csrf, str) or not csrf:
+            return None
+        key = self.store.get_api_key(str(payload["k"]))  # revoked keys are not returned
+        if key is None:
+            return None
+        session = Session(key["id"], key["name"], key["key_prefix"], csrf, payload["e"])
+        return None if self.store.session_ended(session.id) else session
+
+    def end(self, session: Session) -> None:
+        """Logout: the session's cookie, and every copy of it, stops working now."""
+        self.store.end_session(session.id, session.expires, int(time.time()))
 
 
 # Every dashboard route has one of these two guards, so its session is read before its handler
@@ -125,8 +146,8 @@ class Sessions:
 def reading_guard(sessions: Sessions) -> Guard:
     """Guard of the open dashboard routes (home, login): reads the session, refuses nothing."""
 
-    def read_session(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-        sessions.read(connection)
+    async def read_session(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+        await sessions.read(connection)
 
     return read_session
 
@@ -135,7 +156,7 @@ def login_guard(sessions: Sessions) -> Guard:
     """Guard of every dashboard route behind the login; checks CSRF on unsafe methods."""
 
     async def require_session(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-        session = sessions.read(connection)
+        session = await sessions.read(connection)
         if session is None:
             raise NotLoggedIn()
         if connection.scope.get("method", "GET") in SAFE_METHODS:

@@ -208,6 +208,12 @@ def m004_progress_at(db: Database) -> None:
     db.execute("ALTER TABLE jobs ADD COLUMN progress_at TEXT")
 
 
+@migrations()
+def m005_ended_sessions(db: Database) -> None:
+    """Dashboard sessions ended by a logout, kept until they would have expired anyway."""
+    db.execute("CREATE TABLE ended_sessions (id TEXT PRIMARY KEY, expires INTEGER NOT NULL) WITHOUT ROWID")
+
+
 JSON_COLUMNS = {
     "datasets": ("columns",),
     "jobs": (
@@ -752,3 +758,14 @@ class Store:
             [*ACTIVE, *ids],
         ).fetchall()
         return {r[0] for r in rows}
+
+    # -- sessions
+
+    def end_session(self, session_id: str, expires: int, now_s: int) -> None:
+        """Record a dashboard session as ended; rows of sessions past their expiry go."""
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM ended_sessions WHERE expires < ?", [now_s])
+            conn.execute("INSERT OR IGNORE INTO ended_sessions (id, expires) VALUES (?, ?)", [session_id, expires])
+
+    def session_ended(self, session_id: str) -> bool:
+        return self.db.execute("SELECT 1 FROM ended_sessions WHERE id = ?", [session_id]).fetchone() is not None

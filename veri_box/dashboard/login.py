@@ -94,7 +94,12 @@ async def login(
 
 
 @post("/logout", include_in_schema=False, status_code=303)
-async def logout(request: Request, settings: NamedDependency[Settings]) -> Response:
+async def logout(
+    request: Request, settings: NamedDependency[Settings], sessions: NamedDependency[Sessions]
+) -> Response:
+    session = current(request)
+    if session is not None:  # the guard let only a live session in; end it for every copy of the cookie
+        await anyio.to_thread.run_sync(sessions.end, session)
     response = Redirect("/login", status_code=303)
     if is_htmx(request):
         response = Response(b"", headers={"HX-Redirect": "/login"})
