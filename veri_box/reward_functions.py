@@ -10,6 +10,7 @@ import ast
 import hashlib
 from typing import Annotated
 
+import anyio
 import litestar
 import msgspec
 from litestar import Controller, Response
@@ -202,27 +203,31 @@ class RewardFunctionController(Controller):
         data: Annotated[RewardFunctionUpload, Body(media_type=RequestEncodingType.MULTI_PART)],
     ) -> RewardFunction:
         raw = await data.file.read()
-        return to_api(create(store, settings, data.name, data.file.filename or "", raw, data.format))
+        row = await anyio.to_thread.run_sync(
+            create, store, settings, data.name, data.file.filename or "", raw, data.format
+        )
+        return to_api(row)
 
-    @litestar.get("/")
-    async def list_(
+    # The handlers below read SQLite and files: in a worker thread, never on the event loop.
+    @litestar.get("/", sync_to_thread=True)
+    def list_(
         self, store: NamedDependency[Store], limit: ReadLimit = 20, after: After = None
     ) -> ListOf[RewardFunction]:
         rows, more = store.list_reward_functions(limit, after)
         return ListOf(data=[to_api(r) for r in rows], has_more=more)
 
-    @litestar.get("/{rf_id:str}")
-    async def retrieve(self, store: NamedDependency[Store], rf_id: FromPath[str]) -> RewardFunction:
+    @litestar.get("/{rf_id:str}", sync_to_thread=True)
+    def retrieve(self, store: NamedDependency[Store], rf_id: FromPath[str]) -> RewardFunction:
         return to_api(get(store, rf_id))
 
-    @litestar.get("/{rf_id:str}/source", media_type="text/x-python")
-    async def source(
+    @litestar.get("/{rf_id:str}/source", media_type="text/x-python", sync_to_thread=True)
+    def source(
         self, store: NamedDependency[Store], settings: NamedDependency[Settings], rf_id: FromPath[str]
     ) -> Response[bytes]:
         return Response(source(store, settings, rf_id), media_type="text/x-python; charset=utf-8")
 
-    @litestar.delete("/{rf_id:str}", status_code=200)
-    async def remove(
+    @litestar.delete("/{rf_id:str}", status_code=200, sync_to_thread=True)
+    def remove(
         self, store: NamedDependency[Store], settings: NamedDependency[Settings], rf_id: FromPath[str]
     ) -> Deleted:
         delete(store, settings, rf_id)
