@@ -19,7 +19,7 @@ from serving import FAKE_TRAINERS, KEY, Server
 from test_dataset_files import VIDEO, metadata
 from test_serve import client_for, create_job, wait_until
 
-from veri_box import datasets
+from veri_box import datasets, paths, progress
 from veri_box.app import Box, create_app
 from veri_box.devices import build_inventory
 
@@ -251,3 +251,111 @@ def test_revoking_a_key_ends_its_dashboard_log_streams(served):
                 assert time.monotonic() - started < 8
                 assert events[-1].get("event") == "done"
         http.post(f"/v1/training_jobs/{job_id}/cancel")
+
+
+# ---- 4, 5. progress.jsonl: long records, partial lines, untrusted fields ---------------------
+
+
+def progress_line(record: dict) -> bytes:
+    return json.dumps(record).encode() + b"\n"
+
+
+def metrics_line(step: int, **values: float) -> bytes:
+    return progress_line({"type": "metrics", "step": step, "values": values or {"loss": 1.0}})
+
+
+@pytest.fixture
+def queued_job(api) -> dict:
+    """A job whose progress.jsonl the test writes; the runner's read loop ingests it."""
+    job = api.job()
+    paths.job_dir(api.settings.data_dir, job["id"]).mkdir(parents=True)
+    return job
+
+
+def ingest(api, job_id: str, data: bytes, drain: bool = False) -> dict:
+    with paths.progress_file(api.settings.data_dir, job_id).open("ab") as out:
+        out.write(data)
+    return api.box.runner._ingest(api.store.get_job(job_id), drain=drain)
+
+
+def steps(api, job_id: str) -> list[int]:
+    return [m["step"] for m in api.get(f"/v1/training_jobs/{job_id}/metrics").json()["metrics"]]
+
+
+@pytest.mark.parametrize("drain", [False, True])
+def test_a_record_longer_than_a_read_is_skipped_and_ingestion_goes_on(api, queued_job, drain):
+    huge = progress_line({"type": "sample", "step": 2, "completion": "z" * (5 << 20)})
+    job = ingest(api, queued_job["id"], metrics_line(1) + huge + metrics_line(3) + b'{"type": "metr', drain)
+    for _ in range(4):  # a tick reads 4 MiB at a time
+        job = api.box.runner._ingest(job, drain=drain)
+    assert steps(api, queued_job["id"]) == [1, 3]
+    size = paths.progress_file(api.settings.data_dir, queued_job["id"]).stat().st_size
+    assert job["progress_offset"] == size - len(b'{"type": "metr')  # the partial line waits
+    rest = b'ics", "step": 4, "values": {"loss": 2.0}}\n'
+    job = ingest(api, queued_job["id"], rest, drain)
+    assert steps(api, queued_job["id"]) == [1, 3, 4] and job["progress_offset"] == size + len(rest)
+
+
+def test_parse_keeps_a_partial_line_and_skips_only_a_full_window():
+    assert progress.parse(b'{"type": "metrics"', "job_x", window=64)[1] == 0
+    assert progress.parse(b"x" * 64, "job_x", window=64)[1] == 64
+    batch, used = progress.parse(metrics_line(1) + b'{"type"', "job_x", window=64)
+    assert used == len(metrics_line(1)) and batch.points == [(1, {"loss": 1.0})]
+
+
+def test_a_record_nested_too_deep_is_skipped(api, queued_job):
+    deep = b'{"type": "sample", "step": 1, "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"
+    ingest(api, queued_job["id"], deep + metrics_line(2))
+    assert steps(api, queued_job["id"]) == [2]
+
+
+def test_checkpoints_outside_the_job_dir_are_ignored(api, queued_job, caplog):
+    job_dir = paths.job_dir(api.settings.data_dir, queued_job["id"])
+    (job_dir / "checkpoints" / "step-1").mkdir(parents=True)
+    (job_dir / "checkpoints" / "step-1" / "weights.bin").write_bytes(b"w")
+    (job_dir / "checkpoints" / "step-4").symlink_to(api.settings.data_dir)  # a link out: no files listed
+    records = [
+        {"type": "checkpoint", "step": 1, "path": "checkpoints/step-1"},
+        {"type": "checkpoint", "step": 2, "path": "../../"},
+        {"type": "checkpoint", "step": 3, "path": str(api.settings.data_dir)},
+        {"type": "checkpoint", "step": 4, "path": "checkpoints/step-4"},
+    ]
+    ingest(api, queued_job["id"], b"".join(map(progress_line, records)))
+    listed = api.get(f"/v1/training_jobs/{queued_job['id']}/checkpoints").json()["data"]
+    assert [(c["step"], [f["path"] for f in c["files"]]) for c in listed] == [(4, []), (1, ["weights.bin"])]
+    assert "ignored a checkpoint outside the job directory" in caplog.text
+    events = api.get(f"/v1/training_jobs/{queued_job['id']}/events").json()["items"]
+    assert [e["metadata"]["path"] for e in events if e["event_type"] == "checkpoint_saved"] == [
+        "checkpoints/step-1",
+        "checkpoints/step-4",
+    ]
+
+
+def test_steps_must_be_sane(api, queued_job):
+    lines = [metrics_line(step) for step in (-1, 2**53, 2**64, 5, 3)]
+    lines.append(progress_line({"type": "sample", "step": -5, "prompt": "p"}))
+    job = ingest(api, queued_job["id"], b"".join(lines))
+    assert steps(api, queued_job["id"]) == [3, 5]
+    assert job["current_step"] == 5  # a step logged again later does not move it back
+    assert api.get(f"/v1/training_jobs/{queued_job['id']}/samples").json()["data"] == []
+
+
+def test_metric_keys_are_bounded(api, queued_job):
+    values = {f"k{i:04d}": float(i) for i in range(1500)} | {"x" * 201: 1.0}
+    ingest(api, queued_job["id"], progress_line({"type": "metrics", "step": 1, "values": values}))
+    keys = api.get(f"/v1/training_jobs/{queued_job['id']}/metrics").json()["available_keys"]
+    assert len(keys) == 1000 and "x" * 201 not in keys
+
+
+def test_samples_are_bounded_and_long_strings_cut(api, queued_job):
+    records = [
+        {"type": "sample", "step": 1, "prompt": "p", "completion": "c" * 200_000, "reward": 1.0},
+        {"type": "sample", "step": 1, **{f"f{i}": i for i in range(20_000)}},  # too big without long strings
+        {"type": "error", "code": "e" * 500, "message": "m" * 100_000},
+    ]
+    job = ingest(api, queued_job["id"], b"".join(map(progress_line, records)))
+    data = api.get(f"/v1/training_jobs/{queued_job['id']}/samples").json()["data"]
+    assert len(data) == 1 and data[0]["prompt"] == "p" and data[0]["reward"] == 1.0
+    assert data[0]["completion"].startswith("c" * 1000) and data[0]["completion"].endswith(" [truncated]")
+    assert len(json.dumps(data[0])) <= 64 * 1024 + 100
+    assert len(job["reported_error"]["code"]) <= 100 and len(job["reported_error"]["message"]) <= 16 * 1024

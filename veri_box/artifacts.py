@@ -54,10 +54,12 @@ def archive_url(settings: Settings, signer: Signer, job_id: str) -> str | None:
 
 
 def _files(settings: Settings, signer: Signer, job_id: str, relative_dir: str) -> list[ModelFile]:
-    """Every file under JOB_DIR/relative_dir, each with a signed link."""
+    """Every file under JOB_DIR/relative_dir, each with a signed link; links the trainer made to
+    files outside the job dir are left out (the download route would refuse them anyway)."""
+    job_dir = paths.job_dir(settings.data_dir, job_id).resolve()
     root = paths.job_dir(settings.data_dir, job_id) / relative_dir
     files = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.resolve().is_relative_to(job_dir)):
         rel = path.relative_to(root).as_posix()
         url = signed_url(settings, signer, paths.job_relative(job_id, relative_dir, rel))
         files.append(ModelFile(path=rel, bytes=path.stat().st_size, url=url))
@@ -86,9 +88,13 @@ def sample(settings: Settings, signer: Signer, job_id: str, seq: int, data: dict
 
 
 def checkpoint(settings: Settings, signer: Signer, row: dict) -> Checkpoint:
-    """A checkpoint row; its path is relative to the job directory (the trainer's contract)."""
+    """A checkpoint row; its path is relative to the job directory (the trainer's contract).
+    One that resolves outside it (a link the trainer made) lists no files: their names and
+    sizes are not the job's to show."""
     relative = Path(row["path"]).as_posix().strip("/")
-    files = [] if ".." in relative.split("/") else _files(settings, signer, row["job_id"], relative)
+    job_dir = paths.job_dir(settings.data_dir, row["job_id"]).resolve()
+    inside = ".." not in relative.split("/") and (job_dir / relative).resolve().is_relative_to(job_dir)
+    files = _files(settings, signer, row["job_id"], relative) if inside else []
     return Checkpoint(id=row["id"], step=row["step"], created_at=row["created_at"], files=files)
 
 
