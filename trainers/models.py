@@ -43,23 +43,29 @@ def resolve(base_model: str, models_dir: str | Path | None = None) -> str:
 
 
 def built_in(name: str, models_dir: Path) -> Path:
-    """The built-in model's folder, built on first use. Two jobs may build it at once: each
-    builds in its own temporary folder and the first rename wins."""
+    """The built-in model's folder, built on first use. In the sandbox only that folder of the
+    models folder is writable, so the model is built inside it and its files moved into place,
+    the marker file last (a half-built folder is never taken for a model). Two jobs may build it
+    at once: a lock on the folder lets one build and the other wait and reuse it."""
+    import fcntl
     import importlib
 
     module, function, marker = BUILT_IN[name]
     target = models_dir / name.split("/", 1)[1]
     if (target / marker).is_file():
         return target
-    log(f"building the built-in model {name} in {target}")
-    models_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=models_dir))
-    try:
-        getattr(importlib.import_module(module), function)(tmp / "model")
-        (tmp / "model").rename(target)
-    except OSError:
-        if not (target / marker).is_file():  # not a lost race: a real failure
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    target.mkdir(parents=True, exist_ok=True)
+    with open(target / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / marker).is_file():  # built by the job that held the lock
+            return target
+        log(f"building the built-in model {name} in {target}")
+        tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target))
+        try:
+            getattr(importlib.import_module(module), function)(tmp / "model")
+            entries = sorted((tmp / "model").iterdir(), key=lambda p: p.name == marker)
+            for entry in entries:
+                entry.replace(target / entry.name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return target

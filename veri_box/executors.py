@@ -130,7 +130,9 @@ class LocalExecutor:
             config.trainer or "", job_dir, config.devices.type, config.devices.indices, self.cpu_threads
         )
         if self.sandbox == sandbox.Mode.BWRAP:
-            Path(config.models_dir).mkdir(parents=True, exist_ok=True)  # a mount point, even before a model
+            building = sandbox.model_to_build(config)
+            # Mount points: the models folder, and the one folder the job may build a model in.
+            Path(building or config.models_dir).mkdir(parents=True, exist_ok=True)
             command, env = sandboxed_command(config, command, env, sandbox.host(self.data_dir, env))
             self._sandboxed.add(job["id"])
         with open(paths.train_log(self.data_dir, job["id"]), "ab") as log_file:

@@ -166,16 +166,17 @@ def _model_dir(config: JobConfig, host: Host) -> str | None:
     return path
 
 
-def _models_writable(config: JobConfig) -> bool:
-    """The built-in tiny models are built by the first job that names them, into the box's models
-    folder: only that job gets it writable; every later job reads the built model."""
+def model_to_build(config: JobConfig) -> str | None:
+    """The folder of a built-in tiny model this job names and that is not built yet: the first
+    job builds it (trainers/models.py), with that one folder of the models folder writable;
+    every later job reads the built model."""
     from trainers.models import BUILT_IN
 
     built = BUILT_IN.get(config.base_model)
-    if built is None:
-        return False
-    marker = Path(config.models_dir) / config.base_model.split("/", 1)[1] / built[2]
-    return not marker.is_file()
+    if built is None or not config.models_dir:
+        return None
+    folder = Path(config.models_dir) / config.base_model.split("/", 1)[1]
+    return None if (folder / built[2]).is_file() else str(folder)
 
 
 def gpu_binds(dev_entries: tuple[str, ...] | list[str]) -> list[str]:
@@ -218,12 +219,16 @@ def command(config: JobConfig, environ: dict[str, str], host: Host) -> tuple[lis
     if model:
         args += _ro(model)
     models = config.models_dir
-    if models and os.path.isdir(models) and _models_writable(config):
-        args += ["--bind", models, models]
-    elif models and os.path.isdir(models):
+    if models and os.path.isdir(models):
         args += _ro(models)
+    building = model_to_build(config)
+    if building and os.path.isdir(building):
+        args += ["--bind", building, building]
     args += _ro(config.dataset.path)
     args += ["--bind", config.job_dir, config.job_dir, "--chdir", config.job_dir]
+    # The sandbox's own root and the stand-in data directory are tmpfs: read-only too, so the
+    # job directory (and /tmp) are the only places a trainer writes.
+    args += ["--remount-ro", str(host.data_dir), "--remount-ro", "/"]
     env = {key: environ[key] for key in KEPT_ENV if key in environ}
     env["HOME"] = HOME
     env["PATH"] = os.pathsep.join([os.path.join(sys.prefix, "bin"), "/usr/local/bin", "/usr/bin", "/bin"])
