@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trainers import models, prompts, rewards
+from trainers import models, prompts, rewards, trl_compat
 from trainers.contract import JobConfig
 from trainers.errors import TrainerError
 from trainers.progress import Progress, log, run, stop_requested
@@ -219,19 +219,18 @@ def _trainer_class(base: type) -> type:
 
         def log(self, logs: dict, start_time: float | None = None) -> None:
             super().log(logs, start_time)
-            completions = list(self._logs["completion"])
-            if not completions or completions == self._veri_last or not self.accelerator.is_main_process:
+            logged = trl_compat.rollouts(self)
+            if not logged.completions or logged.completions == self._veri_last or not trl_compat.is_main_process(self):
                 return
-            self._veri_last = completions
-            rewards_by_name = {name: list(values) for name, values in self._logs["rewards"].items()}
+            self._veri_last = logged.completions
             # Columns reward functions added with TRL's log_extra (an environment's task, say).
-            extra = {k: list(v) for k, v in self._logs["extra"].items() if k not in SAMPLE_FIELDS}
-            weights = self.reward_weights.tolist()
-            names = list(rewards_by_name)
-            for i, (prompt, completion) in enumerate(zip(list(self._logs["prompt"]), completions)):
+            extra = {k: v for k, v in logged.extra.items() if k not in SAMPLE_FIELDS}
+            weights = trl_compat.reward_weights(self)
+            group = trl_compat.group_size(self)
+            for i, (prompt, completion) in enumerate(zip(logged.prompts, logged.completions)):
                 if i >= SAMPLES_PER_STEP:
                     break
-                per_function = {n: _finite(rewards_by_name[n][i]) for n in names}
+                per_function = {n: _finite(values[i]) for n, values in logged.rewards.items()}
                 total = sum(w * v for w, v in zip(weights, per_function.values()) if v is not None)
                 self.veri_progress.sample(
                     self.state.global_step,
@@ -239,8 +238,8 @@ def _trainer_class(base: type) -> type:
                     completion=_text(completion),
                     reward=total,
                     rewards=per_function,
-                    advantage=_finite(list(self._logs["advantages"])[i]),
-                    group=i // self.num_generations,
+                    advantage=_finite(logged.advantages[i]),
+                    group=i // group,
                     **{k: v[i] for k, v in extra.items() if i < len(v)},
                 )
 
