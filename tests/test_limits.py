@@ -3,9 +3,11 @@ here reproduces a defect found on a fresh box (real files, real filesystems, rea
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import re
+import subprocess
 import time
 import zipfile
 from collections.abc import Iterator
@@ -359,3 +361,102 @@ def test_samples_are_bounded_and_long_strings_cut(api, queued_job):
     assert data[0]["completion"].startswith("c" * 1000) and data[0]["completion"].endswith(" [truncated]")
     assert len(json.dumps(data[0])) <= 64 * 1024 + 100
     assert len(job["reported_error"]["code"]) <= 100 and len(job["reported_error"]["message"]) <= 16 * 1024
+
+
+# ---- 6. a full disk: writes are 507, reads go on -------------------------------------------
+
+
+@pytest.fixture
+def full_disk_api(tmp_path: Path) -> Iterator[Api]:
+    """A box whose data directory is a small tmpfs of its own; the test fills it up."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield from open_api(make_settings(mount))
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(directory: Path) -> None:
+    with (directory / "filler").open("wb") as out:
+        try:
+            while True:
+                out.write(bytes(1 << 16))
+                out.flush()
+        except OSError as err:
+            assert err.errno == errno.ENOSPC
+
+
+def test_a_full_disk_refuses_writes_with_507_and_reads_go_on(full_disk_api):
+    api = full_disk_api
+    dataset_id = api.dataset()
+    # The write-ahead log would otherwise have room left from earlier writes.
+    api.store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    fill(api.settings.data_dir.parent)
+    time.sleep(1.1)  # past the second of the last use: the next request would record one
+    for path in ("/v1/api_keys", "/v1/datasets", f"/v1/datasets/{dataset_id}", "/v1/training_jobs"):
+        assert api.get(path).status_code == 200, api.get(path).text
+    r = api.post("/v1/api_keys", json={"name": "more"})
+    assert r.status_code == 507, r.text
+    assert r.json()["error"]["code"] == "insufficient_storage" and "disk is full" in r.json()["error"]["message"]
+    assert r.json()["error"]["type"] == "server_error"
+    r = api.upload_dataset([{"prompt": "x" * 1000}] * 200)
+    assert r.status_code == 507 and r.json()["error"]["code"] == "insufficient_storage", r.text
+    assert spool_files(api) == []
+    # Once there is room again, writes work and the key's use is recorded again.
+    (api.settings.data_dir.parent / "filler").unlink()
+    assert api.post("/v1/api_keys", json={"name": "more"}).status_code == 200
+
+
+# ---- 7. JSON edges ----------------------------------------------------------------------------
+
+JOB = '{"base_model": "m", "dataset_id": "ds_x", "gpu": {"type": "cpu"}'
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def post_json(api, path: str, body: str, method: str = "post"):
+    return getattr(api, method)(path, content=body.encode(), headers={"content-type": "application/json"})
+
+
+def error_of(r, status: int = 400) -> dict:
+    assert r.status_code == status, r.text
+    return r.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "path, body, method",
+    [
+        ("/v1/training_jobs", JOB + f', "hyperparameters": {{"x": {DEEP}}}}}', "post"),
+        ("/v1/training_jobs", JOB + f', "environments": {{"a/b": {DEEP}}}}}', "post"),
+        ("/v1/api_keys", f'{{"name": {DEEP}}}', "post"),
+        ("/v1/settings/integrations/openreward", f'{{"api_key": {DEEP}}}', "put"),
+    ],
+)
+def test_deeply_nested_json_is_a_400(api, path, body, method):
+    error = error_of(post_json(api, path, body, method))
+    assert error["code"] == "json_too_deep" and "deep" in error["message"]
+
+
+def test_a_json_body_over_its_limit_names_the_json_limit(api):
+    error = error_of(post_json(api, "/v1/training_jobs", JOB + ', "x": "' + "a" * (9 << 20) + '"}'))
+    assert (
+        error["code"] == "body_too_large" and "8 MiB" in error["message"] and "--max-upload-mb" not in error["message"]
+    )
+    # Uploads keep their own code.
+    r = api.post("/v1/reward_functions", data={"name": "big"}, files={"file": ("r.py", b"#" * (9 << 20))})
+    assert error_of(r)["code"] == "file_too_large"
+
+
+def test_a_number_too_large_for_a_float_names_its_field(api):
+    error = error_of(post_json(api, "/v1/training_jobs", JOB + ', "hyperparameters": {"learning_rate": 1e400}}'))
+    assert error["param"] == "hyperparameters.learning_rate" and error["code"] == "invalid_hyperparameter"
+    error = error_of(post_json(api, "/v1/training_jobs", JOB + ', "reward_weights": [1, 1e400]}'))
+    assert error["param"] == "reward_weights[1]" and error["code"] == "invalid_value"
+
+
+def test_truncated_json_is_invalid_json(api):
+    for body in (JOB + ', "hyper', JOB, '{"name": "x'):
+        assert error_of(post_json(api, "/v1/training_jobs", body))["code"] == "invalid_json"

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
+import math
 import re
+import sqlite3
 
 import msgspec
 from litestar import Request, Response
@@ -63,6 +67,10 @@ def error_body(status: int, code: str, message: str, param: str | None = None) -
     return {"error": {"type": type_, "code": code, "message": message, "param": param}}
 
 
+# Bodies other than uploads are small; uploads get their own, configurable limit (app.py uses it).
+JSON_BODY_LIMIT = 8 * 1024 * 1024
+
+OUT_OF_RANGE = "Number out of range"
 UNKNOWN_FIELD = "Object contains unknown field"
 MISSING_FIELD = "Object missing required field"
 _NAMED_FIELD = re.compile(r"Object (?:contains unknown|missing required) field `([^`]*)`")
@@ -94,15 +102,23 @@ def validation_error(message: str, param: str | None) -> ApiError:
     return bad_request("invalid_value", f"Invalid value{where}: {message}.", param)
 
 
+def _decode_failure(detail: str) -> ApiError | None:
+    """msgspec's complaints about a body it could not decode: malformed or cut short is
+    `invalid_json`; a number too large for a float is `invalid_value` (its field is found later)."""
+    if "malformed" in detail.lower() or "truncated" in detail.lower():
+        return bad_request("invalid_json", f"The request body is not valid JSON: {detail}.")
+    if detail.startswith(OUT_OF_RANGE):
+        return bad_request("invalid_value", f"A number in the request body is out of range ({detail}).")
+    return None
+
+
 def _from_validation(exc: ValidationException) -> ApiError:
     """Litestar reports msgspec failures as a list of {message, key, source}, already split;
     the first one names `param`."""
     extra = exc.extra if isinstance(exc.extra, list) else []
     if not extra:
         detail = exc.detail or "The request body could not be read."
-        if "JSON is malformed" in detail or "malformed" in detail.lower():
-            return bad_request("invalid_json", f"The request body is not valid JSON ({detail}).")
-        return bad_request("invalid_request", detail)
+        return _decode_failure(detail) or bad_request("invalid_request", detail)
     first = extra[0] if isinstance(extra[0], dict) else {"message": str(extra[0])}
     message = str(first.get("message", "invalid value"))
     key = first.get("key")
@@ -119,23 +135,67 @@ _FRAMEWORK_CODES = {
 }
 
 
-def to_api_error(exc: Exception) -> ApiError:
+def insufficient_storage(what: str) -> ApiError:
+    return ApiError(
+        507,
+        "insufficient_storage",
+        f"The box's disk is full ({what}); nothing was changed. Free space on the data directory's disk and retry.",
+    )
+
+
+def _is_disk_full(exc: BaseException) -> str | None:
+    """What ran out, if `exc` is the disk (or quota) running full, else None."""
+    if isinstance(exc, sqlite3.OperationalError) and "database or disk is full" in str(exc):
+        return "the database could not grow"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "a file could not be written"
+    return None
+
+
+def _too_deep(exc: BaseException) -> bool:
+    """A RecursionError of the JSON decoders (msgspec, json), not of our own code: a bug there
+    must stay a 500."""
+    return isinstance(exc, RecursionError) and any(
+        phrase in str(exc) for phrase in ("while deserializing", "decoding a JSON")
+    )
+
+
+def too_large(multipart: bool) -> ApiError:
+    """An oversize body: uploads (multipart) have their own limits; other bodies are JSON."""
+    if multipart:
+        return bad_request(
+            "file_too_large",
+            "The upload is larger than this box accepts: datasets up to `veri-box serve --max-upload-mb`, "
+            "reward functions up to 1 MiB.",
+            "file",
+        )
+    return bad_request(
+        "body_too_large", f"JSON request bodies are limited to {JSON_BODY_LIMIT // 2**20} MiB on this box; send less."
+    )
+
+
+def to_api_error(exc: Exception, multipart: bool = True) -> ApiError:
+    """The API's error for any exception; `multipart` says whether the request was an upload
+    (an oversize body is then `file_too_large`, else `body_too_large`)."""
     if isinstance(exc, ApiError):
         return exc
+    if full := _is_disk_full(exc):
+        log.error("disk full: %s (%s)", full, exc)
+        return insufficient_storage(full)
+    if _too_deep(exc):
+        return bad_request(
+            "json_too_deep", "The request body nests arrays or objects too deeply; no field of the API needs that."
+        )
     if isinstance(exc, ValidationException):
         return _from_validation(exc)
     if isinstance(exc, HTTPException):
         status = exc.status_code
         detail = exc.detail or ""
         if status == 413 or "Request Entity Too Large" in detail:
-            # API.md: an oversize upload is a 400 like every other bad input.
-            return bad_request(
-                "file_too_large",
-                "The request body is larger than this box accepts (see `veri-box serve --max-upload-mb`).",
-                "file",
-            )
-        if status == 400 and "malformed" in detail.lower():
-            return bad_request("invalid_json", f"The request body is not valid JSON: {detail}.")
+            # API.md: an oversize body is a 400 like every other bad input.
+            return too_large(multipart)
+        if status == 400 and (decoded := _decode_failure(detail)):
+            return decoded
         if status == 404:
             return ApiError(404, "not_found", "There is no such route on this server.")
         if status == 405:
@@ -147,8 +207,41 @@ def to_api_error(exc: Exception) -> ApiError:
     return ApiError(500, "internal_error", "The server failed to handle this request; see the server log.")
 
 
+def _number_out_of_range(body: object) -> str | None:
+    """The path of the first number too large for a float in a JSON body (Python's json reads
+    it as infinity), as `param` names fields: msgspec's message hides dict keys."""
+    if not isinstance(body, bytes) or len(body) > JSON_BODY_LIMIT:
+        return None
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    todo: list[tuple[str, object]] = [("", value)]
+    while todo:
+        path, item = todo.pop(0)
+        if isinstance(item, float) and math.isinf(item):
+            return path or None
+        if isinstance(item, dict):
+            todo.extend((f"{path}.{key}" if path else str(key), child) for key, child in item.items())
+        elif isinstance(item, list):
+            todo.extend((f"{path}[{i}]", child) for i, child in enumerate(item))
+    return None
+
+
+def _with_param(err: ApiError, request: Request) -> ApiError:
+    """A number out of range names its field, as every other bad value does."""
+    if err.code != "invalid_value" or err.param is not None or OUT_OF_RANGE not in err.message:
+        return err
+    param = _number_out_of_range(getattr(request, "_body", None))
+    if param is None:
+        return err
+    code = "invalid_hyperparameter" if param.startswith("hyperparameters.") else "invalid_value"
+    return bad_request(code, f"'{param}' is out of range: a number this large is not a finite float.", param)
+
+
 def exception_handler(request: Request, exc: Exception) -> Response:
-    err = to_api_error(exc)
+    multipart = request.headers.get("content-type", "").startswith("multipart/")
+    err = _with_param(to_api_error(exc, multipart), request)
     headers = dict(err.headers)
     if err.status == 401:
         headers.setdefault("WWW-Authenticate", "Bearer")

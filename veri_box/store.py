@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import secrets
 import sqlite3
 import sys
@@ -21,6 +22,8 @@ from typing import Any
 import msgspec
 
 from .statuses import ACTIVE, JobStatus
+
+log = logging.getLogger("veri_box.store")
 
 
 def _import_sqlite_utils():
@@ -263,6 +266,7 @@ class Store:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        self._disk_full_logged = False
         db = self.db
         db.execute("PRAGMA journal_mode=WAL")
         migrations.apply(db)
@@ -385,10 +389,24 @@ class Store:
         if row is None:
             return None
         stamp = now()
-        if (row["last_used_at"] or "")[:19] != stamp[:19]:
-            self.db.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", [stamp, row["id"]])
+        if (row["last_used_at"] or "")[:19] != stamp[:19] and self._touch_api_key(row["id"], stamp):
             row["last_used_at"] = stamp
         return row
+
+    def _touch_api_key(self, id: str, stamp: str) -> bool:
+        """Record a key's use, best effort: on a full disk every request, reads too, would
+        otherwise fail on this one write. Logged once per full spell."""
+        try:
+            self.db.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", [stamp, id])
+        except sqlite3.OperationalError as err:
+            if "database or disk is full" not in str(err):
+                raise
+            if not self._disk_full_logged:
+                log.warning("the disk is full: API keys' last_used_at is not being updated (%s)", err)
+                self._disk_full_logged = True
+            return False
+        self._disk_full_logged = False
+        return True
 
     # -- datasets --------------------------------------------------------------------------
 
