@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import sqlite3
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -18,7 +19,7 @@ import httpx
 import pytest
 from conftest import Api, finished
 from litestar.testing import TestClient
-from serving import KEY, Server
+from serving import KEY, VERI_BOX, Server
 
 from trainers.contract import DatasetConfig, Devices, JobConfig
 from veri_box import sandbox
@@ -262,6 +263,19 @@ def test_the_box_says_when_it_runs_without_a_sandbox(tmp_path: Path):
         server.stop()
 
 
+def test_sandbox_bwrap_without_bwrap_is_a_clear_start_up_error(tmp_path: Path):
+    env = {**os.environ, "PATH": str(tmp_path)}  # no bwrap on it
+    done = subprocess.run(
+        [str(VERI_BOX), "serve", "--data-dir", str(tmp_path / "data"), "--gpus", "none", "--sandbox", "bwrap"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "bwrap is not installed" in done.stderr and "apt-get install bubblewrap" in done.stderr
+
+
 # ---- sandbox=none, and the box's sandbox as the API and the dashboard show it ----------------
 
 
@@ -440,6 +454,7 @@ def fake_host(tmp_path: Path) -> sandbox.Host:
         python_dirs=("/opt/venv",),
         code_dirs=("/src",),
         hf_home="/root/.cache/huggingface",
+        hf_hub_cache="/root/.cache/huggingface/hub",
         system=(("/usr", None), ("/lib", "usr/lib")),
         dev_entries=("null", "nvidia0", "nvidia1", "nvidiactl", "nvidia-uvm", "nvidia-caps", "dri", "tty", "kvm"),
     )
@@ -470,7 +485,7 @@ def test_the_command_line_shares_only_what_the_job_needs(tmp_path: Path):
     assert argv[0] == "bwrap" and argv[-1] == "--"
     assert {"--unshare-all", "--die-with-parent", "--as-pid-1"} <= set(argv) and "--share-net" not in argv
     assert pairs(argv, "--cap-drop") == ["ALL"]
-    assert set(env) <= {*sandbox.KEPT_ENV, "HOME", "PATH", "HF_HOME", "HF_DATASETS_CACHE"}
+    assert set(env) <= {*sandbox.KEPT_ENV, "HOME", "PATH", "HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE"}
     assert "AWS_SECRET_ACCESS_KEY" not in env and "VERI_API_KEY" not in env and env["HOME"] == "/tmp"
     data = str(tmp_path / "data")
     # The data directory is an empty tmpfs; only the job's own directory is writable.

@@ -90,6 +90,7 @@ class Host:
     python_dirs: tuple[str, ...]  # the venv and the interpreter it was made from
     code_dirs: tuple[str, ...]  # where the trainer's imports come from
     hf_home: str  # the server's Hugging Face home (HF_HOME or ~/.cache/huggingface), present or not
+    hf_hub_cache: str  # its model cache (HF_HUB_CACHE or HF_HOME/hub): shared, unlike the token beside it
     system: tuple[tuple[str, str | None], ...]  # (path, symlink target or None for a directory)
     dev_entries: tuple[str, ...] = ()  # names in /dev
     etc: tuple[str, ...] = field(default=ETC_FILES)
@@ -115,6 +116,7 @@ def host(data_dir: Path, environ: dict[str, str] | None = None) -> Host:
         python_dirs=_existing(sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix),
         code_dirs=_code_dirs(environ),
         hf_home=_hf_home(environ),
+        hf_hub_cache=os.path.abspath(environ.get("HF_HUB_CACHE") or os.path.join(_hf_home(environ), "hub")),
         system=tuple(system),
         dev_entries=dev_entries,
         etc=tuple(p for p in ETC_FILES if os.path.exists(p)),
@@ -139,7 +141,10 @@ def _code_dirs(environ: dict[str, str]) -> tuple[str, ...]:
     package_parent = str(Path(trainers.__file__).resolve().parent.parent)
     pythonpath = [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     entries = [package_parent, *pythonpath, *(p for p in sys.path if p)]
-    return _existing(*(os.path.abspath(p) for p in entries))
+    # A server started from a home directory has it (its cwd) on sys.path: binding it, or '/',
+    # would hand the trainer ~/.ssh and the rest; code lives below such places, not in them.
+    home = environ.get("HOME") or str(Path.home())
+    return tuple(p for p in _existing(*(os.path.abspath(p) for p in entries)) if not _inside(home, p))
 
 
 def _hf_home(environ: dict[str, str]) -> str:
@@ -213,8 +218,8 @@ def command(config: JobConfig, environ: dict[str, str], host: Host) -> tuple[lis
     # Whatever above happened to hold the data directory (a repository, a home), it is empty here;
     # then only this job's parts of it come back.
     args += ["--tmpfs", str(host.data_dir)]
-    if os.path.isdir(host.hf_home):
-        args += _ro(host.hf_home)
+    if os.path.isdir(host.hf_hub_cache):
+        args += _ro(host.hf_hub_cache)
     model = _model_dir(config, host)
     if model:
         args += _ro(model)
@@ -233,7 +238,10 @@ def command(config: JobConfig, environ: dict[str, str], host: Host) -> tuple[lis
     env["HOME"] = HOME
     env["PATH"] = os.pathsep.join([os.path.join(sys.prefix, "bin"), "/usr/local/bin", "/usr/bin", "/bin"])
     env.setdefault("LANG", "C.UTF-8")
-    env["HF_HOME"] = host.hf_home  # HOME moved: the cache (and its messages) stay where the server's are
+    # HOME moved: the cache (and its messages) stay where the server's are. Only the model cache
+    # is bound: HF_HOME also holds the server user's Hugging Face token.
+    env["HF_HOME"] = host.hf_home
+    env["HF_HUB_CACHE"] = host.hf_hub_cache
     # The cache is read-only here; `datasets` writes its Arrow copy of the job's dataset (big
     # datasets are big: not the tmpfs) beside the job.
     env["HF_DATASETS_CACHE"] = os.path.join(config.job_dir, ".cache", "datasets")
