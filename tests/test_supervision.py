@@ -4,12 +4,15 @@ the server itself: one server per data directory, logout ending the session on t
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -265,3 +268,79 @@ def test_a_client_that_aborts_an_upload_is_not_logged_as_an_error(tmp_path):
     finally:
         server.stop()
     assert "unhandled error" not in server.output() and "Traceback" not in server.output(), server.output()
+
+
+# ---- SQLite off the event loop -----------------------------------------------------------------
+
+
+def answers_while_the_database_is_locked(server: Server, key: str, method: str, path: str) -> float:
+    """Send `method path` while another process holds SQLite's write lock, so that request waits
+    on the lock; returns how long /healthz took meanwhile (it needs no database)."""
+    lock = sqlite3.connect(paths.db(server.data_dir), isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")
+    auth = {"Authorization": f"Bearer {key}"}
+    waiting = threading.Thread(target=lambda: httpx.request(method, server.url + path, headers=auth, timeout=60))
+    try:
+        waiting.start()
+        time.sleep(0.3)
+        start = time.monotonic()
+        httpx.get(f"{server.url}/healthz", timeout=10)
+        return time.monotonic() - start
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+        waiting.join(timeout=60)
+
+
+def test_a_request_waiting_on_sqlite_does_not_stall_the_server(tmp_path):
+    server = Server(tmp_path / "data", tmp_path / "serve.log", "--gpus", "none")
+    key = KEY.findall(server.start())[0]
+    try:
+        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
+            source = b"def reward(completions, **kwargs):\n    return [0.0 for _ in completions]\n"
+            rf = http.post("/v1/reward_functions", data={"name": "r"}, files={"file": ("r.py", source)}).json()["id"]
+            # The key guard writes the key's last use once a second: in a new second, it waits on the lock.
+            time.sleep(1.1 - time.time() % 1)
+            assert answers_while_the_database_is_locked(server, key, "GET", "/v1/reward_functions") < 2
+            # Within the second of the key's last use the guard only reads; the delete waits on the lock.
+            while time.time() % 1 > 0.3:
+                time.sleep(0.05)
+            http.get("/v1/reward_functions")
+            assert answers_while_the_database_is_locked(server, key, "DELETE", f"/v1/reward_functions/{rf}") < 2
+    finally:
+        server.stop()
+
+
+def test_requests_ask_the_store_from_worker_threads_not_the_event_loop(api, monkeypatch):
+    on_the_loop = []
+
+    def watch(name: str) -> None:
+        original = getattr(api.store, name)
+
+        def call(*args, **kwargs):
+            try:
+                asyncio.get_running_loop()
+                on_the_loop.append(name)
+            except RuntimeError:  # a worker thread has no running loop
+                pass
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(api.store, name, call)
+
+    for name in (
+        "authenticate",
+        "get_api_key",
+        "session_ended",
+        "insert_reward_function",
+        "list_reward_functions",
+        "get_reward_function",
+        "delete_reward_function",
+    ):
+        watch(name)
+    rf = api.reward_function()
+    for path in ("/v1/reward_functions", f"/v1/reward_functions/{rf}", f"/v1/reward_functions/{rf}/source"):
+        assert api.get(path).status_code == 200, path
+    assert api.delete(f"/v1/reward_functions/{rf}").status_code == 200
+    assert login(api).status_code == 303
+    assert api.client.get("/jobs").status_code == 200
+    assert on_the_loop == []

@@ -7,7 +7,6 @@ import hmac
 import time
 from urllib.parse import quote, urlencode
 
-import anyio
 from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 from litestar.types import Guard
@@ -18,9 +17,10 @@ from .store import Store
 
 def api_key_guard(store: Store) -> Guard:
     """The guard of /v1: a live Bearer key of `store`; its id is kept on the request's state.
-    The store is asked in a worker thread: SQLite (and a WAL writer's lock) never blocks the loop."""
+    It stays a plain function: Litestar runs sync guards in a worker thread, so SQLite (and a
+    writer's lock on it) never blocks the event loop here."""
 
-    async def require_api_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    def require_api_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
         header = connection.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -30,7 +30,7 @@ def api_key_guard(store: Store) -> Guard:
                 "Send your API key as 'Authorization: Bearer vk_...'; "
                 "create one with `veri-box keys create --name NAME`.",
             )
-        key = await anyio.to_thread.run_sync(store.authenticate, token.strip())
+        key = store.authenticate(token.strip())
         if key is None:
             raise ApiError(401, "invalid_api_key", "This API key is not valid or has been revoked.")
         connection.scope.setdefault("state", {})["api_key_id"] = key["id"]
