@@ -200,6 +200,11 @@ def test_a_second_server_on_a_data_dir_refuses_to_start_and_names_the_first(tmp_
     opened = open_in_another_process(settings.data_dir)
     assert opened.returncode == 0, opened.stderr
 
+    app = create_app(settings, run_jobs=False)  # opens its own Box, which lives as long as the app
+    gc.collect()
+    assert open_in_another_process(settings.data_dir).returncode == 1
+    del app
+
 
 def test_the_first_box_of_a_directory_removes_what_interrupted_uploads_left(tmp_path):
     settings = Settings(data_dir=tmp_path / "data", gpus="none")

@@ -226,4 +226,5 @@ def create_app(box: Box | Settings, inventory: Inventory | None = None, run_jobs
         debug=False,
     )
     _document_errors(app)
+    app.state.box = box  # the data directory's lock lasts as long as its Box: as long as this app
     return app
