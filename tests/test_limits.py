@@ -11,6 +11,7 @@ import subprocess
 import time
 import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -163,22 +164,40 @@ def rss_peak_kb(pid: int) -> int:
 def test_the_full_log_is_streamed_not_read_whole(served):
     with client_for(served) as http:
         job_id = job_in(http, "completed", "fake:steps=1,step_s=0")
-        http.get(f"/v1/training_jobs/{job_id}/logs/full").raise_for_status()  # warm up the route
+        http.get(f"/v1/training_jobs/{job_id}/logs/full").raise_for_status()  # warm up the routes
+        with logged_in(served, served.key) as browser:
+            browser.get(f"/jobs/{job_id}/log.txt").raise_for_status()
         log = served.data_dir / "jobs" / job_id / "train.log"
         line = b"x" * 1023 + b"\n"
         with log.open("wb") as out:
             for _ in range(64):
                 out.write(line * 1024)  # 64 MiB
-        before = rss_peak_kb(served.proc.pid)
-        size = 0
-        with http.stream("GET", f"/v1/training_jobs/{job_id}/logs/full") as r:
-            assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
-            assert r.headers["content-length"] == str(64 << 20)
-            for chunk in r.iter_raw():
-                size += len(chunk)
-        assert size == 64 << 20
         # Read whole, the body alone was 64 MiB in the server (and copied once more).
-        assert rss_peak_kb(served.proc.pid) - before < 24 * 1024
+        assert download_peak_kb(served, http, f"/v1/training_jobs/{job_id}/logs/full", 64 << 20) < 24 * 1024
+        with logged_in(served, served.key) as browser:
+            assert download_peak_kb(served, browser, f"/jobs/{job_id}/log.txt", 64 << 20) < 24 * 1024
+
+
+@contextmanager
+def logged_in(server: Server, key: str) -> Iterator[httpx.Client]:
+    """A client with a dashboard session, logged in through the login form."""
+    with httpx.Client(base_url=server.url, timeout=10) as browser:
+        csrf = re.search(r'name="_csrf" value="([^"]+)"', browser.get("/login").text)
+        assert csrf, "the login form has no CSRF field"
+        assert browser.post("/login", data={"api_key": key, "_csrf": csrf.group(1)}).status_code == 303, "login failed"
+        yield browser
+
+
+def download_peak_kb(server: Server, client: httpx.Client, url: str, size: int) -> int:
+    """How far the server's peak RSS rose while `client` downloaded `url` (`size` bytes)."""
+    before, got = rss_peak_kb(server.proc.pid), 0
+    with client.stream("GET", url) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain"), r.status_code
+        assert r.headers["content-length"] == str(size)
+        for chunk in r.iter_raw():
+            got += len(chunk)
+    assert got == size
+    return rss_peak_kb(server.proc.pid) - before
 
 
 def sse_events(response: httpx.Response) -> Iterator[dict]:
@@ -240,11 +259,7 @@ def test_revoking_a_key_ends_its_dashboard_log_streams(served):
     with client_for(served) as http:
         job_id = job_in(http, "running", "fake:hang=1")
         key = http.post("/v1/api_keys", json={"name": "doomed"}).json()
-        with httpx.Client(base_url=served.url, timeout=10) as browser:
-            page = browser.get("/login")
-            csrf = re.search(r'name="_csrf" value="([^"]+)"', page.text)
-            form = {"api_key": key["key"], **({"_csrf": csrf.group(1)} if csrf else {})}
-            assert browser.post("/login", data=form).status_code in (200, 303), "login failed"
+        with logged_in(served, key["key"]) as browser:
             with browser.stream("GET", f"/jobs/{job_id}/log") as r:
                 assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
                 assert http.delete(f"/v1/api_keys/{key['id']}").status_code == 200
