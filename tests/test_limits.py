@@ -22,7 +22,7 @@ from serving import FAKE_TRAINERS, KEY, Server
 from test_dataset_files import VIDEO, metadata
 from test_serve import client_for, create_job, wait_until
 
-from veri_box import datasets, paths, progress
+from veri_box import datasets, logs, paths, progress
 from veri_box.app import Box, create_app
 from veri_box.devices import build_inventory
 
@@ -475,3 +475,26 @@ def test_a_number_too_large_for_a_float_names_its_field(api):
 def test_truncated_json_is_invalid_json(api):
     for body in (JOB + ', "hyper', JOB, '{"name": "x'):
         assert error_of(post_json(api, "/v1/training_jobs", body))["code"] == "invalid_json"
+
+
+def test_read_lines_waits_for_a_long_line_to_end_then_cuts_it(tmp_path):
+    log = tmp_path / "train.log"
+    log.write_bytes(b"a\n" + b"y" * (2 * logs.WINDOW))
+    assert logs.read_lines(log, 0) == ([("a", 2)], 2)
+    assert logs.read_lines(log, 2) == ([], 2)  # still being written: nothing yet
+    with log.open("ab") as out:
+        out.write(b"y\nb\n")
+    lines, offset = logs.read_lines(log, 2)
+    end = 2 + 2 * logs.WINDOW + 2
+    assert [(len(text), position) for text, position in lines] == [
+        (logs.LINE_LIMIT + len(" [line truncated: longer than 65,536 bytes]"), end)
+    ]
+    assert logs.read_lines(log, offset) == ([("b", end + 2)], end + 2)
+
+
+def test_a_line_without_end_is_cut_at_max_skip(tmp_path, monkeypatch):
+    monkeypatch.setattr(logs, "MAX_SKIP", 3 * logs.WINDOW)
+    log = tmp_path / "train.log"
+    log.write_bytes(b"y" * (5 * logs.WINDOW))
+    lines, offset = logs.read_lines(log, 0)
+    assert offset == 3 * logs.WINDOW and lines[0][0].endswith("[line truncated: longer than 65,536 bytes]")
