@@ -8,6 +8,7 @@ import logging
 import math
 import re
 import sqlite3
+from collections import deque
 
 import msgspec
 from litestar import Request, Response
@@ -216,9 +217,9 @@ def _number_out_of_range(body: object) -> str | None:
         value = json.loads(body)
     except (ValueError, RecursionError):
         return None
-    todo: list[tuple[str, object]] = [("", value)]
+    todo: deque[tuple[str, object]] = deque([("", value)])
     while todo:
-        path, item = todo.pop(0)
+        path, item = todo.popleft()
         if isinstance(item, float) and math.isinf(item):
             return path or None
         if isinstance(item, dict):
