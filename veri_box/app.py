@@ -172,10 +172,13 @@ def create_app(box: Box | Settings, inventory: Inventory | None = None, run_jobs
         box = Box.open(box, inventory)
     elif inventory is not None:
         raise ValueError("a Box brings its own inventory")
-    settings, runner = box.settings, box.runner
+    settings = box.settings
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        # Through `box`, not its runner alone: the app holds its Box, and so the data directory's
+        # lock, for as long as the app lives.
+        runner = box.runner
         if not run_jobs:
             yield
             return
@@ -226,5 +229,4 @@ def create_app(box: Box | Settings, inventory: Inventory | None = None, run_jobs
         debug=False,
     )
     _document_errors(app)
-    app.state.box = box  # the data directory's lock lasts as long as its Box: as long as this app
     return app
