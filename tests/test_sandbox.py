@@ -451,6 +451,7 @@ def fake_host(tmp_path: Path) -> sandbox.Host:
     return sandbox.Host(
         bwrap="bwrap",
         data_dir=tmp_path / "data",
+        home="/root",
         python_dirs=("/opt/venv",),
         code_dirs=("/src",),
         hf_home="/root/.cache/huggingface",

@@ -87,6 +87,7 @@ class Host:
 
     bwrap: str
     data_dir: Path
+    home: str  # the server user's home: never bound whole
     python_dirs: tuple[str, ...]  # the venv and the interpreter it was made from
     code_dirs: tuple[str, ...]  # where the trainer's imports come from
     hf_home: str  # the server's Hugging Face home (HF_HOME or ~/.cache/huggingface), present or not
@@ -113,6 +114,7 @@ def host(data_dir: Path, environ: dict[str, str] | None = None) -> Host:
     return Host(
         bwrap=shutil.which("bwrap") or "bwrap",
         data_dir=Path(os.path.abspath(data_dir)),
+        home=os.path.abspath(_home(environ)),
         python_dirs=_existing(sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix),
         code_dirs=_code_dirs(environ),
         hf_home=_hf_home(environ),
@@ -125,11 +127,15 @@ def host(data_dir: Path, environ: dict[str, str] | None = None) -> Host:
 
 
 def _existing(*paths: str) -> tuple[str, ...]:
+    """The paths that exist, each as given and, when a symlink leads elsewhere, where it leads
+    (an interpreter is started by the one name and its files found by the other)."""
     seen: list[str] = []
     for path in paths:
-        path = os.path.realpath(path) if path else ""
-        if path and os.path.exists(path) and path not in seen:
-            seen.append(path)
+        if not path or not os.path.exists(path):
+            continue
+        for name in (os.path.abspath(path), os.path.realpath(path)):
+            if name not in seen:
+                seen.append(name)
     return tuple(seen)
 
 
@@ -143,8 +149,11 @@ def _code_dirs(environ: dict[str, str]) -> tuple[str, ...]:
     entries = [package_parent, *pythonpath, *(p for p in sys.path if p)]
     # A server started from a home directory has it (its cwd) on sys.path: binding it, or '/',
     # would hand the trainer ~/.ssh and the rest; code lives below such places, not in them.
-    home = environ.get("HOME") or str(Path.home())
-    return tuple(p for p in _existing(*(os.path.abspath(p) for p in entries)) if not _inside(home, p))
+    return tuple(p for p in _existing(*(os.path.abspath(p) for p in entries)) if not _inside(_home(environ), p))
+
+
+def _home(environ: dict[str, str]) -> str:
+    return environ.get("HOME") or str(Path.home())
 
 
 def _hf_home(environ: dict[str, str]) -> str:
@@ -158,17 +167,18 @@ def _inside(path: str | Path, parent: str | Path) -> bool:
 
 def _model_dir(config: JobConfig, host: Host) -> str | None:
     """A base_model given as a directory of this machine, bound read-only when it is a model
-    (its config file there) and holds no part of the data directory: a path is user input, and
-    '/' or the data directory itself must not become a way round the sandbox."""
+    (its config file there) and holds neither the data directory nor the home directory: a
+    path is user input, and '/' or the data directory itself must not become a way round the
+    sandbox."""
     path = config.base_model
     if not os.path.isabs(path) or not os.path.isdir(path):
         return None
-    path = os.path.realpath(path)
-    if _inside(host.data_dir, path) or _inside(path, host.data_dir):
+    real = os.path.realpath(path)
+    if _inside(host.data_dir, real) or _inside(real, host.data_dir) or _inside(host.home, real):
         return None
-    if not any(os.path.exists(os.path.join(path, marker)) for marker in MODEL_MARKERS):
+    if not any(os.path.exists(os.path.join(real, marker)) for marker in MODEL_MARKERS):
         return None
-    return path
+    return real
 
 
 def model_to_build(config: JobConfig) -> str | None:
@@ -222,7 +232,7 @@ def command(config: JobConfig, environ: dict[str, str], host: Host) -> tuple[lis
         args += _ro(host.hf_hub_cache)
     model = _model_dir(config, host)
     if model:
-        args += _ro(model)
+        args += ["--ro-bind", model, os.path.abspath(config.base_model)]  # where the trainer looks
     models = config.models_dir
     if models and os.path.isdir(models):
         args += _ro(models)
