@@ -261,7 +261,6 @@ def send_half_an_upload(server: Server, path: str, key: str) -> None:
         time.sleep(0.3)  # the server is reading the body when the client goes
 
 
-@pytest.mark.xfail(strict=True, reason="errors.py logs Litestar's 'client disconnected prematurely' as a 500")
 def test_a_client_that_aborts_an_upload_is_not_logged_as_an_error(tmp_path):
     server = Server(tmp_path / "data", tmp_path / "serve.log", "--gpus", "none")
     key = KEY.findall(server.start())[0]

@@ -28,7 +28,7 @@ from . import __version__, artifacts, dashboard, datasets, devices, paths
 from .api_keys import ApiKeyController
 from .auth import Signer, api_key_guard
 from .datasets import DatasetController
-from .errors import ErrorBody, exception_handler
+from .errors import JSON_BODY_LIMIT, ErrorBody, exception_handler
 from .integrations import IntegrationController
 from .inventory import Inventory, build_inventory
 from .job_outputs import JobOutputController
@@ -42,9 +42,7 @@ from .store import Store
 log = logging.getLogger("veri_box")
 
 # Bodies other than uploads are small; uploads get their own, configurable limit.
-JSON_BODY_LIMIT = 8 * 1024 * 1024
 TICK_S = 1.0
-LOCK_FILE = "veri-box.lock"
 
 ERROR_RESPONSES = {
     status: ResponseSpec(data_container=ErrorBody, description=description)
@@ -143,7 +141,7 @@ class Box:
         the last Box of the directory in this process is gone."""
         data_dir = settings.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
-        lock = (data_dir / LOCK_FILE).resolve()
+        lock = paths.lock_file(data_dir).resolve()
         first = _DataDirLock.acquire(lock)
         try:
             if first:  # a Box of this process may be taking uploads: their files are not leftovers

@@ -70,6 +70,7 @@ def error_body(status: int, code: str, message: str, param: str | None = None) -
 
 # Bodies other than uploads are small; uploads get their own, configurable limit (app.py uses it).
 JSON_BODY_LIMIT = 8 * 1024 * 1024
+CLIENT_DISCONNECTED = "client disconnected prematurely"  # litestar.connection.Request.stream()
 
 OUT_OF_RANGE = "Number out of range"
 UNKNOWN_FIELD = "Object contains unknown field"
@@ -180,6 +181,10 @@ def to_api_error(exc: Exception, multipart: bool = True) -> ApiError:
     (an oversize body is then `file_too_large`, else `body_too_large`)."""
     if isinstance(exc, ApiError):
         return exc
+    if isinstance(exc, HTTPException) and exc.detail == CLIENT_DISCONNECTED:
+        # The client went away (e.g. an aborted upload): nothing failed here, and nobody reads the answer.
+        log.info("a client disconnected before sending its whole request body")
+        return bad_request("invalid_request", "The client disconnected before sending the whole request body.")
     if full := _is_disk_full(exc):
         log.error("disk full: %s (%s)", full, exc)
         return insufficient_storage(full)

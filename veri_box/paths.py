@@ -1,6 +1,7 @@
 """The data directory's layout: every file the server or a trainer reads or writes, in one place.
 
     DATA_DIR/veri-box.db                     the store (SQLite, WAL)
+    DATA_DIR/veri-box.lock                   held by the one server of this data dir
     DATA_DIR/tmp/                            uploads being received (spooled before inspection)
     DATA_DIR/datasets/DS_ID/                 an inspected dataset
     DATA_DIR/reward_functions/RF_ID.py       an uploaded (or inline) reward function
@@ -20,6 +21,7 @@ from trainers.contract import CONFIG_FILE
 from trainers.progress import PROGRESS_FILE
 
 DB_FILE = "veri-box.db"
+LOCK_FILE = "veri-box.lock"  # held by the one server of this data dir (holder's pid inside)
 JOBS = "jobs"
 TRAIN_LOG = "train.log"
 OUTPUT_DIR = "output"
@@ -30,6 +32,10 @@ JOB_REWARD_FUNCTIONS_DIR = "reward_functions"
 
 def db(data_dir: Path) -> Path:
     return data_dir / DB_FILE
+
+
+def lock_file(data_dir: Path) -> Path:
+    return data_dir / LOCK_FILE
 
 
 def spool_dir(data_dir: Path) -> Path:
