@@ -210,6 +210,11 @@ def _ro(path: str) -> list[str]:
 def command(config: JobConfig, environ: dict[str, str], host: Host) -> tuple[list[str], dict[str, str]]:
     """The bwrap argv to put before the trainer's command line, and the trainer's environment
     (from `environ`, what trainer_command set up)."""
+    # No --new-session: the executor already starts a session without a controlling terminal
+    # (the terminal is what --new-session protects), and a session of its own would take the
+    # trainer out of the process group the runner signals. --as-pid-1: the trainer is the init
+    # of its PID namespace, so when it exits the kernel kills whatever it left behind (bwrap's
+    # own init would wait for those). --die-with-parent: if bwrap is killed, so is the trainer.
     args = [host.bwrap, "--unshare-all", "--die-with-parent", "--as-pid-1", "--cap-drop", "ALL"]
     if config.environments:
         args.append("--share-net")  # OpenReward environments are a web service
