@@ -219,6 +219,7 @@ SERVER_KEYS = {
     "output_dir",
     "models_dir",
     "checkpoints_dir",
+    "resume_from",
 }
 
 

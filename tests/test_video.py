@@ -219,7 +219,7 @@ def test_cancel_saves_a_checkpoint_and_stops(box, tmp_path, tiny_pipeline):
     run_until(box, lambda: not box.store.jobs_holding_devices(), timeout=30)
     checkpoints = box.get(f"/v1/training_jobs/{job['id']}/checkpoints").json()["data"]
     assert len(checkpoints) == 1 and checkpoints[0]["step"] >= 3
-    assert [f["path"] for f in checkpoints[0]["files"]] == ["pytorch_lora_weights.safetensors"]
+    assert [f["path"] for f in checkpoints[0]["files"]] == ["pytorch_lora_weights.safetensors", "training_state.pt"]
 
 
 # ---- the trainer on its own: a CogVideoX-5b-shaped (rotary) model, and the cache -----------

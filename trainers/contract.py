@@ -97,6 +97,10 @@ class JobConfig:
     output_dir: str
     models_dir: str  # where the built-in tiny models are built
     checkpoints_dir: str
+    # A checkpoint to start from (weights, optimizer, scheduler, step, RNG): a copy inside this
+    # job's own directory, since the sandbox shows a trainer no other job's files. None (the
+    # default, also for config.json files of servers before resume) starts from base_model.
+    resume_from: str | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> JobConfig:

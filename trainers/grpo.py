@@ -131,7 +131,11 @@ def train(config: JobConfig, progress: Progress) -> int:
     )
     trainer.veri_progress = progress
     trainer.remove_callback(transformers.PrinterCallback)  # our callback logs each step once, readably
-    trainer.train()
+    if config.resume_from:
+        log(f"resuming from {config.resume_from}")
+    # TRL restores the adapter or model, optimizer, scheduler, RNG and global step from a
+    # checkpoint-N folder it saved itself, and skips the batches already trained on.
+    trainer.train(resume_from_checkpoint=config.resume_from)
     output = Path(config.output_dir)
     if stop_requested():
         log(f"stopped on SIGTERM at step {trainer.state.global_step}")
@@ -216,6 +220,9 @@ def _trainer_class(base: type) -> type:
 
         veri_progress: Progress
         _veri_last: list | None = None
+
+        def _get_train_sampler(self, dataset: Any = None) -> Any:
+            return trl_compat.replayable(super()._get_train_sampler(dataset))
 
         def log(self, logs: dict, start_time: float | None = None) -> None:
             super().log(logs, start_time)

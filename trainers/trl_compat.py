@@ -55,3 +55,21 @@ def group_size(trainer: Any) -> int:
 
 def is_main_process(trainer: Any) -> bool:
     return trainer.accelerator.is_main_process
+
+
+def replayable(sampler: Any) -> Any:
+    """GRPOTrainer's RepeatSampler (from `_get_train_sampler`) draws each epoch's order from one
+    generator seeded once, and has no `set_epoch`: a run resumed in its third epoch would take the
+    first epoch's order. With this `set_epoch`, which transformers' Trainer calls before every
+    epoch, the order of epoch e is the e+1-th draw from the seed, as in an uninterrupted run."""
+    import torch
+
+    def set_epoch(epoch: int) -> None:
+        if not sampler.shuffle or sampler.seed is None:
+            return
+        sampler.generator.manual_seed(sampler.seed)
+        for _ in range(epoch):
+            torch.randperm(sampler.num_samples, generator=sampler.generator)
+
+    sampler.set_epoch = set_epoch
+    return sampler

@@ -32,6 +32,8 @@ WARMUP_FRACTION, MAX_WARMUP_STEPS = 0.1, 100
 INFERENCE_STEPS = 50
 GUIDANCE_SCALE = 6.0
 FPS = 8  # CogVideoX generates 8 frames per second
+LORA_FILE = "pytorch_lora_weights.safetensors"
+STATE_FILE = "training_state.pt"  # beside the LoRA in a checkpoint: what a resume needs besides it
 
 
 def main(job_dir: str) -> int:
@@ -94,6 +96,14 @@ def train(config: JobConfig, progress: Progress) -> int:
     schedule = get_scheduler("cosine", optimizer, num_warmup_steps=warmup, num_training_steps=total)
     noise_scheduler = CogVideoXDPMScheduler.from_config(pipe.scheduler.config)
     say(f"LoRA rank {hp['lora_rank']} alpha {hp['lora_alpha']} on {', '.join(TARGET_MODULES)}: {_count(params)}")
+    start = resume(config.resume_from, transformer, optimizer, schedule) if config.resume_from else 0
+    if start:
+        say(f"resumed from {config.resume_from} at step {start}")
+    if start >= total:
+        raise TrainerError(
+            "invalid_hyperparameter",
+            f"The checkpoint is at step {start}, this job has {total} steps in all; raise num_epochs or max_steps.",
+        )
 
     def everyone(value: float, how: str) -> float:
         """value reduced over the processes ("mean" or "max"); itself with one process."""
@@ -106,11 +116,15 @@ def train(config: JobConfig, progress: Progress) -> int:
             action(*args)
         accelerator.wait_for_everyone()
 
-    step, last_validated = 0, 0
+    step, last_validated = start, start
     accumulation = hp["gradient_accumulation_steps"]
     generator = torch.Generator().manual_seed(hp["seed"])  # the same order on every process
     for epoch in range(hp["num_epochs"] if not hp["max_steps"] else sys.maxsize):
-        for group in epoch_steps(len(cached), hp["batch_size"], accumulation, world, generator):
+        groups = epoch_steps(len(cached), hp["batch_size"], accumulation, world, generator)
+        # A resumed run replays the epochs' orders up to its checkpoint, so it trains on the
+        # batches the interrupted run had yet to see, in the same order.
+        done = min(max(start - epoch * per_epoch, 0), len(groups))
+        for group in groups[done:]:
             started = time.monotonic()
             lr = schedule.get_last_lr()[0]
             loss = 0.0
@@ -134,12 +148,12 @@ def train(config: JobConfig, progress: Progress) -> int:
             progress.metrics(step, values)
             say(f"step {step}/{total}: loss {loss:.4g}, grad_norm {grad_norm:.3g}, lr {lr:.3g}")
             if hp["save_steps"] and step % hp["save_steps"] == 0:
-                on_main(save_checkpoint, transformer, job_dir, step, progress)
+                on_main(save_checkpoint, transformer, optimizer, schedule, job_dir, step, progress)
             if hp["validation_steps"] and step % hp["validation_steps"] == 0 and step < total:
                 on_main(validate, pipe, validation, hp, step, job_dir, progress, device)
                 last_validated = step
             if everyone(float(stop_requested()), "max"):  # every process stops at the same step
-                on_main(save_checkpoint, transformer, job_dir, step, progress)
+                on_main(save_checkpoint, transformer, optimizer, schedule, job_dir, step, progress)
                 say(f"stopped on SIGTERM at step {step}")
                 raise TrainerError("interrupted", f"The trainer was stopped (SIGTERM) at step {step}.")
             if step >= total:
@@ -298,11 +312,55 @@ def save_lora(transformer: Any, path: Path) -> None:
     )
 
 
-def save_checkpoint(transformer: Any, job_dir: Path, step: int, progress: Progress) -> None:
+def save_checkpoint(
+    transformer: Any, optimizer: Any, schedule: Any, job_dir: Path, step: int, progress: Progress
+) -> None:
+    """The LoRA as the final model has it (it loads into a pipeline as it is) and, beside it,
+    the optimizer, learning-rate schedule, step and random state a resumed job continues from."""
+    import torch
+
     path = job_dir / "checkpoints" / f"checkpoint-{step}"
     save_lora(transformer, path)
+    state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": schedule.state_dict(),
+        "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+    torch.save(state, path / STATE_FILE)
     progress.checkpoint(step, path)
     log(f"checkpoint saved: {path}")
+
+
+def resume(path: str, transformer: Any, optimizer: Any, schedule: Any) -> int:
+    """Load a checkpoint of save_checkpoint into the LoRA, optimizer and schedule, restore the
+    random state; returns its step. The server checked that its LoRA has this job's shape."""
+    import torch
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    folder = Path(path)
+    if not (folder / STATE_FILE).is_file():
+        raise TrainerError(
+            "checkpoint_not_found",
+            f"{folder.name} has no {STATE_FILE} (saved before resumable video checkpoints); resume from a newer one.",
+        )
+    weights = {k.removeprefix("transformer."): v for k, v in load_file(folder / LORA_FILE).items()}
+    loaded = set_peft_model_state_dict(transformer, weights)
+    if loaded.unexpected_keys:
+        raise TrainerError(
+            "resume_incompatible",
+            f"{folder.name}'s LoRA does not fit this model: {len(loaded.unexpected_keys)} weights have no place "
+            f"in it (e.g. {loaded.unexpected_keys[0]}).",
+        )
+    state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    if state["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return int(state["step"])
 
 
 def _count(params: list) -> str:

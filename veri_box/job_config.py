@@ -3,17 +3,31 @@ function from the stored rows, so a trainer needs nothing but that file."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from trainers.contract import DatasetConfig, Devices, JobConfig, OpenRewardConfig, RewardFunctionConfig
 
 from . import openreward, paths
+
+RESUME_DIR = "resume"
 
 
 def reward_function_copy(data_dir: Path, job_id: str, rf_id: str) -> Path:
     """Where the job keeps its own copy of a reward function (the original may be deleted
     once the job has ended)."""
     return paths.job_reward_functions_dir(data_dir, job_id) / f"{rf_id}.py"
+
+
+def resume_copy(data_dir: Path, job_id: str, checkpoint: dict) -> Path:
+    """Where the job keeps its own copy of the checkpoint it resumes from: the sandbox shows a
+    trainer its own job directory only, never the source job's. The folder keeps its name
+    (checkpoint-N), which TRL reads the step from."""
+    return paths.job_dir(data_dir, job_id) / RESUME_DIR / PurePosixPath(checkpoint["path"]).name
+
+
+def resume_source(data_dir: Path, checkpoint: dict) -> Path:
+    """The checkpoint's folder inside the job that saved it."""
+    return paths.job_dir(data_dir, checkpoint["job_id"]) / checkpoint["path"]
 
 
 def _openreward(integration: dict) -> OpenRewardConfig:
@@ -36,9 +50,11 @@ def build(
     data_dir: Path,
     trainer: str | None,
     indices: list[int],
+    checkpoint: dict | None = None,
 ) -> JobConfig:
     """`reward_functions` are the stored rows of the job's reward functions in the job's order,
-    each with its `weight`; `integration` is the OpenReward row for jobs with environments."""
+    each with its `weight`; `integration` is the OpenReward row for jobs with environments;
+    `checkpoint` the row of the checkpoint a resumed job starts from."""
     job_dir = paths.job_dir(data_dir, job["id"])
     return JobConfig(
         job_id=job["id"],
@@ -72,4 +88,5 @@ def build(
         output_dir=str(paths.output_dir(data_dir, job["id"])),
         models_dir=str(paths.models_dir(data_dir)),
         checkpoints_dir=str(paths.checkpoints_dir(data_dir, job["id"])),
+        resume_from=str(resume_copy(data_dir, job["id"], checkpoint)) if checkpoint else None,
     )

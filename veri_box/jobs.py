@@ -11,7 +11,16 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, Parameter
 from msgspec import Meta
 
-from . import artifacts, dataset_files, dataset_zips, hyperparameters, openreward, paths, reward_functions
+from . import (
+    artifacts,
+    dataset_files,
+    dataset_zips,
+    hyperparameters,
+    job_config,
+    openreward,
+    paths,
+    reward_functions,
+)
 from .auth import Signer
 from .errors import ApiError, bad_request, not_found
 from .inventory import Inventory
@@ -66,6 +75,7 @@ class CreateJob(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         | None
     ) = None
     requires_heartbeat: bool = False
+    resume_from: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
 
 
 class Gpu(msgspec.Struct):
@@ -272,6 +282,100 @@ def _reward_sources(
     return [{"id": r["id"], "weight": w} for r, w in zip(rows, weights)], rows
 
 
+# What a checkpoint's weights and optimizer state are shaped by: a resumed job must keep these.
+RESUME_SHAPE = {
+    "grpo": ("lora_rank", "lora_alpha"),
+    "sft_video_gen": ("lora_rank", "lora_alpha", "num_frames", "height", "width"),
+}
+
+
+def _checkpoint(store: Store, settings: Settings, value: str) -> dict:
+    """The checkpoint row `resume_from` names: a checkpoint id, or `job_id@step`; its folder
+    must still be there, inside the job that saved it."""
+    how = "list a job's checkpoints with GET /v1/training_jobs/{job_id}/checkpoints and send one's id"
+    if "@" in value:
+        job_id, _, step = value.rpartition("@")
+        if not step.isdigit():
+            raise bad_request(
+                "invalid_value", f"resume_from must be a checkpoint id or JOB_ID@STEP; got '{value}'.", "resume_from"
+            )
+        if store.get_job(job_id) is None:
+            raise bad_request("checkpoint_not_found", f"No training job with id '{job_id}'; {how}.", "resume_from")
+        row = store.checkpoint_at(job_id, int(step))
+        if row is None:
+            steps = ", ".join(str(c["step"]) for c in store.list_checkpoints(job_id)) or "none"
+            raise bad_request(
+                "checkpoint_not_found",
+                f"Job {job_id} has no checkpoint at step {step} (its checkpoints: {steps}); {how}.",
+                "resume_from",
+            )
+    else:
+        row = store.get_checkpoint(value)
+        if row is None:
+            raise bad_request("checkpoint_not_found", f"No checkpoint with id '{value}'; {how}.", "resume_from")
+    job_dir = paths.job_dir(settings.data_dir, row["job_id"]).resolve()
+    folder = job_config.resume_source(settings.data_dir, row)
+    if not folder.resolve().is_relative_to(job_dir) or not folder.is_dir() or not any(folder.iterdir()):
+        raise bad_request(
+            "checkpoint_not_found",
+            f"The files of checkpoint {row['id']} (job {row['job_id']}, step {row['step']}) are gone; "
+            "resume from another checkpoint.",
+            "resume_from",
+        )
+    return row
+
+
+def _resume_source(body: CreateJob, hp: dict, store: Store, settings: Settings) -> tuple[dict, dict] | None:
+    """(checkpoint row, the job that saved it) a job resumes from, checked against the job:
+    the same method, base model and the shapes its weights and optimizer state have."""
+    if body.resume_from is None:
+        return None
+    checkpoint = _checkpoint(store, settings, body.resume_from.strip())
+    source = store.get_job(checkpoint["job_id"])
+    assert source is not None  # checkpoints are never without their job (foreign key)
+    what = f"Checkpoint {checkpoint['id']} (job {source['id']}, step {checkpoint['step']})"
+    if source["method"] != body.method:
+        raise _incompatible(f"{what} is of a {source['method']} job; send method '{source['method']}'.")
+    if source["base_model"] != body.base_model.strip():
+        raise _incompatible(f"{what} trained {source['base_model']}; send that base_model.")
+    theirs = source["hyperparameters"]
+    for key in RESUME_SHAPE[body.method]:
+        if theirs.get(key) == hp.get(key):
+            continue
+        if key == "lora_rank" and (theirs.get(key) is None or hp.get(key) is None):
+            kind = "a LoRA" if theirs.get(key) else "the full model"
+            raise _incompatible(f"{what} trained {kind}; send lora_rank {theirs.get(key)} as it did.")
+        raise _incompatible(
+            f"{what} has {key} {theirs.get(key)}, this job {hp.get(key)}; "
+            f"send {key} {theirs.get(key)} (a checkpoint's weights keep the shape they were trained with)."
+        )
+    if hp["max_steps"] is not None and hp["max_steps"] <= checkpoint["step"]:
+        raise bad_request(
+            "invalid_hyperparameter",
+            f"max_steps {hp['max_steps']} is not past the checkpoint's step {checkpoint['step']}: "
+            "max_steps counts the whole run, the checkpoint's steps included.",
+            "hyperparameters.max_steps",
+        )
+    return checkpoint, source
+
+
+def _incompatible(message: str) -> ApiError:
+    return bad_request("resume_incompatible", message, "resume_from")
+
+
+def _inherited_rewards(
+    body: CreateJob, source: dict, chosen: list[tuple[str, float]] | None
+) -> tuple[CreateJob, list[tuple[str, float]] | None]:
+    """A resumed grpo job that names no reward source of its own keeps the source job's."""
+    own = body.reward_function_id or body.reward_source or body.reward_sources or body.environments or chosen
+    if body.method != "grpo" or own:
+        return body, chosen
+    if source["environments"]:
+        environments = msgspec.convert(source["environments"], dict[str, EnvironmentSpec])
+        return msgspec.structs.replace(body, environments=environments), chosen
+    return body, [(rf["id"], rf["weight"]) for rf in source["reward_functions"]]
+
+
 def _stored_reward_function(store: Store, rf_id: str, weight: float) -> dict:
     if store.get_reward_function(rf_id) is None:
         raise ApiError(404, "reward_function_not_found", f"No reward function with id '{rf_id}'.", "reward_function_id")
@@ -319,6 +423,9 @@ def submit(
     gpu = _gpu(body.gpu, inventory)
     if body.method == "sft_video_gen":
         _check_video_job(dataset, hp, settings)
+    resume = _resume_source(body, hp, store, settings)
+    if resume:
+        body, reward_functions = _inherited_rewards(body, resume[1], reward_functions)
     sources, inline_rows = _reward_sources(body, store, settings, reward_functions)
     stamp = now()
     job = {
@@ -339,6 +446,7 @@ def submit(
         "provider": None,
         "checkpoint_destination": {"type": "veri"},
         "requires_heartbeat": int(body.requires_heartbeat),
+        "resume_from": resume[0]["id"] if resume else None,
         "created_at": stamp,
     }
     try:

@@ -196,14 +196,35 @@ class Runner:
                 raise KeyError(f"reward function {entry['id']} is gone")
             rewards.append({**rf, "weight": entry["weight"]})
         integration = self.store.get_integration("openreward") if job["environments"] else None
-        config = job_config.build(job, dataset, rewards, integration, data_dir, module, indices)
+        checkpoint = None
+        if job["resume_from"]:
+            checkpoint = self.store.get_checkpoint(job["resume_from"])
+            if checkpoint is None:
+                raise KeyError(f"checkpoint {job['resume_from']} is gone")
+        config = job_config.build(job, dataset, rewards, integration, data_dir, module, indices, checkpoint)
         paths.job_dir(data_dir, job["id"]).mkdir(parents=True, exist_ok=True)
         for rf in rewards:
             copy = job_config.reward_function_copy(data_dir, job["id"], rf["id"])
             copy.parent.mkdir(exist_ok=True)
             shutil.copyfile(data_dir / rf["path"], copy)
+        if checkpoint:
+            self._copy_checkpoint(job["id"], checkpoint)
         write_config(config.job_dir, config)
         return config
+
+    def _copy_checkpoint(self, job_id: str, checkpoint: dict) -> None:
+        """The resumed checkpoint copied into the new job's directory, the only one its sandbox
+        shows. Copied, not hard-linked: the trainer may write to its files, and a shared inode
+        would let it change the source job's checkpoint. Links are copied as links, never
+        followed: the source trainer made them, and they may lead outside its directory."""
+        data_dir = self.settings.data_dir
+        source = job_config.resume_source(data_dir, checkpoint)
+        if not source.is_dir():
+            raise KeyError(f"the files of checkpoint {checkpoint['id']} are gone ({source})")
+        target = job_config.resume_copy(data_dir, job_id, checkpoint)
+        shutil.rmtree(target, ignore_errors=True)  # a half copy of a start that failed before
+        target.parent.mkdir(exist_ok=True)
+        shutil.copytree(source, target, symlinks=True)
 
     # -- supervision -------------------------------------------------------------------------
 

@@ -217,6 +217,12 @@ def m005_ended_sessions(db: Database) -> None:
     db.execute("CREATE TABLE ended_sessions (id TEXT PRIMARY KEY, expires INTEGER NOT NULL) WITHOUT ROWID")
 
 
+@migrations()
+def m006_resume_from(db: Database) -> None:
+    """The checkpoint (ckpt_...) a job starts from; NULL for a job that starts from its base model."""
+    db.execute("ALTER TABLE jobs ADD COLUMN resume_from TEXT")
+
+
 JSON_COLUMNS = {
     "datasets": ("columns",),
     "jobs": (
@@ -707,6 +713,15 @@ class Store:
 
     def list_checkpoints(self, job_id: str) -> list[dict]:
         return self._rows("SELECT * FROM checkpoints WHERE job_id = ? ORDER BY step DESC", [job_id])
+
+    def get_checkpoint(self, checkpoint_id: str) -> dict | None:
+        return self._one("SELECT * FROM checkpoints WHERE id = ?", [checkpoint_id])
+
+    def checkpoint_at(self, job_id: str, step: int) -> dict | None:
+        """A job's checkpoint of that step; the latest saved if a step was saved twice."""
+        return self._one(
+            "SELECT * FROM checkpoints WHERE job_id = ? AND step = ? ORDER BY rowid DESC LIMIT 1", [job_id, step]
+        )
 
     # -- integrations ----------------------------------------------------------------------
 

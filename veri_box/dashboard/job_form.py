@@ -90,6 +90,8 @@ def job_body(form: dict[str, Any]) -> dict:
         environments = [e.strip() for e in (form.get("environments") or "").split(",") if e.strip()]
         if environments:
             body["environments"] = {e: {"splits": ["train"]} for e in environments}
+    if (form.get("resume_from") or "").strip():
+        body["resume_from"] = form["resume_from"].strip()
     return body
 
 
@@ -190,11 +192,14 @@ def new_job_page(
     inventory: NamedDependency[Inventory],
     clone: FromQuery[str | None] = None,
     method: FromQuery[str | None] = None,
+    resume_from: FromQuery[str | None] = None,
 ) -> Response:
     form = _default_form(method if method in jobs.METHODS else "grpo")
     if clone:
         form = _form_from_job(jobs.get(store, clone))
-        form["output_name"] = f"{form['output_name']}-copy"
+        form["output_name"] = f"{form['output_name']}-{'resumed' if resume_from else 'copy'}"
+    if resume_from:
+        form["resume_from"] = resume_from
     if not form.get("gpu_type") and inventory.types:
         form["gpu_type"] = next(iter(inventory.types))
     context = _new_job_context(store, settings, inventory, form, clone)

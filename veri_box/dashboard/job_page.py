@@ -37,10 +37,15 @@ def _summary_context(store: Store, job: dict) -> dict:
     for rf in job["reward_functions"] or []:
         row = store.get_reward_function(rf["id"])
         reward_fns.append({"id": rf["id"], "weight": rf.get("weight"), "name": row["name"] if row else rf["id"]})
+    # A failed or cancelled job can go on from its last checkpoint in a new job.
+    resumable = job["status"] in (JobStatus.FAILED, JobStatus.CANCELLED)
+    last = store.list_checkpoints(job["id"])[:1] if resumable else []
     return {
         "job": job,
         "events": events,
         "live": job["status"] not in statuses.TERMINAL,
+        "resume_checkpoint": last[0] if last else None,
+        "resumed_from": store.get_checkpoint(job["resume_from"]) if job["resume_from"] else None,
         "reward_fns": reward_fns,
         "dataset": store.get_dataset(job["dataset_id"]),
     }
