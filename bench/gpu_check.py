@@ -80,7 +80,7 @@ class Profile:
 
 GPU = Profile(
     cpu=False,
-    budgets={"demo": 120, "grpo": 290, "video": 100, "oom": 60},
+    budgets={"demo": 130, "grpo": 280, "video": 90, "oom": 50},
     model_shape="0.5b",
     completions=64,
     tokens=256,
@@ -745,7 +745,8 @@ def versions() -> dict[str, str | None]:
     from importlib.metadata import PackageNotFoundError, version
 
     found = {}
-    for name in ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "diffusers", "bitsandbytes"):
+    stack = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "diffusers", "bitsandbytes")
+    for name in (*stack, "huggingface_hub", "tokenizers", "pyarrow", "av", "litestar", "msgspec"):
         try:
             found[name] = version(name)
         except PackageNotFoundError:

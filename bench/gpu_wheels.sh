@@ -19,6 +19,10 @@ WHEELS=(
     av  # upload checks of the video demo's zip, and the video trainer's decoding
     # training stack
     trl datasets dill multiprocess diffusers importlib_metadata bitsandbytes
+    # The image's transformers 5.17 has no TrainingArguments.activation_checkpointing (the name
+    # trainers/grpo.py passes): GRPOConfig raises TypeError there. This venv's 5.24 works with the
+    # image's huggingface-hub 1.33 and tokenizers 0.23 (checked here with hub 1.33 on PYTHONPATH).
+    transformers
 )
 PLATFORMS=()
 for p in manylinux_2_39 manylinux_2_35 manylinux_2_34 manylinux_2_31 manylinux_2_28 manylinux_2_27 manylinux_2_24 \
