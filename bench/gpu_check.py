@@ -292,10 +292,12 @@ class Box:
 
     def wait(self, job_id: str, timeout: float) -> dict:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while True:
             job = self.call("GET", f"/v1/training_jobs/{job_id}")
             if job["status"] in ("completed", "failed", "cancelled"):
                 return job
+            if time.monotonic() >= deadline:
+                break
             time.sleep(1)
         self.call("POST", f"/v1/training_jobs/{job_id}/cancel")
         raise RuntimeError(f"job {job_id} still {job['status']} after {timeout:.0f} s (cancelled)")
@@ -334,6 +336,7 @@ def phase_demo(ctx: Context, budget: float) -> dict:
     availability = box.availability()
     result: dict[str, Any] = {"gpu_type": device, "sandbox": availability["box"]["sandbox"], "jobs": {}}
     result["availability"] = availability["availability"]
+    result["expected_gpu_type"] = ctx.gpu_type
     deadline = time.monotonic() + budget
     grpo_hp = {**demo.HYPERPARAMETERS, **ctx.profile.demo_overrides}
     dataset = upload_prompts(box, demo.PROMPTS, "demo prompts")
@@ -365,7 +368,7 @@ def phase_demo(ctx: Context, budget: float) -> dict:
             "gpu": {"type": device, "count": 1},
         },
     )
-    failures = []
+    failures = [] if device == ctx.gpu_type else [f"the API names the GPU {device!r}, nvidia-smi {ctx.gpu_type!r}"]
     for name, job, key in (("grpo", grpo, "reward"), ("video", video, "loss")):
         summary = job_summary(box, box.wait(job["id"], deadline - time.monotonic()), key)
         result["jobs"][name] = summary
@@ -600,7 +603,7 @@ def phase_grpo(ctx: Context, budget: float) -> dict:
         except Exception as err:  # noqa: BLE001 - one mode's failure is recorded; the next mode runs
             entry.update(status="failed", error=str(err)[-3000:])
         result["modes"][mode] = entry
-        ctx.save()
+        ctx.save(("grpo", result))
     if all(m.get("status") != "ok" for m in result["modes"].values()):
         raise RuntimeError("no GRPO mode ran: " + json.dumps(result["modes"])[-2000:])
     return result
@@ -623,7 +626,7 @@ def phase_video(ctx: Context, budget: float) -> dict:
             result["shapes"][shape] = {"status": "ok", "wall_s": round(wall, 1), **out}
         except Exception as err:  # noqa: BLE001 - recorded; the next shape runs
             result["shapes"][shape] = {"status": "failed", "error": str(err)[-3000:]}
-        ctx.save()
+        ctx.save(("video", result))
     first = result["shapes"][ctx.profile.video_shapes[0]]
     if first["status"] != "ok":
         raise RuntimeError(f"{ctx.profile.video_shapes[0]}: {first.get('error')}")
@@ -725,7 +728,7 @@ class Context:
         self.box = Box(work, profile.cpu, sandbox)
         self.model: tuple[Path, int] | None = None
         self.memory_rows: list[dict] = []
-        self.gpu_type = "cpu"
+        self.gpu_type = "cpu" if profile.cpu else expected_gpu_type()
         self.report: dict[str, Any] = {
             "profile": "cpu" if profile.cpu else "gpu",
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -733,12 +736,26 @@ class Context:
             "phases": {},
         }
 
-    def save(self) -> None:
+    def save(self, partial: tuple[str, dict] | None = None) -> None:
+        """`partial`: a phase still running and what it has so far, kept if the run is cut short."""
+        if partial:
+            self.report["phases"][partial[0]] = {"status": "running", **partial[1]}
         self.report["elapsed_s"] = round(self.clock.elapsed(), 1)
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "gpu_check.json").write_text(json.dumps(self.report, indent=2, default=str))
         (self.out / "memory_fit.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.memory_rows))
         (self.out / "gpu_check.md").write_text(table(self.report))
+
+
+def expected_gpu_type() -> str:
+    """The API type name of GPU 0 by the inventory's own rule, from nvidia-smi: what the box must report."""
+    from veri_box.inventory import detect_nvidia, type_name
+
+    gpus = detect_nvidia()
+    if not gpus:
+        return "none (nvidia-smi sees no GPU)"
+    _, product, memory_mib = gpus[0]
+    return type_name(product, memory_mib)
 
 
 def versions() -> dict[str, str | None]:
