@@ -68,11 +68,13 @@ class Profile:
     """What one run measures: the GPU run at real shapes, or the CPU run of the same paths at tiny ones."""
 
     cpu: bool
-    budgets: dict[str, float]  # seconds per phase
+    budgets: dict[str, float]  # seconds per phase at most
+    minimums: dict[str, float]  # seconds a phase needs to be worth starting; later phases keep theirs
     model_shape: str
     completions: int
     tokens: int
     steps: int  # optimizer steps, the first of which is warm-up
+    grpo_run_s: float  # about what one GRPO run takes (start, load, steps): a mode is skipped without room for two
     video_shapes: tuple[str, ...]
     demo_overrides: dict[str, Any] = field(default_factory=dict)
     video_overrides: dict[str, Any] = field(default_factory=dict)
@@ -80,21 +82,25 @@ class Profile:
 
 GPU = Profile(
     cpu=False,
-    budgets={"demo": 130, "grpo": 280, "video": 90, "oom": 50},
+    budgets={"demo": 130, "grpo": 280, "video": 150, "oom": 60},
+    minimums={"demo": 60, "grpo": 100, "video": 40, "oom": 45},
     model_shape="0.5b",
     completions=64,
     tokens=256,
     steps=4,
+    grpo_run_s=40,
     video_shapes=("2b", "5b"),
 )
 # Shorter demo jobs than demo.py's (the same settings otherwise), so the test fits ~3 minutes on 2 cores.
 CPU = Profile(
     cpu=True,
     budgets={"demo": 110, "grpo": 90, "video": 40, "oom": 5},
+    minimums={"demo": 40, "grpo": 30, "video": 10, "oom": 1},
     model_shape="tiny",
     completions=16,
     tokens=16,
     steps=3,
+    grpo_run_s=5,
     video_shapes=("tiny",),
     demo_overrides={"max_steps": 8},
     video_overrides={"num_epochs": 2, "validation_steps": 4, "save_steps": 4},
@@ -547,10 +553,9 @@ def run_bare(ctx: Context, mode: str, model: Path, prompts: Path, timeout: float
     return {**stats, "peak_gib": peak, "torch_peak_gib": out["torch_peak_gib"], "wall_s": round(wall, 1)}
 
 
-def run_timeout(deadline: float, runs_left: int) -> float:
-    """A fair share of what is left, with room for one slow run (the first pays for cold caches)."""
-    left = deadline - time.monotonic()
-    return max(min(left, left / runs_left * 1.6), 1)
+def run_timeout(deadline: float, keep: float) -> float:
+    """What is left of the phase, less `keep` seconds for the run that must follow this one."""
+    return max(deadline - time.monotonic() - keep, 1)
 
 
 def phase_grpo(ctx: Context, budget: float) -> dict:
@@ -571,19 +576,19 @@ def phase_grpo(ctx: Context, budget: float) -> dict:
         "dtype": "float32" if p.cpu else "bfloat16",
         "modes": {},
     }
-    for i, mode in enumerate(MODES):
+    for mode in MODES:
         if mode == "qlora" and p.cpu:
             result["modes"][mode] = {"status": "skipped", "reason": "4-bit QLoRA (bitsandbytes) needs CUDA"}
             continue
-        runs_left = 2 * sum(1 for m in MODES[i:] if not (m == "qlora" and p.cpu))
         left = deadline - time.monotonic()
-        if left / runs_left < budget * 0.06:
+        if left < 2 * p.grpo_run_s:
             result["modes"][mode] = {"status": "skipped", "reason": f"time: {left:.0f} s left of the phase"}
             continue
         entry: dict[str, Any] = {"status": "ok"}
         try:
-            entry["box"] = run_box(ctx, mode, model, prompts, reward, run_timeout(deadline, runs_left))
-            entry["bare"] = run_bare(ctx, mode, model, prompts, run_timeout(deadline, runs_left - 1))
+            # Greedy, in MODES order: full and LoRA before QLoRA, whatever time that leaves.
+            entry["box"] = run_box(ctx, mode, model, prompts, reward, run_timeout(deadline, p.grpo_run_s))
+            entry["bare"] = run_bare(ctx, mode, model, prompts, run_timeout(deadline, 0))
             entry["ratio_box_over_bare"] = round(entry["box"]["step_s_median"] / entry["bare"]["step_s_median"], 3)
             entry["meets_target"] = entry["ratio_box_over_bare"] <= RATIO_TARGET
             for who in ("box", "bare"):
@@ -772,12 +777,12 @@ def versions() -> dict[str, str | None]:
 
 
 def run_phase(ctx: Context, name: str, fn: Callable[[Context, float], dict], later: list[str]) -> None:
-    """`later`: the phases still to run, each of which keeps half its budget out of this one's."""
-    reserve = sum(ctx.profile.budgets[n] * 0.5 for n in later)
+    """`later`: the phases still to run, each of which keeps its minimum out of this one's budget."""
+    reserve = sum(ctx.profile.minimums[n] for n in later)
     budget = min(ctx.profile.budgets[name], ctx.clock.left() - reserve)
     started = time.monotonic()
     entry: dict[str, Any]
-    if budget < ctx.profile.budgets[name] * 0.3:
+    if budget < ctx.profile.minimums[name]:
         entry = {"status": "skipped", "reason": f"time: {ctx.clock.left():.0f} s left of the total budget"}
     else:
         print(f"[{ctx.clock.elapsed():6.1f}s] phase {name} (budget {budget:.0f} s)", flush=True)
