@@ -19,9 +19,9 @@ WHEELS=(
     av  # upload checks of the video demo's zip, and the video trainer's decoding
     # training stack
     trl datasets dill multiprocess diffusers importlib_metadata bitsandbytes
-    # The image's transformers 5.17 has no TrainingArguments.activation_checkpointing (the name
-    # trainers/grpo.py passes): GRPOConfig raises TypeError there. This venv's 5.24 works with the
-    # image's huggingface-hub 1.33 and tokenizers 0.23 (checked here with hub 1.33 on PYTHONPATH).
+    # The version the tests ran (the image has 5.17, which the trainer also accepts, but the
+    # numbers should be this venv's). 5.24 works with the image's huggingface-hub 1.33 and
+    # tokenizers 0.23 (checked here with hub 1.33 on PYTHONPATH).
     transformers
 )
 PLATFORMS=()

@@ -112,3 +112,19 @@ def test_the_log_override_reports_each_rollout_as_a_sample(trained):
         assert set(s["rewards"]) == {"length", "has_a"}
         assert s["reward"] == pytest.approx(s["rewards"]["length"] + 0.5 * s["rewards"]["has_a"])
         assert isinstance(s["advantage"], float)
+
+
+def test_the_checkpointing_switch_is_a_field_grpo_config_accepts(monkeypatch):
+    import dataclasses
+
+    import transformers
+    from trl import GRPOConfig
+
+    key = trl_compat.checkpointing_key()
+    assert key in {f.name for f in dataclasses.fields(GRPOConfig)}
+    assert GRPOConfig(output_dir="/tmp/unused", use_cpu=True, **{key: False}).gradient_checkpointing is False
+
+    # A transformers without the new name (4.x, 5.17) gets the old one.
+    fields = [f for f in dataclasses.fields(transformers.TrainingArguments) if f.name != "activation_checkpointing"]
+    monkeypatch.setattr(dataclasses, "fields", lambda cls: fields)
+    assert trl_compat.checkpointing_key() == "gradient_checkpointing"

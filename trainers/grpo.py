@@ -59,7 +59,7 @@ def grpo_args(config: JobConfig, processes: int, on_gpu: bool, bf16: bool) -> di
         "disable_tqdm": True,
         "use_cpu": not on_gpu,
         "bf16": bf16,
-        "activation_checkpointing": on_gpu,
+        trl_compat.checkpointing_key(): on_gpu,
         **save,
         **vllm,
     }

@@ -73,3 +73,16 @@ def replayable(sampler: Any) -> Any:
 
     sampler.set_epoch = set_epoch
     return sampler
+
+
+def checkpointing_key() -> str:
+    """The TrainingArguments field that turns activation checkpointing on: transformers 5.2x
+    renamed `gradient_checkpointing` (now deprecated) to `activation_checkpointing`, and the
+    releases pyproject still allows (4.56 on, 5.17 on the GPU machine's image) know only the old
+    name, so passing the new one there is a TypeError before training starts."""
+    import dataclasses
+
+    import transformers
+
+    names = {f.name for f in dataclasses.fields(transformers.TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
