@@ -115,3 +115,21 @@ class Server:
                 proc.kill()
                 proc.wait(timeout=10)
         return proc.returncode
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, as host pids (a sandboxed trainer's own view of pids is its
+    namespace's, so tests look from the host)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        children.setdefault(int(text[text.rindex(")") + 2 :].split()[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import Api
 from litestar.testing import TestClient
-from serving import FAKE_TRAINERS, REPO
+from serving import FAKE_TRAINERS, REPO, descendants
 
 from veri_box.app import Box, create_app
 from veri_box.devices import build_inventory
@@ -79,22 +79,6 @@ def trainer_env(api: Api, job_id: str) -> dict:
     path = job_dir(api, job_id) / "env.json"
     until(api, path.exists)
     return {**json.loads(path.read_text()), "pid": api.store.get_job(job_id)["pid"]}
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid`, as host pids."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        children.setdefault(int(text[text.rindex(")") + 2 :].split()[1]), []).append(int(stat.parent.name))
-    return _walk(children, pid)
-
-
-def _walk(children: dict[int, list[int]], pid: int) -> list[int]:
-    return [c for child in children.get(pid, []) for c in (child, *_walk(children, child))]
 
 
 def alive(pid: int) -> bool:

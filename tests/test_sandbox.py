@@ -19,7 +19,7 @@ import httpx
 import pytest
 from conftest import Api, finished
 from litestar.testing import TestClient
-from serving import KEY, VERI_BOX, Server
+from serving import KEY, VERI_BOX, Server, descendants
 
 from trainers.contract import DatasetConfig, Devices, JobConfig
 from veri_box import sandbox
@@ -133,23 +133,6 @@ def processes_with(marker: str) -> list[int]:
                 found.append(int(cmdline.parent.name))
         except (OSError, ValueError):
             continue
-    return found
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid`, as host pids."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        children.setdefault(int(text[text.rindex(")") + 2 :].split()[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        below = children.get(todo.pop(), [])
-        found += below
-        todo += below
     return found
 
 
