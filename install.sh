@@ -2,7 +2,8 @@
 # Idempotent set-up of veri-box in ./.venv.
 #   ./install.sh         the server, the training stack, and bubblewrap (the trainers' sandbox)
 #                        where apt-get and root or sudo are at hand
-#   ./install.sh --dev   also the test tools, and Debian's chromium for the browser tests
+#   ./install.sh --dev   also the test tools: Python ones, Debian's chromium, openssh-server,
+#                        slurm and munge (the tests start their own daemons)
 # TORCH_SPEC overrides which torch is installed when none is (default: torch==2.13.0).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -11,7 +12,7 @@ dev=0
 for arg in "$@"; do
   case "$arg" in
     --dev) dev=1 ;;
-    -h|--help) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "install.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -59,12 +60,25 @@ if ! command -v bwrap >/dev/null 2>&1; then
   fi
 fi
 
-if [ "$dev" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
-  echo "==> installing Debian's chromium (browser tests)"
-  sudo_=""
-  [ "$(id -u)" = 0 ] || sudo_="sudo"
-  $sudo_ apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -q chromium
+# The test tools that are programs, not Python packages: Debian's chromium (browser tests), an
+# OpenSSH server (the provider stand-ins' "instances"), and Slurm with munge (a one-node
+# cluster). The tests start and stop them; the packages do not start daemons here.
+if [ "$dev" = 1 ]; then
+  wanted=()
+  command -v chromium >/dev/null 2>&1 || wanted+=(chromium)
+  [ -x /usr/sbin/sshd ] || wanted+=(openssh-server)
+  command -v rsync >/dev/null 2>&1 || wanted+=(rsync)
+  [ -x /usr/sbin/slurmctld ] || wanted+=(slurmctld)
+  [ -x /usr/sbin/slurmd ] || wanted+=(slurmd)
+  command -v sbatch >/dev/null 2>&1 || wanted+=(slurm-client)
+  [ -x /usr/sbin/munged ] || wanted+=(munge)
+  if [ "${#wanted[@]}" -gt 0 ]; then
+    echo "==> installing test tools: ${wanted[*]}"
+    sudo_=""
+    [ "$(id -u)" = 0 ] || sudo_="sudo"
+    $sudo_ apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -q "${wanted[@]}"
+  fi
 fi
 
 echo "==> done: start the box with .venv/bin/veri-box serve"
