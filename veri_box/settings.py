@@ -102,6 +102,47 @@ class Settings:
             "0 disables."
         },
     )
+    slurm: str = field(
+        default="",
+        metadata={
+            "help": "Slurm partitions to run jobs on, as PARTITION[,PARTITION...]; their GPU types become "
+            "device types jobs can ask for (provider 'slurm'). The data directory must be on a filesystem "
+            "the compute nodes share. Empty: no cluster."
+        },
+    )
+    slurm_account: str = field(default="", metadata={"help": "Slurm account for sbatch --account (empty: none)."})
+    slurm_extra: str = field(
+        default="",
+        metadata={"help": "Extra sbatch flags for this site, e.g. '--qos=normal --constraint=ib' (empty: none)."},
+    )
+    slurm_gpu_map: str = field(
+        default="",
+        metadata={
+            "help": "GRES GPU names to API types, as GRES=TYPE pairs such as 'a100=A100-80GB,rtx=RTX4090-24GB', "
+            "for site-specific names the built-in mapping does not know."
+        },
+    )
+    burst_after_s: float = field(
+        default=0.0,
+        metadata={
+            "help": "Send a job that has waited this many seconds for busy local devices to the cheapest "
+            "configured cloud provider instead (only jobs that name no provider); 0 disables."
+        },
+    )
+    provisioning_timeout_s: float = field(
+        default=1200.0,
+        metadata={
+            "help": "Fail a cloud job (provisioning_timeout) whose instance is not training within this many "
+            "seconds of launch; the instance is terminated."
+        },
+    )
+    instance_lost_s: float = field(
+        default=300.0,
+        metadata={
+            "help": "Fail a cloud job (provider_error) whose instance cannot be reached over SSH for this many "
+            "seconds; the instance is terminated."
+        },
+    )
     trainers: str = field(
         default="",
         metadata={
@@ -120,6 +161,12 @@ class Settings:
             if prices[name] < 0:
                 raise SettingsError(f"--price-per-hour: the price for {name} must not be negative")
         return prices
+
+    def slurm_partitions(self) -> list[str]:
+        return [p.strip() for p in self.slurm.split(",") if p.strip()]
+
+    def slurm_gpu_names(self) -> dict[str, str]:
+        return _pairs(self.slurm_gpu_map, "--slurm-gpu-map")
 
     def trainer_modules(self) -> dict[str, str]:
         return {**DEFAULT_TRAINERS, **_pairs(self.trainers, "--trainers")}

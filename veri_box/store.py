@@ -223,6 +223,50 @@ def m006_resume_from(db: Database) -> None:
     db.execute("ALTER TABLE jobs ADD COLUMN resume_from TEXT")
 
 
+@migrations()
+def m007_executors(db: Database) -> None:
+    """Jobs that run beyond this box (a Slurm cluster, a rented instance) and their instances.
+
+    provider_requested: the provider the job named at submit (NULL: the box chooses).
+    executor_state: what an executor needs to find its trainer again after a restart (a Slurm
+    job id, an instance and the remote directory, ...), as JSON; only that executor reads it.
+    memory_estimate: the submit-time estimate of the job's peak GPU memory and its parts.
+    integrations.options: per-integration settings that are not secrets (an image, a project).
+    instances: every cloud instance the box launched, recorded before the box waits on it, so
+    cost, teardown and orphan cleanup survive a crash."""
+    db.executescript(
+        """
+        ALTER TABLE jobs ADD COLUMN provider_requested TEXT;
+        ALTER TABLE jobs ADD COLUMN executor_state TEXT;
+        ALTER TABLE jobs ADD COLUMN memory_estimate TEXT;
+        ALTER TABLE integrations ADD COLUMN options TEXT;
+        CREATE TABLE instances (
+            id TEXT PRIMARY KEY,                 -- the box's own id (inst_...)
+            provider TEXT NOT NULL,
+            provider_instance_id TEXT,           -- NULL until the provider answered the launch
+            name TEXT NOT NULL,                  -- the name given at launch (box prefix + job id)
+            job_id TEXT REFERENCES jobs(id),
+            gpu_type TEXT NOT NULL,
+            gpu_count INTEGER NOT NULL,
+            region TEXT,
+            price_per_hr REAL,
+            status TEXT NOT NULL,                -- launching, booting, ready, terminated, failed
+            ssh_host TEXT,
+            ssh_port INTEGER,
+            ssh_user TEXT,
+            host_key TEXT,                       -- pinned at first contact
+            launched_at TEXT,
+            ready_at TEXT,
+            terminated_at TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE INDEX instances_job ON instances(job_id);
+        CREATE INDEX instances_open ON instances(terminated_at) WHERE terminated_at IS NULL;
+        """
+    )
+
+
 JSON_COLUMNS = {
     "datasets": ("columns",),
     "jobs": (
@@ -234,7 +278,10 @@ JSON_COLUMNS = {
         "gpu_requested",
         "gpu",
         "checkpoint_destination",
+        "executor_state",
+        "memory_estimate",
     ),
+    "integrations": ("options",),
     "events": ("metadata",),
     "samples": ("data",),
 }
@@ -725,18 +772,56 @@ class Store:
 
     # -- integrations ----------------------------------------------------------------------
 
-    def put_integration(self, provider: str, api_key: str, base_url: str | None) -> dict:
+    def put_integration(
+        self, provider: str, api_key: str, base_url: str | None, options: dict | None = None
+    ) -> dict:
         stamp = now()
         self.db.execute(
-            """INSERT INTO integrations (provider, api_key, base_url, created_at, updated_at)
-               VALUES (?, ?, ?, ?, ?) ON CONFLICT(provider) DO UPDATE SET
-               api_key = excluded.api_key, base_url = excluded.base_url, updated_at = excluded.updated_at""",
-            [provider, api_key, base_url, stamp, stamp],
+            """INSERT INTO integrations (provider, api_key, base_url, options, created_at, updated_at)
+               VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(provider) DO UPDATE SET
+               api_key = excluded.api_key, base_url = excluded.base_url, options = excluded.options,
+               updated_at = excluded.updated_at""",
+            [provider, api_key, base_url, json.dumps(options) if options else None, stamp, stamp],
         )
         return self.get_integration(provider)  # type: ignore[return-value]
 
     def get_integration(self, provider: str) -> dict | None:
-        return self._one("SELECT * FROM integrations WHERE provider = ?", [provider])
+        return self._one("SELECT * FROM integrations WHERE provider = ?", [provider], "integrations")
+
+    # -- cloud instances -------------------------------------------------------------------
+
+    def insert_instance(self, row: dict) -> dict:
+        """A new instance record: `id` (new_id("inst_") if absent), provider, name, job_id, gpu_type,
+        gpu_count, status, and whatever else is known at launch."""
+        stamp = now()
+        row = {"id": new_id("inst_"), "created_at": stamp, "updated_at": stamp, **row}
+        self._insert("instances", row)
+        return self.get_instance(row["id"])  # type: ignore[return-value]
+
+    def update_instance(self, id: str, **fields: Any) -> None:
+        fields = {**fields, "updated_at": now()}
+        self.db.execute(
+            f"UPDATE instances SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?", [*fields.values(), id]
+        )
+
+    def get_instance(self, id: str) -> dict | None:
+        return self._one("SELECT * FROM instances WHERE id = ?", [id])
+
+    def instance_for_job(self, job_id: str) -> dict | None:
+        """The job's latest instance (a launch that fell through to another offer leaves earlier ones)."""
+        return self._one("SELECT * FROM instances WHERE job_id = ? ORDER BY rowid DESC LIMIT 1", [job_id])
+
+    def open_instances(self) -> list[dict]:
+        """Instances not yet known to be terminated, oldest first."""
+        return self._rows("SELECT * FROM instances WHERE terminated_at IS NULL ORDER BY rowid")
+
+    def instance_spend(self, since: str) -> list[dict]:
+        """Instances that ran at any time since `since` (for cost and budgets)."""
+        return self._rows(
+            "SELECT * FROM instances WHERE launched_at IS NOT NULL AND (terminated_at IS NULL OR terminated_at >= ?)"
+            " ORDER BY rowid",
+            [since],
+        )
 
     def delete_integration(self, provider: str) -> bool:
         return self.db.execute("DELETE FROM integrations WHERE provider = ?", [provider]).rowcount > 0
