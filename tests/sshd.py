@@ -1,0 +1,116 @@
+"""A real OpenSSH server on 127.0.0.1 for tests: the "instance" a provider stand-in launches.
+
+    server = Sshd.start(tmp_path / "inst")   # temp host key, free port, empty authorized_keys
+    server.authorize(public_key_line)        # what the provider does with the launch's key
+    server.port, server.user, server.host_key_line, server.known_hosts_line
+    server.kill()                            # the instance dies: sshd and every process it started
+    server.stop()                            # the same, used for a normal terminate; safe twice
+
+sshd runs as pid 1 of its own pid namespace (`unshare --pid --fork --kill-child --mount-proc`),
+so everything a session starts, even `setsid nohup ... &` children reparented away from their
+shell, lives in that namespace and dies with it: that is what lets kill() model a lost machine
+without hunting processes by name. The network namespace is shared, so 127.0.0.1:port works;
+/proc is remounted so pids seen inside (`$!`, /proc/PID) agree with each other. sshd as pid 1
+reaps the orphans, so a finished process does not linger as a zombie that `kill -0` calls alive.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+SSHD = "/usr/sbin/sshd"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_keypair(directory: Path, name: str = "id_ed25519") -> tuple[Path, str]:
+    """A fresh ed25519 client key pair without passphrase: (private key path, public key line)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    private = directory / name
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(private)], check=True)
+    return private, private.with_suffix(".pub").read_text().strip()
+
+
+class Sshd:
+    def __init__(self, directory: Path, port: int, process: subprocess.Popen, host_key_line: str):
+        self.directory = directory
+        self.host = "127.0.0.1"
+        self.port = port
+        self.user = getpass.getuser()  # sshd runs as this user, so only this user can log in
+        self.process = process
+        self.host_key_line = host_key_line  # "ssh-ed25519 AAAA..." (no comment)
+        self.authorized_keys = directory / "authorized_keys"
+
+    @property
+    def known_hosts_line(self) -> str:
+        return f"[{self.host}]:{self.port} {self.host_key_line}"
+
+    @classmethod
+    def start(cls, directory: Path, timeout: float = 5.0) -> Sshd:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege-separation dir (root only)
+        host_key = directory / "host_ed25519"
+        if not host_key.exists():
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
+        kind, blob = host_key.with_suffix(".pub").read_text().split()[:2]
+        (directory / "authorized_keys").touch(mode=0o600)
+        port = free_port()
+        config = directory / "sshd_config"
+        config.write_text(
+            f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {host_key}\nPidFile {directory}/sshd.pid\n"
+            f"AuthorizedKeysFile {directory}/authorized_keys\nPasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n"
+            "Subsystem sftp internal-sftp\nLogLevel ERROR\n"
+        )
+        subprocess.run([SSHD, "-t", "-f", str(config)], check=True)
+        log = open(directory / "sshd.log", "ab")
+        process = subprocess.Popen(
+            ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", SSHD, "-D", "-e", "-f", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,  # a test's Ctrl-C or a killed pytest group does not reach it first
+        )
+        log.close()
+        server = cls(directory, port, process, f"{kind} {blob}")
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                socket.create_connection((server.host, port), timeout=0.5).close()
+                return server
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    server.stop()
+                    raise RuntimeError(f"sshd did not start: {(directory / 'sshd.log').read_text()}") from None
+                time.sleep(0.02)
+
+    def authorize(self, public_key_line: str) -> None:
+        """Append a public key ("ssh-ed25519 AAAA... comment") that may log in as self.user."""
+        with open(self.authorized_keys, "a") as f:
+            f.write(public_key_line.strip() + "\n")
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> None:
+        """The machine dies: SIGKILL the namespace's outer process; --kill-child then SIGKILLs its
+        pid 1 (sshd), and the kernel kills every other process in the namespace with it."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        """Terminate the instance (nothing started through it survives); safe to call twice."""
+        self.kill()
