@@ -148,7 +148,9 @@ def test_sdk_shaped_request_with_inline_reward_sources(api):
         ({"gpu": {"type": "A100-80GB", "count": 3}}, "gpu_unavailable", "gpu.count"),
         ({"gpu": {"count": 1}}, "missing_field", "gpu.type"),
         ({"gpu": {"type": "cpu", "gpu_type": "A100-80GB"}}, "invalid_value", "gpu.type"),
-        ({"provider": "runpod"}, "provider_unavailable", "provider"),
+        ({"provider": "runpod"}, "provider_not_configured", "provider"),
+        ({"provider": "aws"}, "provider_unavailable", "provider"),
+        ({"provider": "slurm"}, "provider_not_configured", "provider"),
         (
             {"checkpoint_destination": {"type": "s3"}},
             "unsupported_checkpoint_destination",

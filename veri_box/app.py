@@ -33,6 +33,7 @@ from .integrations import IntegrationController
 from .inventory import Inventory, build_inventory
 from .job_outputs import JobOutputController
 from .jobs import JobController
+from .placement import CLOUDS, SLURM, Placement
 from .reward_functions import RewardFunctionController
 from .runner import Runner
 from .sessions import Sessions, session_signer
@@ -130,6 +131,7 @@ class Box:
     settings: Settings
     store: Store
     inventory: Inventory
+    placement: Placement
     runner: Runner
     signer: Signer
     sessions: Sessions
@@ -149,13 +151,49 @@ class Box:
             store = Store(paths.db(data_dir))
             signer = Signer(store.box_value("url_signing_secret", lambda: secrets.token_hex(32)))
             inventory = inventory or build_inventory(settings.gpus, settings.cpu_slots, settings.prices())
-            runner = Runner(store, settings, inventory)
-            box = cls(settings, store, inventory, runner, signer, Sessions(store, session_signer(store)))
+            placement = _placement(settings, store, inventory)
+            runner = Runner(store, settings, placement, _executors(settings, store, placement))
+            sessions = Sessions(store, session_signer(store))
+            box = cls(settings, store, inventory, placement, runner, signer, sessions)
         except BaseException:
             _DataDirLock.release(lock)
             raise
         weakref.finalize(box, _DataDirLock.release, lock)
         return box
+
+
+def _placement(settings: Settings, store: Store, inventory: Inventory) -> Placement:
+    """Where jobs can run: this box's devices, the Slurm partitions of --slurm (checked now: a
+    cluster the box cannot use stops it from starting, with the reason), the cloud providers."""
+    try:  # SEAM-TEMP: until providers.py lands
+        from .providers import Providers
+    except ImportError:
+        Providers = None  # type: ignore[assignment]
+
+    cluster = None
+    if settings.slurm_partitions():
+        from . import slurm
+
+        cluster = slurm.connect(settings)
+    providers = Providers(store, settings) if Providers else None  # SEAM-TEMP
+    return Placement(inventory, cluster, providers, settings.burst_after_s)
+
+
+def _executors(settings: Settings, store: Store, placement: Placement) -> dict:
+    """The executors beyond the local one, by provider name (one remote executor serves every cloud)."""
+    executors: dict[str, Any] = {}
+    if placement.cluster is not None:
+        from .slurm import SlurmExecutor
+
+        executors[SLURM] = SlurmExecutor(settings, store, placement.cluster)
+    try:  # SEAM-TEMP: until remote.py lands
+        from .remote import RemoteExecutor
+    except ImportError:
+        return executors
+    if placement.providers is not None:
+        remote = RemoteExecutor(settings, store, placement.providers)
+        executors.update({name: remote for name in CLOUDS})
+    return executors
 
 
 def _provide(value: Any) -> Provide:

@@ -3,8 +3,9 @@ ingestion); an executor starts a trainer somewhere, follows it, signals it and b
 files home. Every executor leaves the trainer's progress.jsonl and train.log in the local job
 directory (written there, or mirrored by byte offset), so everything after it is one code path.
 
-Today there is one: the local process. A remote (SSH) or Slurm executor implements the same
-interface.
+Three implement it: the local process (here), a Slurm job (slurm.py) and a rented cloud
+instance over SSH (remote.py). Every method is called from the runner's tick, so each returns
+within seconds; long work (a launch, an upload) runs in the executor's own threads.
 """
 
 from __future__ import annotations
@@ -48,6 +49,21 @@ class Executor(Protocol):
 
     def release(self, job: dict) -> None:
         """The job has ended: nothing of it may keep running or keep holding resources."""
+
+    def failure(self, job: dict) -> tuple[str, str] | None:
+        """(error code, message) when the executor knows why the trainer could not run or was
+        lost (an instance gone, a Slurm time limit...); the runner uses it when the trainer
+        reported no error of its own."""
+
+    def cost(self, job: dict, seconds: float) -> float | None:
+        """What the job cost in USD, `seconds` being its trainer's wall time."""
+
+
+def device_cost(prices: dict[str, float], job: dict, seconds: float) -> float:
+    """--price-per-hour of the job's GPU type x its count x the time: the cost of a device
+    the lab owns (this box's, or its cluster's)."""
+    gpu = job["gpu"] or job["gpu_requested"]
+    return round(seconds / 3600 * prices.get(gpu["type"], 0.0) * gpu["count"], 6)
 
 
 def process_start_time(pid: int) -> str | None:
@@ -119,6 +135,7 @@ class LocalExecutor:
 
     def __init__(self, settings: Settings):
         self.data_dir = settings.data_dir
+        self.prices = settings.prices()
         self.cpu_threads = max(1, (os.cpu_count() or 1) // max(settings.cpu_slots, 1))
         self.sandbox = sandbox.resolve(settings.sandbox)
         self._children: dict[str, subprocess.Popen] = {}
@@ -176,6 +193,12 @@ class LocalExecutor:
         self._signal_group(job, signal.SIGKILL)  # no stray workers outlive their job
         self._children.pop(job["id"], None)
         self._sandboxed.discard(job["id"])
+
+    def failure(self, job: dict) -> tuple[str, str] | None:
+        return None  # the runner reads a local trainer's end from its exit code and log
+
+    def cost(self, job: dict, seconds: float) -> float:
+        return device_cost(self.prices, job, seconds)
 
     def _alive(self, job: dict) -> bool:
         return bool(job["pid"]) and process_start_time(job["pid"]) == job["pid_started"]

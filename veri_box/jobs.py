@@ -23,7 +23,7 @@ from . import (
 )
 from .auth import Signer
 from .errors import ApiError, bad_request, not_found
-from .inventory import Inventory
+from .placement import Placement
 from .runner import Runner
 from .schemas import After, ListOf
 from .settings import Settings
@@ -164,7 +164,7 @@ def to_api(job: dict, settings: Settings, signer: Signer) -> Job:
 # -- submit-time validation ----------------------------------------------------------------
 
 
-def _gpu(request: GpuRequest, inventory: Inventory) -> dict:
+def _gpu(request: GpuRequest, placement: Placement, provider: str | None) -> dict:
     if request.type and request.gpu_type and request.type != request.gpu_type:
         raise bad_request("invalid_value", "gpu.type and gpu.gpu_type disagree; send one of them.", "gpu.type")
     if request.count and request.gpu_count and request.count != request.gpu_count:
@@ -172,18 +172,9 @@ def _gpu(request: GpuRequest, inventory: Inventory) -> dict:
     gpu_type = request.type or request.gpu_type
     count = request.count or request.gpu_count or 1
     if not gpu_type:
-        raise bad_request("missing_field", f"gpu.type is required; this box has: {inventory.describe()}.", "gpu.type")
-    device = inventory.types.get(gpu_type)
-    if device is None:
-        raise bad_request(
-            "gpu_unavailable", f"This box has no '{gpu_type}' devices; it has: {inventory.describe()}.", "gpu.type"
-        )
-    if count > device.count:
-        raise bad_request(
-            "gpu_unavailable",
-            f"gpu.count {count} is more than the {device.count} {gpu_type} device(s) this box has.",
-            "gpu.count",
-        )
+        have = placement.inventory.describe()
+        raise bad_request("missing_field", f"gpu.type is required; this box has: {have}.", "gpu.type")
+    placement.check(gpu_type, count, provider)
     return {"type": gpu_type, "count": count}
 
 
@@ -386,7 +377,7 @@ def submit(
     body: CreateJob,
     store: Store,
     settings: Settings,
-    inventory: Inventory,
+    placement: Placement,
     reward_functions: list[tuple[str, float]] | None = None,
 ) -> dict:
     """Validate a job and store it queued; returns the job row. `reward_functions` are (id,
@@ -407,12 +398,6 @@ def submit(
         )
     if not body.output_name.strip():
         raise bad_request("invalid_value", "output_name must not be blank.", "output_name")
-    if body.provider not in (None, "local"):
-        raise bad_request(
-            "provider_unavailable",
-            f"Provider '{body.provider}' is not configured on this box; omit provider or use 'local'.",
-            "provider",
-        )
     if body.checkpoint_destination and body.checkpoint_destination.type != "veri":
         raise bad_request(
             "unsupported_checkpoint_destination",
@@ -420,7 +405,7 @@ def submit(
             "checkpoint_destination.type",
         )
     hp = hyperparameters.resolve(body.method, body.hyperparameters)
-    gpu = _gpu(body.gpu, inventory)
+    gpu = _gpu(body.gpu, placement, body.provider)
     if body.method == "sft_video_gen":
         _check_video_job(dataset, hp, settings)
     resume = _resume_source(body, hp, store, settings)
@@ -444,6 +429,7 @@ def submit(
         "gpu_requested": gpu,
         "gpu": None,
         "provider": None,
+        "provider_requested": body.provider,
         "checkpoint_destination": {"type": "veri"},
         "requires_heartbeat": int(body.requires_heartbeat),
         "resume_from": resume[0]["id"] if resume else None,
@@ -489,10 +475,10 @@ class JobController(Controller):
         data: JSONBody[CreateJob],
         store: NamedDependency[Store],
         settings: NamedDependency[Settings],
-        inventory: NamedDependency[Inventory],
+        placement: NamedDependency[Placement],
         signer: NamedDependency[Signer],
     ) -> Job:
-        return to_api(submit(data, store, settings, inventory), settings, signer)
+        return to_api(submit(data, store, settings, placement), settings, signer)
 
     @litestar.get("/", sync_to_thread=True)
     def list_(

@@ -18,11 +18,13 @@ import threading
 from datetime import datetime
 from pathlib import Path
 
+import msgspec
+
 from trainers.contract import JobConfig, write_config
 
 from . import job_config, paths, progress
 from .executors import Executor, LocalExecutor
-from .inventory import Inventory
+from .placement import LOCAL, SLURM, Placement, Route
 from .settings import Settings
 from .statuses import ACTIVE, PLACED, TERMINAL, JobStatus
 from .store import Store, now
@@ -34,7 +36,6 @@ OOM_HINT = (
     "Lower global_batch_size or max_response_length (batch_size or num_frames for video), "
     "or train a LoRA (lora_rank) on a 4-bit base model (load_in_4bit)."
 )
-LOCAL = "local"
 LOG_LINES = 20  # of the trainer's log, in the messages of failures it did not explain itself
 
 
@@ -55,19 +56,30 @@ def _seconds_between(start: str | None, end: str) -> float | None:
 
 
 class Runner:
-    def __init__(self, store: Store, settings: Settings, inventory: Inventory):
+    def __init__(
+        self, store: Store, settings: Settings, placement: Placement, executors: dict[str, Executor] | None = None
+    ):
+        """`executors` by provider name ("local", "slurm", each cloud's name); the local one
+        is always there."""
         self.store = store
         self.settings = settings
-        self.inventory = inventory
+        self.placement = placement
+        self.inventory = placement.inventory
         self.modules = settings.trainer_modules()
-        self.prices = settings.prices()
-        self.executors: dict[str, Executor] = {LOCAL: LocalExecutor(settings)}
+        self.executors: dict[str, Executor] = {LOCAL: LocalExecutor(settings), **(executors or {})}
         self._tick = threading.Lock()
+        self._said_waiting: set[str] = set()
         # No client could reach a stopped server: a heartbeat's silence counts from no earlier.
         self._up_since = now()
 
     def _executor(self, job: dict) -> Executor:
         return self.executors[job["provider"] or LOCAL]
+
+    @staticmethod
+    def _has_trainer(job: dict) -> bool:
+        """Whether an executor started something for the job that may need stopping: a local
+        process (pid), or a Slurm job or cloud instance (its executor_state)."""
+        return bool(job["pid"] or job["executor_state"])
 
     # -- entry points --------------------------------------------------------------------------
 
@@ -77,11 +89,19 @@ class Runner:
             for job in self.store.jobs_holding_devices():
                 if self._executor(job).reattach(job):
                     # Its backlog of progress is read by the ticks, not before the server answers.
-                    log.info("re-attached to %s (pid %s)", job["id"], job["pid"])
+                    log.info("re-attached to %s on %s (pid %s)", job["id"], job["provider"], job["pid"])
                     continue
                 job = self._ingest(job, drain=True)
                 # A trainer that reported completion before it went finished its job, server or not.
                 self._finish(job, exit_code=None, abandoned=job["trainer_state"] != JobStatus.COMPLETED)
+            active = {job["id"] for job in self.store.jobs_with_status(*ACTIVE)}
+            for executor in {id(e): e for e in self.executors.values()}.values():
+                recover_orphans = getattr(executor, "recover_orphans", None)
+                if recover_orphans is not None:
+                    try:
+                        recover_orphans(active)
+                    except Exception:  # a provider that is down must not keep the box from starting
+                        log.exception("cleaning up orphans of %s failed", type(executor).__name__)
 
     def tick(self) -> None:
         """One pass of supervision and placement; the scheduler calls it about once a second."""
@@ -103,39 +123,56 @@ class Runner:
         job = self.store.transition_job(
             job_id, JobStatus.CANCELLED, allowed_from=ACTIVE, event_metadata=reason, completed_at=stamp
         )
-        if job and job["pid"]:
+        if job and self._has_trainer(job):
             self._terminate(job)
         return job
 
     # -- placement ---------------------------------------------------------------------------
 
     def _place(self) -> None:
-        """FIFO within each device type; a job that does not fit holds back later jobs of its
-        type only, never those waiting for other types."""
+        """Local devices: FIFO within each device type; a job that does not fit holds back later
+        jobs of its type only, never those waiting for other types. Slurm and cloud jobs start
+        at once: the cluster and the provider keep their own queues."""
         held: dict[str, set[int]] = {}
         for job in self.store.jobs_holding_devices():
-            if job["gpu"]:
+            if job["gpu"] and job["provider"] in (LOCAL, None):
                 held.setdefault(job["gpu"]["type"], set()).update(job["devices"])
         blocked: set[str] = set()
+        stamp = now()
         for job in self.store.jobs_with_status(JobStatus.QUEUED):
             kind, count = job["gpu_requested"]["type"], job["gpu_requested"]["count"]
             device = self.inventory.types.get(kind)
-            if device is None or count > device.count:
-                self._fail_queued(
-                    job,
-                    "gpu_unavailable",
-                    f"This box no longer has {count} '{kind}' device(s); it has: {self.inventory.describe()}.",
-                )
-                continue
-            if kind in blocked:
-                continue
-            free = [i for i in device.indices if i not in held.get(kind, set())]
-            if len(free) < count:
-                blocked.add(kind)
-                continue
-            chosen = free[:count]
-            held.setdefault(kind, set()).update(chosen)
-            self._start(job, chosen)
+            free = [i for i in device.indices if i not in held.get(kind, set())] if device else []
+            busy = kind in blocked or len(free) < count
+            waited = _seconds_between(job["created_at"], stamp) or 0.0
+            route = self.placement.route(job, waited, busy)
+            if isinstance(route, tuple):
+                self._fail_queued(job, *route)
+            elif route.executor == LOCAL:
+                if busy:
+                    blocked.add(kind)
+                    continue
+                chosen = free[:count]
+                held.setdefault(kind, set()).update(chosen)
+                self._start(job, chosen, LOCAL)
+            elif route.executor == SLURM:
+                self._start(job, list(range(count)), SLURM)
+            elif route.executor == "cloud":
+                self._start_cloud(job, route, waited)
+            elif job["id"] not in self._said_waiting:
+                # No offer in stock now: the job stays queued, and says so (once per server run).
+                self._said_waiting.add(job["id"])
+                self.store.add_event(job["id"], "waiting_for_capacity", {"gpu_type": kind, "gpu_count": count})
+
+    def _start_cloud(self, job: dict, route: Route, waited: float) -> None:
+        offers = route.offers or []
+        self._said_waiting.discard(job["id"])
+        if route.burst:
+            self.store.add_event(job["id"], "burst", {"waited_s": round(waited, 1), "provider": offers[0].provider})
+        # The executor launches the first offer and falls through to the next on a capacity error.
+        job = {**job, "executor_state": {"offers": [msgspec.to_builtins(o) for o in offers]}}
+        self.store.update_job(job["id"], executor_state=job["executor_state"])
+        self._start(job, list(range(job["gpu_requested"]["count"])), offers[0].provider)
 
     def _fail_queued(self, job: dict, code: str, message: str) -> None:
         self.store.transition_job(
@@ -147,7 +184,9 @@ class Runner:
             completed_at=now(),
         )
 
-    def _start(self, job: dict, indices: list[int]) -> None:
+    def _start(self, job: dict, indices: list[int], provider: str) -> None:
+        """Prepare the job directory and hand the job to the executor of `provider`; `indices`
+        are the local devices it holds (elsewhere: 0..count-1, as the trainer numbers them)."""
         kind = job["gpu_requested"]["type"]
         module = self.modules.get(job["method"])
         if not _module_exists(module):
@@ -168,10 +207,11 @@ class Runner:
             JobStatus.PROVISIONING,
             allowed_from=[JobStatus.QUEUED],
             event="submitted",
-            event_metadata={"device_type": kind, "devices": indices},
-            devices=indices,
+            event_metadata={"device_type": kind, "devices": indices, "provider": provider},
+            # Only local devices are held by index; elsewhere an empty list marks a job to supervise.
+            devices=indices if provider == LOCAL else [],
             gpu={"type": kind, "count": len(indices)},
-            provider=LOCAL,
+            provider=provider,
         )
         if placed is None:  # cancelled while being prepared
             return
@@ -181,7 +221,7 @@ class Runner:
             self._finish(self.store.get_job(job["id"]), exit_code=None, start_error=str(err))
             return
         self.store.update_job(job["id"], **started)
-        log.info("started %s on %s %s: %s (%s)", job["id"], kind, indices, module, started)
+        log.info("started %s on %s %s %s: %s (%s)", job["id"], provider, kind, indices, module, started)
 
     def _write_config(self, job: dict, module: str, indices: list[int]) -> JobConfig:
         """The job's directory with its own copies of its reward functions, and config.json."""
@@ -241,11 +281,11 @@ class Runner:
             self.store.update_job(job["id"], progress_at=job["progress_at"])
         executor = self._executor(job)
         if job["status"] in TERMINAL:  # cancelled, or failed by the runner: its trainer must stop
-            if job["pid"] and not job["terminated_at"]:
+            if self._has_trainer(job) and not job["terminated_at"]:
                 self._terminate(job)
             elif job["terminated_at"] and _seconds_between(job["terminated_at"], now()) >= self.settings.cancel_grace_s:
                 executor.cancel(job, force=True)
-        elif job["pid"] and (failure := self._failure_while_running(job)):
+        elif self._has_trainer(job) and (failure := self._failure_while_running(job)):
             self._stop_failed(job, *failure)
         running, exit_code = executor.poll(job)
         if running:
@@ -341,7 +381,7 @@ class Runner:
             "devices": None,
             "pid": None,
             "duration_seconds": duration,
-            "cost_usd": None if duration is None else self._cost(job, duration),
+            "cost_usd": None if duration is None else self._executor(job).cost(job, duration),
         }
         ended = outcome and self.store.transition_job(
             job["id"],
@@ -377,6 +417,8 @@ class Runner:
             reported = {"code": "trainer_crashed", "message": problem}
         if reported:
             code, message = reported["code"], reported["message"]
+        elif failure := self._executor(job).failure(job):
+            code, message = failure
         elif start_error:
             code, message = "trainer_crashed", f"The trainer could not be started: {start_error}"
         elif abandoned:
@@ -389,10 +431,6 @@ class Runner:
         else:
             code, message = self._diagnose(job, exit_code)
         return JobStatus.FAILED, {"error_code": code, "error_message": message, "event": {"code": code}}
-
-    def _cost(self, job: dict, seconds: float) -> float:
-        gpu = job["gpu"] or job["gpu_requested"]
-        return round(seconds / 3600 * self.prices.get(gpu["type"], 0.0) * gpu["count"], 6)
 
     def _diagnose(self, job: dict, exit_code: int | None) -> tuple[str, str]:
         tail = _log_tail(paths.train_log(self.settings.data_dir, job["id"]))

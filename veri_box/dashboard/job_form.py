@@ -20,6 +20,7 @@ from .. import reward_functions as rf_mod
 from ..devices import Inventory
 from ..errors import ApiError
 from ..integrations import OPENREWARD
+from ..placement import Placement
 from ..settings import Settings
 from ..store import Store
 from .rendering import convert, error_context, inventory_rows, is_htmx, render
@@ -213,6 +214,7 @@ async def create_job(
     store: NamedDependency[Store],
     settings: NamedDependency[Settings],
     inventory: NamedDependency[Inventory],
+    placement: NamedDependency[Placement],
 ) -> Response:
     raw = await request.form()
     form: dict[str, Any] = {k: v for k, v in raw.items() if isinstance(v, str)}
@@ -220,7 +222,7 @@ async def create_job(
 
     def submit() -> dict:
         body, pairs = _job_request(form)
-        return jobs.submit(body, store, settings, inventory, pairs or None)
+        return jobs.submit(body, store, settings, placement, pairs or None)
 
     try:
         job = await anyio.to_thread.run_sync(submit)
@@ -238,7 +240,7 @@ def start_demo(
     request: Request,
     store: NamedDependency[Store],
     settings: NamedDependency[Settings],
-    inventory: NamedDependency[Inventory],
+    placement: NamedDependency[Placement],
 ) -> Response:
     """The first-run demo: `veri-box demo`'s built-in tiny model (the trainer builds it), prompts,
     reward and settings, submitted through the same functions the API uses."""
@@ -263,5 +265,5 @@ def start_demo(
         },
         jobs.CreateJob,
     )
-    job = jobs.submit(body, store, settings, inventory)
+    job = jobs.submit(body, store, settings, placement)
     return Response(b"", headers={"HX-Redirect": f"/jobs/{job['id']}"})
