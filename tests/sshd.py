@@ -1,6 +1,6 @@
 """A real OpenSSH server on 127.0.0.1 for tests: the "instance" a provider stand-in launches.
 
-    server = Sshd.start(tmp_path / "inst")   # temp host key, free port, empty authorized_keys
+    server = Sshd.start(tmp_path / "inst")   # temp host key, free port on 127.0.0.1, no keys yet
     server.authorize(public_key_line)        # what the provider does with the launch's key
     server.port, server.user, server.host_key_line, server.known_hosts_line
     server.kill()                            # the instance dies: sshd and every process it started
@@ -27,9 +27,9 @@ from pathlib import Path
 SSHD = "/usr/sbin/sshd"
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
@@ -42,9 +42,9 @@ def make_keypair(directory: Path, name: str = "id_ed25519") -> tuple[Path, str]:
 
 
 class Sshd:
-    def __init__(self, directory: Path, port: int, process: subprocess.Popen, host_key_line: str):
+    def __init__(self, directory: Path, host: str, port: int, process: subprocess.Popen, host_key_line: str):
         self.directory = directory
-        self.host = "127.0.0.1"
+        self.host = host
         self.port = port
         self.user = getpass.getuser()  # sshd runs as this user, so only this user can log in
         self.process = process
@@ -53,10 +53,13 @@ class Sshd:
 
     @property
     def known_hosts_line(self) -> str:
-        return f"[{self.host}]:{self.port} {self.host_key_line}"
+        host = self.host if self.port == 22 else f"[{self.host}]:{self.port}"  # OpenSSH's own spelling
+        return f"{host} {self.host_key_line}"
 
     @classmethod
-    def start(cls, directory: Path, timeout: float = 5.0) -> Sshd:
+    def start(cls, directory: Path, host: str = "127.0.0.1", port: int | None = None, timeout: float = 5.0) -> Sshd:
+        """Start sshd on host:port (a free port by default; any 127.x.y.z address is this machine's
+        loopback, which lets a stand-in give each instance its own IP with sshd on port 22)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege-separation dir (root only)
@@ -65,10 +68,10 @@ class Sshd:
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
         kind, blob = host_key.with_suffix(".pub").read_text().split()[:2]
         (directory / "authorized_keys").touch(mode=0o600)
-        port = free_port()
+        port = port or free_port(host)
         config = directory / "sshd_config"
         config.write_text(
-            f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {host_key}\nPidFile {directory}/sshd.pid\n"
+            f"ListenAddress {host}\nPort {port}\nHostKey {host_key}\nPidFile {directory}/sshd.pid\n"
             f"AuthorizedKeysFile {directory}/authorized_keys\nPasswordAuthentication no\n"
             "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n"
             "Subsystem sftp internal-sftp\nLogLevel ERROR\n"
@@ -83,7 +86,7 @@ class Sshd:
             start_new_session=True,  # a test's Ctrl-C or a killed pytest group does not reach it first
         )
         log.close()
-        server = cls(directory, port, process, f"{kind} {blob}")
+        server = cls(directory, host, port, process, f"{kind} {blob}")
         deadline = time.monotonic() + timeout
         while True:
             try:

@@ -24,7 +24,7 @@ from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
-from . import __version__, artifacts, dashboard, datasets, devices, paths
+from . import __version__, artifacts, cost, dashboard, datasets, devices, paths
 from .api_keys import ApiKeyController
 from .auth import Signer, api_key_guard
 from .datasets import DatasetController
@@ -251,6 +251,7 @@ def create_app(box: Box | Settings, inventory: Inventory | None = None, run_jobs
             JobOutputController,
             IntegrationController,
             devices.availability,
+            cost.cost_estimate,
         ],
     )
     app = Litestar(
