@@ -35,6 +35,7 @@ from .job_outputs import JobOutputController
 from .jobs import JobController
 from .placement import CLOUDS, SLURM, Placement
 from .reward_functions import RewardFunctionController
+from .reward_tests import ROUTES as REWARD_TEST_ROUTES
 from .runner import Runner
 from .sessions import Sessions, session_signer
 from .settings import Settings, SettingsError
@@ -247,6 +248,7 @@ def create_app(box: Box | Settings, inventory: Inventory | None = None, run_jobs
             ApiKeyController,
             uploads,
             RewardFunctionController,
+            *REWARD_TEST_ROUTES,
             JobController,
             JobOutputController,
             IntegrationController,

@@ -55,6 +55,8 @@ def routers(settings: Settings, sessions: Sessions) -> list[Router]:
             library.upload_reward_function,
             library.reward_function_source,
             library.delete_reward_function,
+            library.reward_test_form,
+            library.run_reward_test,
             settings_pages.settings_page,
             settings_pages.devices_panel,
             settings_pages.create_api_key,

@@ -1,5 +1,5 @@
 """The library: datasets (upload, preview rows and clips, delete) and reward functions (upload,
-view the source, delete), each through its noun's service functions."""
+view the source, test on a dataset's rows, delete), each through its noun's service functions."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from litestar.exceptions import HTTPException
 from litestar.params import FromPath, FromQuery
 from litestar.response import File
 
-from .. import dataset_files, datasets, paths
+from .. import dataset_files, datasets, paths, reward_tests
 from .. import reward_functions as rf_mod
 from ..errors import ApiError, bad_request
 from ..settings import Settings
 from ..store import Store
-from .rendering import PAGE_SIZE, error_context, render
+from .rendering import PAGE_SIZE, convert, error_context, render, text_fields
 
 
 def _datasets_context(store: Store, after: str | None) -> dict:
@@ -177,3 +177,76 @@ def delete_reward_function(
     return render(
         request, "_reward_functions_panel.html", message=message, error=error, **_reward_functions_context(store, None)
     )
+
+
+# -- reward test runs: a form and a results fragment, reusable wherever a reward function is chosen --
+
+
+def _reward_test_datasets(store: Store) -> list[dict]:
+    rows, _ = store.list_datasets(100, None)
+    return [d for d in rows if "grpo" in dataset_files.compatible_methods(d["format"])]
+
+
+@get("/reward-functions/test-form", include_in_schema=False, sync_to_thread=True)
+def reward_test_form(
+    request: Request,
+    store: NamedDependency[Store],
+    reward_function_id: FromQuery[str | None] = None,
+    dataset_id: FromQuery[str | None] = None,
+) -> Response:
+    """The test form for an uploaded reward function (or, with no id, for the source field of the
+    page the form is put in: the new-job form's inline source)."""
+    rf = rf_mod.get(store, reward_function_id) if reward_function_id else None
+    return render(
+        request,
+        "_reward_test_form.html",
+        rf=rf,
+        datasets=_reward_test_datasets(store),
+        dataset_id=dataset_id,
+        max_rows=reward_tests.MAX_ROWS,
+        default_rows=reward_tests.DEFAULT_ROWS,
+        source_selector=None,
+    )
+
+
+def _number(form: dict[str, str], key: str, kind: type, default: float) -> float:
+    try:
+        return kind(form.get(key) or default)
+    except ValueError:
+        raise bad_request("invalid_value", f"'{key}' must be a number.", key) from None
+
+
+def _test_request(form: dict[str, str]) -> reward_tests.RewardTestRequest:
+    """The form's fields as the API's request: typed completions one per line."""
+    typed = [line for line in form.get("completions", "").splitlines() if line.strip()]
+    fields = {
+        "dataset_id": form.get("dataset_id") or None,
+        "rows": None if typed else _number(form, "rows", int, reward_tests.DEFAULT_ROWS),
+        "completions": typed or None,
+        "timeout_s": _number(form, "timeout_s", float, 10),
+    }
+    if form.get("source", "").strip():
+        return convert({**fields, "source": form["source"]}, reward_tests.InlineRewardTestRequest)
+    return convert(fields, reward_tests.RewardTestRequest)
+
+
+@post("/reward-functions/test", include_in_schema=False)
+async def run_reward_test(
+    request: Request, store: NamedDependency[Store], settings: NamedDependency[Settings]
+) -> Response:
+    """A test run of the form's reward function (an uploaded one by id, or a source typed in the
+    page), answered as the results fragment; its errors as the API's, in the fragment."""
+    form = await text_fields(request)
+    result, error = None, None
+    try:
+        body = _test_request(form)
+        rf_id = form.get("reward_function_id", "")
+        if isinstance(body, reward_tests.InlineRewardTestRequest):
+            result = await anyio.to_thread.run_sync(reward_tests.run_inline, store, settings, body)
+        elif rf_id:
+            result = await anyio.to_thread.run_sync(reward_tests.run_stored, store, settings, rf_id, body)
+        else:
+            raise bad_request("missing_field", "Choose a reward function or write its source.", "source")
+    except ApiError as exc:
+        error = error_context(exc)
+    return render(request, "_reward_test_result.html", result=result, error=error)
