@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from litestar.testing import TestClient
 
+from hf_cache import api_test_cache
 from veri_box.app import Box, create_app
 from veri_box.devices import build_inventory
 from veri_box.settings import Settings
@@ -101,7 +102,10 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def api(settings: Settings) -> Iterator[Api]:
+def api(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
+    # Jobs are checked at submit against the models the box has: these tests' models are in a
+    # Hugging Face cache of their own, as config files (no trainer runs here, run_jobs=False).
+    monkeypatch.setenv("HF_HUB_CACHE", str(api_test_cache(tmp_path / "hf-cache")))
     box = Box.open(settings, build_inventory("A100-80GB:2", settings.cpu_slots))
     with TestClient(create_app(box, run_jobs=False)) as client:
         _, key = box.store.create_api_key("test")

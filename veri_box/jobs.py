@@ -17,6 +17,8 @@ from . import (
     dataset_zips,
     hyperparameters,
     job_config,
+    memory,
+    models,
     openreward,
     paths,
     reward_functions,
@@ -114,6 +116,7 @@ class Job(msgspec.Struct):
     total_steps: int | None
     current_loss: float | None
     updated_at: str
+    memory_estimate_gb: float | None = None
 
 
 class CancelResult(msgspec.Struct):
@@ -158,6 +161,7 @@ def to_api(job: dict, settings: Settings, signer: Signer) -> Job:
         total_steps=job["total_steps"],
         current_loss=job["current_loss"],
         updated_at=job["updated_at"],
+        memory_estimate_gb=memory.total_gb(job.get("memory_estimate")),
     )
 
 
@@ -396,6 +400,7 @@ def submit(
         raise bad_request(
             "invalid_value", "base_model must be a Hugging Face model id or a directory path.", "base_model"
         )
+    model = models.check(body.base_model, body.method, settings, store)
     if not body.output_name.strip():
         raise bad_request("invalid_value", "output_name must not be blank.", "output_name")
     if body.checkpoint_destination and body.checkpoint_destination.type != "veri":
@@ -406,6 +411,7 @@ def submit(
         )
     hp = hyperparameters.resolve(body.method, body.hyperparameters)
     gpu = _gpu(body.gpu, placement, body.provider)
+    estimate = memory.for_job(model, body.method, hp, gpu, dataset, memory.most_gpus(placement, gpu["type"]))
     if body.method == "sft_video_gen":
         _check_video_job(dataset, hp, settings)
     resume = _resume_source(body, hp, store, settings)
@@ -433,14 +439,18 @@ def submit(
         "checkpoint_destination": {"type": "veri"},
         "requires_heartbeat": int(body.requires_heartbeat),
         "resume_from": resume[0]["id"] if resume else None,
+        "memory_estimate": memory.to_row(estimate),
         "created_at": stamp,
     }
     try:
-        return store.create_job(job, inline_rows)
+        created = store.create_job(job, inline_rows)
     except BaseException:
         for row in inline_rows:
             (settings.data_dir / row["path"]).unlink(missing_ok=True)
         raise
+    if estimate and estimate.verdict == "borderline":
+        store.add_event(created["id"], "memory_warning", memory.warning(estimate))
+    return created
 
 
 # -- controller -------------------------------------------------------------------------------

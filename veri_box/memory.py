@@ -1,0 +1,366 @@
+"""Will a job fit its GPU? A submit-time estimate of the peak GPU memory of one of the job's
+GPUs, from the model's config (models.py) and the job's hyperparameters, without torch.
+
+The estimate follows what the trainers do (trainers/grpo.py on TRL's GRPOTrainer,
+trainers/video.py), phase by phase; the peak is the largest phase:
+
+- grpo, `generation`: the weights (bf16, or NF4 4-bit for the linear layers with load_in_4bit),
+  TRL's reference model (a second bf16 copy for a full fine-tune with kl_coef > 0; a LoRA's
+  reference is the base with the adapter off), AdamW's two moments (bf16 like the weights for a
+  full fine-tune; fp32 for a LoRA, which PEFT keeps in fp32), and the KV cache of every
+  completion the process generates at once (TRL's generation batch: global_batch_size / GPUs).
+- grpo, `training`: the same plus gradients and one micro-batch's activations (at most 16
+  completions per pass, trainers/grpo.py's PER_DEVICE_BATCH_CAP) with activation checkpointing:
+  every layer's input, one layer's recomputed activations and its backward, and the completion
+  logits (vocabulary x tokens) and their gradient.
+- sft_video_gen, `encoding`: T5, VAE and transformer in bf16 while clips and captions are encoded
+  (tiled VAE); `training`: transformer + VAE, the LoRA's fp32 weights, gradients and AdamW, and
+  checkpointed activations for batch_size x (video tokens + 226 text tokens).
+- each phase also counts the CUDA context and cuBLAS workspaces (OVERHEAD_GIB).
+
+Several GPUs train data-parallel: every GPU holds the whole model, so more GPUs only split the
+batch. bench/memory_table.py holds the measured points the estimate is held to (within 20%,
+tests/test_memory.py).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+from .errors import bad_request
+
+GIB = 2**30
+BF16, FP32 = 2, 4
+NF4 = 0.516  # bytes per weight of bitsandbytes NF4 with double quantization (4.127 bits)
+ADAMW_MOMENTS = 2
+OVERHEAD_GIB = 0.75  # CUDA context, cuBLAS workspaces, allocator rounding
+MICRO_BATCH_CAP = 16  # trainers/grpo.py PER_DEVICE_BATCH_CAP
+LORA_PROBE_RANK = 16  # the rank a suggestion proposes
+# The estimate is held within 20% of what was measured: a job is refused only when even 20%
+# less would not fit, and warned about when 20% more would not.
+MARGIN = 0.2
+T5_TOKENS = 226  # CogVideoX's max_text_seq_length
+VAE_WORKSPACE_GIB = 1.5  # the tiled, sliced VAE encode of one clip
+
+
+class MemoryEstimate(msgspec.Struct, kw_only=True):
+    """The estimated peak of one GPU of the job, its parts (GiB) in the peak phase, and how it
+    compares with the card."""
+
+    total_gb: float
+    phase: str
+    parts: dict[str, float]
+    gpu_type: str | None = None
+    gpu_memory_gb: float | None = None
+    verdict: str | None = None  # "fits", "borderline", "will_not_fit"; None: not checked (cpu, unknown card)
+
+
+def gpu_memory_gb(gpu_type: str) -> float | None:
+    """The card's memory from its type name (`H100-80GB`, `A100-40GB`, `RTX4090-24GB`); None for
+    the cpu pool and names without a size."""
+    match = re.search(r"(\d+(?:\.\d+)?)\s*GB?\b", gpu_type, re.IGNORECASE)
+    return float(match.group(1)) if match and gpu_type != "cpu" else None
+
+
+# -- grpo ------------------------------------------------------------------------------------------
+
+
+def _micro_batch(per_process: int) -> int:
+    """trainers.grpo.batch_split's per-device batch: the largest divisor of the process's
+    completions that is at most the cap."""
+    return next(per_process // a for a in range(1, per_process + 1) if per_process % a == 0 and per_process // a <= MICRO_BATCH_CAP)
+
+
+def lora_parameters(config: dict, rank: int) -> int:
+    """PEFT's target_modules="all-linear" on a decoder layer: q, k, v, o, gate, up, down (the LM
+    head is left out), each r x (in + out)."""
+    h, heads = config["hidden_size"], config["num_attention_heads"]
+    kv = config.get("num_key_value_heads") or heads
+    head_dim = config.get("head_dim") or h // heads
+    inter = config.get("intermediate_size") or 4 * h
+    per_layer = (h + heads * head_dim) * 2 + (h + kv * head_dim) * 2 + 3 * (h + inter)
+    return config["num_hidden_layers"] * rank * per_layer
+
+
+def grpo_phases(config: dict, hp: dict, gpu_count: int, prompt_tokens: int | None = None) -> dict[str, dict[str, float]]:
+    """Bytes per part for each phase of a GRPO job on one of its GPUs."""
+    h, layers = config["hidden_size"], config["num_hidden_layers"]
+    heads = config["num_attention_heads"]
+    kv = config.get("num_key_value_heads") or heads
+    head_dim = config.get("head_dim") or h // heads
+    inter = config.get("intermediate_size") or 4 * h
+    vocab = config["vocab_size"]
+    total = config["parameters"]
+    embeddings = vocab * h * (1 if config.get("tie_word_embeddings", True) else 2)
+
+    lora = bool(hp.get("lora_rank"))
+    if hp.get("load_in_4bit"):
+        weights = (total - embeddings) * NF4 + embeddings * BF16
+    else:
+        weights = total * BF16
+    reference = total * BF16 if not lora and hp.get("kl_coef", 0) > 0 else 0
+    if lora:
+        trainable = lora_parameters(config, hp["lora_rank"])
+        adapter = trainable * FP32
+        optimizer = trainable * FP32 * ADAMW_MOMENTS
+        gradients = trainable * FP32
+    else:
+        adapter, optimizer, gradients = 0, total * BF16 * ADAMW_MOMENTS, total * BF16
+
+    per_process = max(hp["global_batch_size"] // max(gpu_count, 1), 1)
+    micro = _micro_batch(per_process)
+    prompt = min(hp["max_prompt_length"], prompt_tokens or hp["max_prompt_length"])
+    completion = hp["max_response_length"]
+    seq = prompt + completion
+
+    static = {"weights": weights, "reference_model": reference, "lora_adapter": adapter, "optimizer_state": optimizer}
+    kv_cache = per_process * seq * layers * 2 * kv * head_dim * BF16
+    # Prefill runs the prompts of the whole generation batch; sampling keeps fp32 logits per step.
+    generating = per_process * prompt * (4 * h + 3 * inter) * BF16 + per_process * vocab * FP32 * 3
+    boundaries = layers * micro * seq * h * BF16
+    # One layer's activations during its recompute and backward: norms, q/k/v (rotated), attention
+    # output, residuals and the gated MLP's four intermediate tensors, 1.5x for the gradients.
+    layer = 1.5 * micro * seq * (6 * h + 3 * heads * head_dim + 3 * kv * head_dim + 4 * inter) * BF16
+    logits = 2 * micro * completion * vocab * BF16  # the completion logits and their gradient
+    overhead = OVERHEAD_GIB * GIB
+    return {
+        "generation": {**static, "kv_cache": kv_cache, "generation_buffers": generating, "overhead": overhead},
+        "training": {
+            **static,
+            "gradients": gradients,
+            "activations": boundaries + layer,
+            "logits": logits,
+            "overhead": overhead,
+        },
+    }
+
+
+# -- sft_video_gen -------------------------------------------------------------------------------
+
+
+def video_tokens(transformer: dict, hp: dict) -> int:
+    """The transformer's video tokens: latent frames x (height/8/patch) x (width/8/patch)."""
+    patch = transformer.get("patch_size", 2)
+    temporal = transformer.get("temporal_compression_ratio", 4)
+    latent_frames = (hp["num_frames"] - 1) // temporal + 1
+    return latent_frames * (hp["height"] // 8 // patch) * (hp["width"] // 8 // patch)
+
+
+def video_phases(config: dict, hp: dict) -> dict[str, dict[str, float]]:
+    """Bytes per part for each phase of a CogVideoX LoRA job on one of its GPUs."""
+    transformer = config["transformer"]
+    inner = transformer["num_attention_heads"] * transformer["attention_head_dim"]
+    layers = transformer["num_layers"]
+    text = transformer.get("max_text_seq_length", T5_TOKENS)
+    tokens = (video_tokens(transformer, hp) + text) * hp["batch_size"]
+    weights = config["transformer_parameters"] * BF16
+    vae = config["vae_parameters"] * BF16
+    t5 = config["text_encoder_parameters"] * BF16
+    trainable = layers * 4 * hp["lora_rank"] * 2 * inner  # to_q, to_k, to_v, to_out.0
+    overhead = OVERHEAD_GIB * GIB
+    # Checkpointed blocks keep their inputs (video and text hidden states); one block's
+    # recompute holds its norms, q/k/v, attention output and the 4x GELU MLP, 1.5x for the backward.
+    boundaries = layers * tokens * inner * BF16 * 2
+    block = 1.5 * tokens * (10 * inner + 2 * 4 * inner) * BF16
+    return {
+        "encoding": {
+            "transformer_weights": weights,
+            "vae_weights": vae,
+            "text_encoder_weights": t5,
+            "vae_workspace": VAE_WORKSPACE_GIB * GIB,
+            "overhead": overhead,
+        },
+        "training": {
+            "transformer_weights": weights,
+            "vae_weights": vae,
+            "lora_adapter": trainable * FP32,
+            "optimizer_state": trainable * FP32 * ADAMW_MOMENTS,
+            "gradients": trainable * FP32,
+            "activations": boundaries + block,
+            "overhead": overhead,
+        },
+    }
+
+
+# -- the estimate and the fit ------------------------------------------------------------------------
+
+
+def phases(kind: str, config: dict, hp: dict, gpu_count: int, prompt_tokens: int | None = None) -> dict | None:
+    """Bytes per part per phase, or None when the model's config lacks what the estimate needs
+    (a built-in tiny video pipeline not built yet: negligible anyway)."""
+    try:
+        if kind == "causal_lm" and config.get("parameters"):
+            return grpo_phases(config, hp, gpu_count, prompt_tokens)
+        if kind == "cogvideox" and config.get("transformer"):
+            return video_phases(config, hp)
+    except (KeyError, TypeError, ZeroDivisionError, StopIteration):
+        return None
+    return None
+
+
+def estimate(kind: str, config: dict, hp: dict, gpu_count: int, prompt_tokens: int | None = None) -> MemoryEstimate | None:
+    found = phases(kind, config, hp, gpu_count, prompt_tokens)
+    if found is None:
+        return None
+    phase, parts = max(found.items(), key=lambda item: sum(item[1].values()))
+    return MemoryEstimate(
+        total_gb=round(sum(parts.values()) / GIB, 2),
+        phase=phase,
+        parts={name: round(value / GIB, 2) for name, value in parts.items() if value},
+    )
+
+
+def verdict(total_gb: float, card_gb: float) -> str:
+    if total_gb * (1 - MARGIN) > card_gb:
+        return "will_not_fit"
+    if total_gb * (1 + MARGIN) > card_gb:
+        return "borderline"
+    return "fits"
+
+
+def _changes(method: str, hp: dict, count: int, available: int) -> list[tuple[str, dict, int]]:
+    """Candidate changes, cheapest first (the least change to what the job trains): (what to
+    tell the user, new hyperparameters, GPU count)."""
+    out: list[tuple[str, dict, int]] = []
+    if method == "grpo":
+        if not hp.get("lora_rank"):
+            out.append(
+                (f"train a LoRA instead of the full model (hyperparameters.lora_rank {LORA_PROBE_RANK})",
+                 {**hp, "lora_rank": LORA_PROBE_RANK, "lora_alpha": 2 * LORA_PROBE_RANK}, count)
+            )
+        if not hp.get("load_in_4bit"):
+            rank = hp.get("lora_rank") or LORA_PROBE_RANK
+            out.append(
+                (f"QLoRA: hyperparameters.lora_rank {rank} with load_in_4bit true",
+                 {**hp, "lora_rank": rank, "lora_alpha": hp.get("lora_alpha") or 2 * rank, "load_in_4bit": True}, count)
+            )
+        batch, length = hp["global_batch_size"], hp["max_response_length"]
+        while batch // 2 >= hp["rollouts_per_prompt"] and (batch // 2) % hp["rollouts_per_prompt"] == 0:
+            batch //= 2
+            out.append((f"hyperparameters.global_batch_size {batch}", {**hp, "global_batch_size": batch}, count))
+        while length // 2 >= 64:
+            length //= 2
+            out.append((f"hyperparameters.max_response_length {length}", {**hp, "max_response_length": length}, count))
+    else:
+        frames = hp["num_frames"]
+        if hp["batch_size"] > 1:
+            out.append(("hyperparameters.batch_size 1 (gradient_accumulation_steps for the rest)", {**hp, "batch_size": 1}, count))
+        while frames > 9:
+            frames = (frames - 1) // 2 // 8 * 8 + 1
+            out.append((f"hyperparameters.num_frames {frames}", {**hp, "num_frames": frames}, count))
+    gpus = count * 2
+    while gpus <= available:
+        out.append((f"gpu.count {gpus}", hp, gpus))
+        gpus *= 2
+    return out
+
+
+def cheapest_fit(
+    method: str, kind: str, config: dict, hp: dict, count: int, card_gb: float, available: int, prompt_tokens: int | None
+) -> tuple[str, MemoryEstimate] | None:
+    for what, new_hp, gpus in _changes(method, hp, count, available):
+        found = estimate(kind, config, new_hp, gpus, prompt_tokens)
+        if found and verdict(found.total_gb, card_gb) == "fits":
+            return what, found
+    return None
+
+
+def check(
+    method: str,
+    kind: str,
+    config: dict,
+    hp: dict,
+    gpu: dict,
+    available: int = 0,
+    prompt_tokens: int | None = None,
+) -> MemoryEstimate | None:
+    """The job's estimate against its GPU type: 400 `will_not_fit` when clearly over (with the
+    estimate, the card's memory and the cheapest change that fits), else the estimate with its
+    verdict (None when there is no config to estimate from). `available`: the most GPUs of the
+    type a job could get, for the "more GPUs" suggestion."""
+    found = estimate(kind, config, hp, gpu["count"], prompt_tokens)
+    if found is None:
+        return None
+    card = gpu_memory_gb(gpu["type"])
+    found.gpu_type = gpu["type"]
+    found.gpu_memory_gb = card
+    if card is None:
+        return found
+    found.verdict = verdict(found.total_gb, card)
+    if found.verdict == "will_not_fit":
+        raise bad_request("will_not_fit", will_not_fit_message(method, kind, config, hp, gpu, found, available, prompt_tokens), _param(method, hp))
+    return found
+
+
+def _param(method: str, hp: dict) -> str:
+    if method == "grpo" and not hp.get("lora_rank"):
+        return "hyperparameters.lora_rank"
+    return "hyperparameters" if method == "grpo" else "hyperparameters.num_frames"
+
+
+def describe(found: MemoryEstimate) -> str:
+    parts = ", ".join(f"{name.replace('_', ' ')} {value:g}" for name, value in sorted(found.parts.items(), key=lambda p: -p[1]))
+    return f"about {found.total_gb:g} GiB per GPU at its peak ({found.phase}: {parts})"
+
+
+def will_not_fit_message(
+    method: str, kind: str, config: dict, hp: dict, gpu: dict, found: MemoryEstimate, available: int, prompt_tokens: int | None
+) -> str:
+    card = found.gpu_memory_gb
+    fix = cheapest_fit(method, kind, config, hp, gpu["count"], card, available, prompt_tokens)
+    advice = (
+        f" The cheapest change that fits: {fix[0]} (about {fix[1].total_gb:g} GiB)."
+        if fix
+        else " No single change fits this card; use a GPU with more memory or a smaller model."
+    )
+    return f"This job needs {describe(found)}; a {gpu['type']} has {card:g} GB.{advice}"
+
+
+def to_row(found: MemoryEstimate | None) -> dict | None:
+    """What `jobs.memory_estimate` stores."""
+    return msgspec.to_builtins(found) if found else None
+
+
+def total_gb(row: dict | None) -> float | None:
+    return row.get("total_gb") if isinstance(row, dict) else None
+
+
+def warning(found: MemoryEstimate) -> dict[str, Any]:
+    """The `memory_warning` event's metadata for a borderline job."""
+    return {
+        "estimate_gb": found.total_gb,
+        "gpu_memory_gb": found.gpu_memory_gb,
+        "message": f"This job may run out of memory: it needs {describe(found)}, close to the "
+        f"{found.gpu_memory_gb:g} GB of a {found.gpu_type}.",
+    }
+
+
+def prompt_tokens(dataset: dict, hp: dict) -> int:
+    """A generous guess at a GRPO dataset's prompt length in tokens, from its mean row size
+    (about 3 bytes a token, the whole row counted) plus the system prompt and chat markup; TRL
+    pads a batch to its longest prompt, never to max_prompt_length."""
+    row_bytes = dataset["bytes"] / max(dataset["num_rows"] or 1, 1)
+    system = len((hp.get("system_prompt") or "").encode())
+    return int((row_bytes + system) / 3) + 32
+
+
+def for_job(found: Any, method: str, hp: dict, gpu: dict, dataset: dict, available: int) -> MemoryEstimate | None:
+    """jobs.submit's check: the estimate of a job whose model `found` (models.Resolved) is
+    known, against its GPU type."""
+    if found is None:
+        return None
+    tokens = prompt_tokens(dataset, hp) if method == "grpo" else None
+    return check(method, found.kind, found.config, hp, gpu, available, tokens)
+
+
+CLOUD_MOST_GPUS = 8  # the largest instances the providers rent
+
+
+def most_gpus(placement: Any, gpu_type: str) -> int:
+    """The most GPUs of a type one job could have, for the "more GPUs" suggestion: the box's own
+    when it has the type, else a cloud instance's eight."""
+    local = placement.inventory.types.get(gpu_type)
+    return local.count if local else CLOUD_MOST_GPUS
