@@ -33,6 +33,7 @@ from .integrations import IntegrationController
 from .inventory import Inventory, build_inventory
 from .job_outputs import JobOutputController
 from .jobs import JobController
+from .models import ModelController
 from .placement import CLOUDS, SLURM, Placement
 from .reward_functions import RewardFunctionController
 from .reward_tests import ROUTES as REWARD_TEST_ROUTES
@@ -251,6 +252,7 @@ def create_app(box: Box | Settings, inventory: Inventory | None = None, run_jobs
             *REWARD_TEST_ROUTES,
             JobController,
             JobOutputController,
+            ModelController,
             IntegrationController,
             devices.availability,
             cost.cost_estimate,
