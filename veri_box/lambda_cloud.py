@@ -34,6 +34,7 @@ import httpx
 
 from .providers import (
     CALL_TIMEOUT_S,
+    QUOTE_RETRY_WAIT_S,
     QUOTE_TIMEOUT_S,
     Http,
     InstanceState,
@@ -104,7 +105,9 @@ class LambdaCloud:
         self.ssh_user = str(self.options.get("ssh_user") or SSH_USER)
 
     def quote(self, gpu_type: str | None, count: int | None) -> list[Offer]:
-        body = self.http.json("GET", "/api/v1/instance-types", timeout_s=QUOTE_TIMEOUT_S)
+        body = self.http.json(
+            "GET", "/api/v1/instance-types", timeout_s=QUOTE_TIMEOUT_S, max_retry_wait_s=QUOTE_RETRY_WAIT_S
+        )
         offers = []
         for name, entry in ((body or {}).get("data") or {}).items():
             spec = entry.get("instance_type") or {}
@@ -188,3 +191,6 @@ class LambdaCloud:
             for i in body.get("data") or []
             if (i.get("name") or "").startswith(prefix)
         ]
+
+    def close(self) -> None:
+        self.http.close()

@@ -34,6 +34,7 @@ import httpx
 
 from .providers import (
     CALL_TIMEOUT_S,
+    QUOTE_RETRY_WAIT_S,
     QUOTE_TIMEOUT_S,
     Http,
     InstanceState,
@@ -112,7 +113,10 @@ class PrimeIntellect:
             NAME, base_url or BASE_URL, api_key, {"Authorization": f"Bearer {api_key}"}, classify, CALL_TIMEOUT_S
         )
 
-    def _pages(self, path: str, params: dict, items: str, total: str, timeout_s: float = CALL_TIMEOUT_S) -> list:
+    def _pages(self, path: str, params: dict, items: str, total: str, quoting: bool = False) -> list:
+        """Every page of a list: the availability routes page by page/page_size into items and
+        totalCount, the others by offset/limit into data and total_count."""
+        waits = {"timeout_s": QUOTE_TIMEOUT_S, "max_retry_wait_s": QUOTE_RETRY_WAIT_S} if quoting else {}
         found: list = []
         page = 1
         while True:
@@ -120,7 +124,7 @@ class PrimeIntellect:
                 query = {**params, "page": page, "page_size": PAGE}
             else:
                 query = {**params, "offset": (page - 1) * PAGE, "limit": PAGE}
-            body = self.http.json("GET", path, params=query, timeout_s=timeout_s) or {}
+            body = self.http.json("GET", path, params=query, **waits) or {}
             batch = body.get(items) or []
             found.extend(batch)
             if not batch or len(found) >= int(body.get(total) or 0):
@@ -137,7 +141,7 @@ class PrimeIntellect:
         if count:
             params["gpu_count"] = count
         offers = []
-        for item in self._pages("/api/v1/availability/gpus", params, "items", "totalCount", QUOTE_TIMEOUT_S):
+        for item in self._pages("/api/v1/availability/gpus", params, "items", "totalCount", quoting=True):
             kind = to_api(item.get("gpuType") or "", item.get("gpuMemory"))
             prices = item.get("prices") or {}
             price = prices.get("onDemand") if prices.get("onDemand") is not None else prices.get("communityPrice")
@@ -221,3 +225,6 @@ class PrimeIntellect:
             for pod in self._pages("/api/v1/pods/", {}, "data", "total_count")
             if (pod.get("name") or "").startswith(prefix)
         ]
+
+    def close(self) -> None:
+        self.http.close()

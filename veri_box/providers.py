@@ -47,6 +47,8 @@ CALL_TIMEOUT_S = 30.0
 # A 429 asking for a longer pause than this is handed to the caller (kind rate_limited, with
 # retry_after_s) rather than slept through: the runner's tick must not stall for minutes.
 MAX_RETRY_WAIT_S = 15.0
+# Quotes wait less: placement and the dashboard would rather skip a provider than stall.
+QUOTE_RETRY_WAIT_S = 2.0
 MAX_RETRIES = 3
 OFFERS_TTL_S = 30.0
 
@@ -112,6 +114,10 @@ class Adapter(Protocol):
 
     def list_instances(self, prefix: str) -> list[tuple[str, str, str]]:
         """(instance_id, name, state) of the account's instances whose name starts with prefix."""
+        ...
+
+    def close(self) -> None:
+        """Close its HTTP connections."""
         ...
 
 
@@ -201,12 +207,14 @@ class Http:
         *,
         ok: tuple[int, ...] = (200, 201, 202, 204),
         timeout_s: float | None = None,
+        max_retry_wait_s: float | None = None,
         **kwargs: Any,
     ) -> httpx.Response:
         """The response when its status is in `ok`; else a ProviderError. A 429 is retried after
         its Retry-After (up to MAX_RETRIES times, each wait at most max_retry_wait_s)."""
         if timeout_s is not None:
             kwargs["timeout"] = timeout_s
+        patience = self.max_retry_wait_s if max_retry_wait_s is None else max_retry_wait_s
         for attempt in range(MAX_RETRIES + 1):
             try:
                 response = self.client.request(method, path, **kwargs)
@@ -219,9 +227,9 @@ class Http:
             body = _body(response)
             if response.status_code == 429:
                 wait = retry_after(response)
-                if attempt < MAX_RETRIES and (wait is None or wait <= self.max_retry_wait_s):
+                if attempt < MAX_RETRIES and (wait is None or wait <= patience):
                     # Without a Retry-After, back off 1, 2, 4 s.
-                    time.sleep(2**attempt if wait is None else wait)
+                    time.sleep(min(2**attempt, patience) if wait is None else wait)
                     continue
                 raise self.error("rate_limited", f"rate limited on {method} {path}: {message(body)}", wait)
             raise self._mapped(method, path, response, body)
@@ -342,6 +350,8 @@ class Providers:
                 return held[1]
             adapter = build(name, row["api_key"], row.get("base_url"), row.get("options") or {})
             self._adapters[name] = (fingerprint, adapter)
+            if held:
+                held[1].close()  # the key or URL changed: its connections are no longer wanted
             return adapter
 
     def adapter(self, name: str) -> Adapter:

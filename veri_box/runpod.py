@@ -30,6 +30,7 @@ import httpx
 
 from .providers import (
     CALL_TIMEOUT_S,
+    QUOTE_RETRY_WAIT_S,
     QUOTE_TIMEOUT_S,
     Http,
     InstanceState,
@@ -81,6 +82,7 @@ class RunPod:
             "/v2/catalog/gpus",
             params={"include": "AVAILABILITY", "product": "POD", "count": gpus, "cloud": self.cloud},
             timeout_s=QUOTE_TIMEOUT_S,
+            max_retry_wait_s=QUOTE_RETRY_WAIT_S,
         )
         tier = self.cloud.lower()
         offers = []
@@ -164,3 +166,6 @@ class RunPod:
             for pod in (body or {}).get("pods", [])
             if (pod.get("name") or "").startswith(prefix)
         ]
+
+    def close(self) -> None:
+        self.http.close()
