@@ -163,12 +163,20 @@ def test_first_serve_prints_a_working_key_once_and_a_restart_prints_none(tmp_pat
         assert key_line.strip() == key, "the key should stand alone on its line, easy to copy"
         assert "only this once" in first, first
         assert "veri-box keys create" in first, "the message should say how to make more keys"
+        # The next steps: the demo (with this data directory), the dashboard, the SDK.
+        assert f"veri-box demo --data-dir {server.data_dir}" in first, first
+        assert f"The dashboard (log in with the key):  {server.url}" in first, first
+        assert f'Client(api_key="{key[:7]}...", base_url="{server.url}")' in first, first
 
         with client_for(server, key) as http:
             listed = http.get("/v1/api_keys")
             assert listed.status_code == 200, listed.text
             [only] = listed.json()["data"]
             assert only["key_prefix"] == key[:7] and "key" not in only
+
+        time.sleep(2.5)  # a few of the runner's one-second ticks
+        assert "apscheduler" not in server.output(), "the scheduler's per-tick lines bury the key:\n" + server.output()
+        assert server.output().count("\n") < 40, server.output()
 
         # Uvicorn shuts down gracefully, then re-raises the signal: dying of SIGTERM is a clean stop.
         assert server.stop() in (0, -signal.SIGTERM), f"SIGTERM should stop the server:\n{server.output()}"
@@ -225,6 +233,14 @@ def test_help_of_every_command_exits_0_and_names_its_flags():
     assert serve.returncode == 0, serve.stderr
     for setting in fields(Settings):
         assert "--" + setting.name.replace("_", "-") in serve.stdout, serve.stdout
+    # Each flag's help names its default once, and never an empty one.
+    text = " ".join(serve.stdout.split())
+    helps = text.split("options:", 1)[1].split(" --")
+    assert "(default: )" not in text and "(default: None)" not in text, serve.stdout
+    for flag in helps:
+        assert flag.count("(default:") <= 1, flag
+    assert "(default: grpo=trainers.grpo,sft_video_gen=trainers.video)" in text, serve.stdout
+    assert "--port PORT Port to listen on. (default: 8000)" in text, serve.stdout
 
     create = run_cli("keys", "create", "--help")
     assert create.returncode == 0, create.stderr

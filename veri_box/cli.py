@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -15,6 +16,14 @@ HELP = dict((name, (default, text)) for name, default, text in describe())
 def _add_data_dir(parser: argparse.ArgumentParser) -> None:
     default, text = HELP["data_dir"]
     parser.add_argument("--data-dir", type=Path, default=None, help=text)
+
+
+def _with_default(text: str, default: object) -> str:
+    """A setting's help with its default, unless there is none to show (an empty string means
+    "off", and the help says so) or the help already names it in words. argparse formats help
+    with %: a literal one is doubled."""
+    shown = "" if default in (None, "") or "(default: " in text else f" (default: {default})"
+    return (text + shown).replace("%", "%%")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -37,8 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         flag = "--" + name.replace("_", "-")
         kind = type(default) if default is not None else str
-        shown = "" if default is None else f" (default: {default})"
-        serve.add_argument(flag, type=kind, default=None, help=text + shown)
+        serve.add_argument(flag, type=kind, default=None, help=_with_default(text, default))
     serve.set_defaults(func=cmd_serve)
 
     keys = commands.add_parser(
@@ -76,9 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
         "of the built-in tiny model (veri-box/tiny-lm) on its cpu pool, printing the reward as it climbs "
         "(about a minute on a 2-core machine).",
     )
-    demo.add_argument("--url", default="http://127.0.0.1:8000", help="The running box (default: %(default)s).")
     demo.add_argument(
-        "--api-key", default=None, help="An API key of that box (default: create one named 'demo' in --data-dir)."
+        "--url",
+        default=None,
+        help="The running box (default: the URL the box serving --data-dir recorded there, else http://127.0.0.1:8000).",
+    )
+    demo.add_argument(
+        "--api-key",
+        default=None,
+        help="An API key of that box (default: the demo's own key in --data-dir, made there on the first run).",
     )
     demo.add_argument(
         "--video",
@@ -125,17 +139,31 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     import httpx
 
-    from .demo import DemoError, run
+    from . import demo
 
-    key = args.api_key or _store(args).create_api_key("demo")[1]
+    data_dir = Path(args.data_dir or default_data_dir())
+    url = (args.url or demo.recorded_url(data_dir) or demo.DEFAULT_URL).rstrip("/")
     try:
-        return run(args.url.rstrip("/"), key, video=args.video)
-    except (DemoError, OSError) as err:
+        demo.check_box(url)
+        key = args.api_key or demo.demo_key(data_dir)
+        return demo.run(url, key, video=args.video)
+    except demo.KeyRefused as err:
+        if args.api_key:
+            hint = "check --api-key, or leave it out to use the demo's own key of --data-dir"
+        else:
+            hint = (
+                f"the box at {url} does not serve {data_dir}: pass --data-dir with the data directory that box's "
+                "`veri-box serve` printed, or --url of the box that serves this one"
+            )
+        print(f"veri-box demo: {err}; {hint}.", file=sys.stderr)
+        return 1
+    except (demo.DemoError, OSError) as err:
         print(f"veri-box demo: {err}", file=sys.stderr)
         return 1
     except httpx.HTTPError as err:
+        where = "" if args.url else f" (pass --url if it listens elsewhere; --data-dir is {data_dir})"
         print(
-            f"veri-box demo: cannot reach a box at {args.url} ({err}); start one with `veri-box serve`.",
+            f"veri-box demo: cannot reach a box at {url} ({err}); start one with `veri-box serve`{where}.",
             file=sys.stderr,
         )
         return 1
@@ -143,10 +171,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 130
 
 
+def _first_run(key: str, settings: Settings) -> str:
+    """The first start's message: the key, alone on its line to copy, and what to do with it."""
+    url = settings.base_url
+    data = "" if settings.data_dir == default_data_dir() else f" --data-dir {settings.data_dir}"
+    return (
+        "\nThis box had no API keys, so one was created. It is shown only this once:\n\n"
+        f"    {key}\n\n"
+        "Next steps:\n"
+        f"  - Train a tiny model on this box's CPU and watch its reward climb:  veri-box demo{data}\n"
+        f"  - The dashboard (log in with the key):  {url}\n"
+        "  - The SDK (pip install veri-sdk):\n"
+        "        from veri_sdk import Client\n"
+        f'        client = Client(api_key="{key[:7]}...", base_url="{url}")\n'
+        f"  - curl: -H 'Authorization: Bearer {key[:7]}...' {url}/v1/training_jobs\n"
+        "Make more keys with `veri-box keys create --name NAME`.\n"
+    )
+
+
+def _quiet_scheduler() -> None:
+    """APScheduler logs every run of the runner's one-second tick at INFO (and, on a busy box,
+    each skipped or late run as a warning): at the default level that buried the first-run key
+    and everything else worth reading. Its errors still show."""
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from . import sandbox
+    from . import demo, sandbox
     from .app import Box, create_app
     from .inventory import InventoryError
     from .settings import SettingsError
@@ -159,17 +212,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"veri-box: {err}", file=sys.stderr)
         return 2
     app = create_app(box)
+    _quiet_scheduler()
+    demo.record_url(settings.data_dir, settings.base_url)
     store = box.store
     if store.count_api_keys() == 0:
         _, key = store.create_api_key("first key")
-        print(
-            "\nThis box had no API keys, so one was created. It is shown only this once:\n\n"
-            f"    {key}\n\n"
-            f"Use it as 'Authorization: Bearer {key[:7]}...' or "
-            f'Client(api_key=..., base_url="{settings.base_url}").\n'
-            "Make more with `veri-box keys create --name NAME`.\n",
-            flush=True,
-        )
+        print(_first_run(key, settings), flush=True)
     print(
         f"veri-box {settings.base_url}  data: {settings.data_dir}  devices: {box.inventory.describe()}  "
         f"sandbox: {mode}",

@@ -5,10 +5,15 @@ LoRA GRPO job of the built-in tiny model (`veri-box/tiny-lm`, which the trainer 
 box the first time) on the `cpu` pool, and prints the reward as it climbs. `--video` does the
 same for sft_video_gen: a zip of captioned clips of moving squares (made here, in a child
 process), the built-in tiny CogVideoX pipeline, and a LoRA job whose loss and videos it prints.
+
+Run on the box's own machine it needs no flags: `veri-box serve` records the URL it serves in
+its data directory, and the demo keeps one API key named "demo" there (a file only its user can
+read), made in the box's database the first time and used again on every later run.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -17,6 +22,7 @@ from pathlib import Path
 
 import httpx
 
+from . import paths
 from .statuses import TERMINAL, JobStatus
 
 PROMPTS = [
@@ -70,8 +76,63 @@ TINY_LM = "veri-box/tiny-lm"  # built by the trainer on first use (trainers/mode
 TINY_VIDEO = "veri-box/tiny-cogvideox"
 
 
+DEFAULT_URL = "http://127.0.0.1:8000"
+URL_FILE = "serve-url"  # in the data directory: the base URL `veri-box serve` serves it at
+KEY_FILE = "demo-key"  # in the data directory, mode 0600: the demo's one API key
+KEY_NAME = "demo"
+
+
 class DemoError(Exception):
     pass
+
+
+class KeyRefused(DemoError):
+    """The box answered 401 to the demo's key."""
+
+
+def record_url(data_dir: Path, url: str) -> None:
+    """Called by `veri-box serve`: where the box of `data_dir` listens, for the demo to find."""
+    _write_private(data_dir / URL_FILE, url)
+
+
+def recorded_url(data_dir: Path) -> str | None:
+    try:
+        return (data_dir / URL_FILE).read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Replace `path` whole with `text`, readable by this user only."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text + "\n")
+    os.replace(tmp, path)
+
+
+def demo_key(data_dir: Path) -> str:
+    """The demo's API key for the box of `data_dir`: the one kept in its KEY_FILE while the
+    database still accepts it, else a new key named "demo" kept there for the next run. Never
+    creates a database: a directory without one is a DemoError naming the flag to pass."""
+    from .store import Store  # the demo is an HTTP client; only finding its key reads the database
+
+    db = paths.db(data_dir)
+    if not db.is_file():
+        raise DemoError(
+            f"there is no box in {data_dir} (no {db.name} there). Pass --data-dir DIR, the data directory "
+            "`veri-box serve` printed after `data:`, or --api-key KEY with a key of the running box."
+        )
+    store = Store(db)
+    try:
+        key = (data_dir / KEY_FILE).read_text(encoding="utf-8").strip()
+    except OSError:
+        key = ""
+    if key and store.authenticate(key) is not None:
+        return key
+    _, key = store.create_api_key(KEY_NAME)
+    _write_private(data_dir / KEY_FILE, key)
+    return key
 
 
 def squares_zip() -> bytes:
@@ -105,9 +166,15 @@ def sparkline(values: list[float]) -> str:
     return "".join(BARS[round((v - low) / span * (len(BARS) - 1))] for v in values)
 
 
+def check_box(url: str) -> None:
+    """Is a box there, before looking for a key or making anything (raises httpx.HTTPError)."""
+    httpx.get(f"{url}/healthz", timeout=30).raise_for_status()
+
+
 def run(url: str, key: str, timeout_s: float = 900, video: bool = False) -> int:
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as http:
-        http.get("/healthz").raise_for_status()  # is a box there, before making anything
+        if http.get("/v1/datasets", params={"limit": 1}).status_code == 401:  # does it know the key
+            raise KeyRefused(f"the box at {url} refused the API key (401 invalid_api_key)")
         job = (_submit_video if video else _submit_grpo)(http)
         print(f"Job {job['id']} submitted; watch it at {job['dashboard_url']}", flush=True)
         return _follow(http, job["id"], timeout_s, "loss" if video else "reward")
