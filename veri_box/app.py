@@ -35,6 +35,7 @@ from .job_outputs import JobOutputController
 from .jobs import JobController
 from .models import ModelController
 from .placement import CLOUDS, SLURM, Placement
+from .provider_settings import ProviderSettingsController
 from .reward_functions import RewardFunctionController
 from .reward_tests import ROUTES as REWARD_TEST_ROUTES
 from .runner import Runner
@@ -254,6 +255,7 @@ def create_app(box: Box | Settings, inventory: Inventory | None = None, run_jobs
             JobOutputController,
             ModelController,
             IntegrationController,
+            ProviderSettingsController,
             devices.availability,
             cost.cost_estimate,
         ],

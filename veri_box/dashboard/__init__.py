@@ -63,6 +63,9 @@ def routers(settings: Settings, sessions: Sessions) -> list[Router]:
             settings_pages.revoke_api_key,
             settings_pages.save_openreward,
             settings_pages.delete_openreward,
+            settings_pages.provider_quotes,
+            settings_pages.save_provider,
+            settings_pages.delete_provider,
         ],
     )
     open_ = Router(

@@ -1,5 +1,6 @@
-"""The settings page: devices and what runs on them, API keys (a new one shown once), and the
-OpenReward integration."""
+"""The settings page: devices and what runs on them, API keys (a new one shown once), the
+OpenReward integration, and the cloud providers with their live prices (loaded after the page,
+so a slow provider never slows it)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ from litestar import Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
-from .. import api_keys, integrations
+from .. import api_keys, devices, integrations, provider_settings
 from ..api_keys import CreateApiKey
 from ..devices import Inventory, box_info
 from ..errors import ApiError
 from ..integrations import OpenRewardSettings
+from ..placement import Placement
+from ..provider_settings import ProviderSettings
+from ..providers import TITLES
 from ..sessions import Session, current
 from ..settings import Settings
 from ..store import Store
@@ -28,6 +32,8 @@ def _settings_context(store: Store, inventory: Inventory, settings: Settings) ->
     return {
         "keys": keys,
         "integration": integrations.get(store),
+        "providers": provider_settings.list_(store),
+        "provider_titles": TITLES,
         "inventory": inventory_rows(store, inventory),
         "holders": by_type,
         "settings": settings,
@@ -134,3 +140,50 @@ def delete_openreward(
 ) -> Response:
     integrations.delete(store)
     return _panel(request, "_integration.html", store, inventory, settings, message="OpenReward key removed.")
+
+
+@get("/settings/quotes", include_in_schema=False, sync_to_thread=True)
+def provider_quotes(request: Request, placement: NamedDependency[Placement]) -> Response:
+    """Every configured provider's quotes (provider x GPU type x price x availability), and the
+    providers that did not answer."""
+    quotes, statuses = devices.cloud_rows(placement)
+    configured = placement.providers is not None and bool(placement.providers.configured())
+    return render(request, "_provider_quotes.html", quotes=quotes, statuses=statuses, configured=configured)
+
+
+@post("/settings/providers/{name:str}", include_in_schema=False)
+async def save_provider(
+    request: Request,
+    store: NamedDependency[Store],
+    inventory: NamedDependency[Inventory],
+    settings: NamedDependency[Settings],
+    name: FromPath[str],
+) -> Response:
+    form = await text_fields(request)
+    error, message = None, None
+    try:
+        body = convert(
+            {
+                "api_key": form.get("api_key") or "",
+                "base_url": (form.get("base_url") or "").strip() or None,
+                "image": (form.get("image") or "").strip() or None,
+            },
+            ProviderSettings,
+        )
+        saved = await anyio.to_thread.run_sync(provider_settings.put, store, name, body)
+        message = saved.warning or f"{TITLES[name]} key saved."
+    except ApiError as exc:
+        error = error_context(exc)
+    return _panel(request, "_providers.html", store, inventory, settings, error=error, message=message)
+
+
+@post("/settings/providers/{name:str}/delete", include_in_schema=False, sync_to_thread=True)
+def delete_provider(
+    request: Request,
+    store: NamedDependency[Store],
+    inventory: NamedDependency[Inventory],
+    settings: NamedDependency[Settings],
+    name: FromPath[str],
+) -> Response:
+    provider_settings.delete(store, name)
+    return _panel(request, "_providers.html", store, inventory, settings, message=f"{TITLES[name]} key removed.")
