@@ -95,7 +95,7 @@ def test_a_resumed_job_records_its_checkpoint_and_keeps_the_reward(api, source):
         ({"resume_from": "ckpt_nope"}, "checkpoint_not_found", ["ckpt_nope", "/checkpoints"]),
         ({"resume_from": "job_nope@10"}, "checkpoint_not_found", ["job_nope"]),
         ({"resume_from": "@10"}, "checkpoint_not_found", ["''"]),
-        ({"base_model": "other/model"}, "resume_incompatible", ["Qwen/Qwen3-4B", "base_model"]),
+        ({"base_model": "Qwen/Qwen3-0.6B"}, "resume_incompatible", ["Qwen/Qwen3-4B", "base_model"]),
         ({"hyperparameters": {"lora_rank": 16, "max_steps": 30}}, "resume_incompatible", ["lora_rank 8", "16"]),
         ({"hyperparameters": {"lora_rank": 8, "lora_alpha": 8}}, "resume_incompatible", ["lora_alpha 16"]),
         ({"hyperparameters": {"max_steps": 30}}, "resume_incompatible", ["a LoRA", "lora_rank 8"]),
@@ -130,12 +130,17 @@ def test_a_full_fine_tune_does_not_resume_a_lora(api):
 def test_other_methods_and_video_shapes_are_incompatible(api, source):
     r = api.upload_dataset(squares_zip(n=2, frames=17), filename="clips.zip", name="squares")
     clips = r.json()["id"]
-    video = {"method": "sft_video_gen", "dataset_id": clips, "hyperparameters": {**VIDEO, "max_steps": 8}}
+    video = {
+        "method": "sft_video_gen",
+        "base_model": "THUDM/CogVideoX-2b",
+        "dataset_id": clips,
+        "hyperparameters": {**VIDEO, "max_steps": 8},
+    }
     refused(api, "resume_incompatible", ["grpo job", "method 'grpo'"], **resumed_body(source, **video))
     job = create(api, **resumed_body(source, **video, resume_from=None)).json()
     ckpt = checkpoint(api, job["id"], 2)
     for key, value in (("num_frames", 17), ("height", 48), ("lora_rank", 8)):
-        body = {**video, "base_model": source["base_model"], "resume_from": ckpt}
+        body = {**video, "resume_from": ckpt}
         body["hyperparameters"] = {**VIDEO, "max_steps": 8, key: value}
         refused(api, "resume_incompatible", [key], **resumed_body(source, **body))
     ok = create(api, **resumed_body(source, **video, resume_from=ckpt))
