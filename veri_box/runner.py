@@ -276,10 +276,13 @@ class Runner:
     def _supervise(self, job: dict) -> None:
         offset = job["progress_offset"]
         job = self._ingest(job)
+        executor = self._executor(job)
         if job["progress_offset"] != offset:
             job["progress_at"] = now()
-            self.store.update_job(job["id"], progress_at=job["progress_at"])
-        executor = self._executor(job)
+            # The cost so far, shown while it runs; the final figure is set when it ends.
+            elapsed = _seconds_between(job["started_at"], job["progress_at"])
+            cost = None if elapsed is None else executor.cost(job, elapsed)
+            self.store.update_job(job["id"], progress_at=job["progress_at"], cost_usd=cost)
         if job["status"] in TERMINAL:  # cancelled, or failed by the runner: its trainer must stop
             if self._has_trainer(job) and not job["terminated_at"]:
                 self._terminate(job)
