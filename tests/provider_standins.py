@@ -31,6 +31,7 @@ Driving them from a test:
     api.capacity_error = True                        # every launch refused for capacity
     api.rate_limit(count=1, retry_after_s=1)         # the next request(s) answer 429
     api.fail(count=1, status=500)                    # the next request(s) answer 500
+    api.delay_s = 2                                  # every answer comes 2 s late
     api.kill(instance_id)                            # the machine dies: sshd and its processes
     api.instances[instance_id].sshd                  # the instance's Sshd (port, host key...)
     api.requests                                     # (monotonic time, method, path) seen
@@ -84,6 +85,7 @@ class StandIn:
         self.api_key = api_key or "sk-test-" + secrets.token_hex(16)
         self.boot_polls = boot_polls
         self.capacity_error = False
+        self.delay_s = 0.0  # test hook: every answer comes this much later (a slow provider)
         self.instances: dict[str, Instance] = {}
         self.requests: list[tuple[float, str, str]] = []
         self.lock = threading.RLock()
@@ -175,6 +177,7 @@ class StandIn:
         url = urlparse(path)
         with self.lock:
             self.requests.append((time.monotonic(), method, url.path))
+        time.sleep(self.delay_s)
         try:
             self.check_auth({k.lower(): v for k, v in headers.items()})
             with self.lock:

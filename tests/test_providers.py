@@ -177,6 +177,17 @@ def test_offers_skip_a_failing_provider_and_report_it(stand_ins, store, caplog):
     assert list(providers.last_errors()) == ["prime_intellect"]  # runpod's error cleared by its success
 
 
+def test_providers_are_asked_in_parallel(stand_ins, store):
+    for name in ("runpod", "lambda", "prime_intellect"):
+        api = stand_ins(name)
+        api.delay_s = 1.0
+        store.put_integration(name, api.api_key, api.url)
+    started = time.monotonic()
+    offers = Providers(store, None).offers("H100-80GB", 1)
+    assert {o.provider for o in offers} == {"runpod", "lambda", "prime_intellect"}
+    assert time.monotonic() - started < 2.5  # three 1 s answers at once, not one after another
+
+
 def test_an_unconfigured_provider_is_not_configured(store):
     providers = Providers(store, None)
     assert providers.configured() == [] and providers.offers("H100-80GB", 1) == []
