@@ -35,6 +35,7 @@ from .job_outputs import JobOutputController
 from .jobs import JobController
 from .models import ModelController
 from .placement import CLOUDS, SLURM, Placement
+from .providers import Providers
 from .provider_settings import ProviderSettingsController
 from .reward_functions import RewardFunctionController
 from .reward_tests import ROUTES as REWARD_TEST_ROUTES
@@ -168,18 +169,12 @@ class Box:
 def _placement(settings: Settings, store: Store, inventory: Inventory) -> Placement:
     """Where jobs can run: this box's devices, the Slurm partitions of --slurm (checked now: a
     cluster the box cannot use stops it from starting, with the reason), the cloud providers."""
-    try:  # SEAM-TEMP: until providers.py lands
-        from .providers import Providers
-    except ImportError:
-        Providers = None  # type: ignore[assignment]
-
     cluster = None
     if settings.slurm_partitions():
         from . import slurm
 
         cluster = slurm.connect(settings)
-    providers = Providers(store, settings) if Providers else None  # SEAM-TEMP
-    return Placement(inventory, cluster, providers, settings.burst_after_s)
+    return Placement(inventory, cluster, Providers(store, settings), settings.burst_after_s)
 
 
 def _executors(settings: Settings, store: Store, placement: Placement) -> dict:
