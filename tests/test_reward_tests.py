@@ -258,7 +258,10 @@ def test_the_reward_functions_page_tests_a_function_with_htmx(api, dataset):
     bad = web.post("/reward-functions/test", data={"reward_function_id": rf, "dataset_id": dataset, "rows": "3"})
     text = html.unescape(bad.text)
     assert 'data-passed="false"' in text and 'data-code="invalid_value"' in text and "row 2" in text, text
-    inline = web.post("/reward-functions/test", data={"source": GOOD, "dataset_id": dataset, "rows": "2"})
+    # The same form for a page's own source field (the new-job form's `reward_source`).
+    form = web.get("/reward-functions/test-form?source_selector=%23reward_source", headers={"HX-Request": "true"})
+    assert 'hx-include="#reward_source"' in form.text and 'name="reward_function_id"' not in form.text
+    inline = web.post("/reward-functions/test", data={"reward_source": GOOD, "dataset_id": dataset, "rows": "2"})
     assert 'data-passed="true"' in inline.text and "scored 2" in inline.text
     refused = web.post("/reward-functions/test", data={"reward_function_id": rf, "rows": "many"})
     assert 'data-code="invalid_value"' in refused.text and "rows" in refused.text

@@ -193,9 +193,11 @@ def reward_test_form(
     store: NamedDependency[Store],
     reward_function_id: FromQuery[str | None] = None,
     dataset_id: FromQuery[str | None] = None,
+    source_selector: FromQuery[str | None] = None,
 ) -> Response:
-    """The test form for an uploaded reward function (or, with no id, for the source field of the
-    page the form is put in: the new-job form's inline source)."""
+    """The test form for an uploaded reward function, or, with `source_selector` (a CSS selector
+    such as `#reward_source`), for the source field of the page the form is put in (the new-job
+    form's inline source), sent along with the form."""
     rf = rf_mod.get(store, reward_function_id) if reward_function_id else None
     return render(
         request,
@@ -205,7 +207,7 @@ def reward_test_form(
         dataset_id=dataset_id,
         max_rows=reward_tests.MAX_ROWS,
         default_rows=reward_tests.DEFAULT_ROWS,
-        source_selector=None,
+        source_selector=source_selector,
     )
 
 
@@ -225,8 +227,10 @@ def _test_request(form: dict[str, str]) -> reward_tests.RewardTestRequest:
         "completions": typed or None,
         "timeout_s": _number(form, "timeout_s", float, 10),
     }
-    if form.get("source", "").strip():
-        return convert({**fields, "source": form["source"]}, reward_tests.InlineRewardTestRequest)
+    # `reward_source` is the new-job form's name for the same field.
+    source = form.get("source") or form.get("reward_source") or ""
+    if source.strip():
+        return convert({**fields, "source": source}, reward_tests.InlineRewardTestRequest)
     return convert(fields, reward_tests.RewardTestRequest)
 
 
