@@ -8,6 +8,7 @@
     DATA_DIR/models/                         built-in tiny models, built by trainers on first use
     DATA_DIR/jobs/JOB_ID/                    one job: config.json, progress.jsonl, train.log,
                                              reward_functions/, checkpoints/, output/, model.tar.gz
+    DATA_DIR/ssh/id_ed25519(.pub)            the box's key pair for rented instances (0600)
 
 Signed download links name files relative to DATA_DIR (`jobs/JOB_ID/...`), so the names below
 are also part of the links the API hands out.
@@ -88,6 +89,12 @@ def model_archive(data_dir: Path, job_id: str) -> Path:
 
 def checkpoints_dir(data_dir: Path, job_id: str) -> Path:
     return job_dir(data_dir, job_id) / CHECKPOINTS_DIR
+
+
+def ssh_key(data_dir: Path) -> Path:
+    """The box's one SSH private key (its public half beside it, `.pub`): it logs in to every
+    instance the box rents."""
+    return data_dir / "ssh" / "id_ed25519"
 
 
 def job_reward_functions_dir(data_dir: Path, job_id: str) -> Path:

@@ -1,0 +1,462 @@
+"""The remote executor driven as the runner drives it (start, poll, cancel, release, reattach),
+against a real SQLite store, the RunPod and Prime Intellect stand-ins (tests/provider_standins.py)
+whose instances are real sshd servers, and the stdlib test trainer running on the "instance".
+
+The instance's python is made warm the way a second job on an image finds it: the venv the
+box builds for its pinned requirements is already there (here, one whose python is the box's
+own interpreter), so bootstrap takes the cached-venv path without a network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+from conftest import Api
+from litestar.testing import TestClient
+from provider_standins import PrimeStandIn, RunPodGpu, RunPodStandIn
+from serving import FAKE_TRAINERS, REPO, descendants
+from sshd import Sshd
+
+from trainers.contract import read_config
+from veri_box import paths, remote, ssh
+from veri_box.app import Box, create_app
+from veri_box.devices import build_inventory
+from veri_box.providers import Providers
+from veri_box.remote import RemoteExecutor
+from veri_box.settings import Settings
+
+GPU = {"type": "H100-80GB", "count": 1}
+
+
+class World:
+    """A box (in-process API over a real store, runner not ticking), provider stand-ins, and the
+    instances' warm venv, for one test."""
+
+    def __init__(self, tmp_path: Path, **settings_kw):
+        self.tmp_path = tmp_path
+        self.remote_root = str(tmp_path / "instance-root")
+        self.settings = Settings(
+            data_dir=tmp_path / "data",
+            gpus="none",
+            trainers=FAKE_TRAINERS,
+            cancel_grace_s=1.0,
+            **settings_kw,
+        )
+        self.box = Box.open(self.settings, build_inventory("none", 0))
+        self.client = TestClient(create_app(self.box, run_jobs=False))
+        self.client.__enter__()
+        self.api = Api(self.client, self.box.store.create_api_key("t")[1], self.box)
+        self.store = self.box.store
+        self.stand_ins: dict[str, RunPodStandIn | PrimeStandIn] = {}
+        self.executors: list[RemoteExecutor] = []
+        warm_venv(self.remote_root)
+
+    def provider(self, name: str, **kwargs):
+        cls = {"runpod": RunPodStandIn, "prime_intellect": PrimeStandIn}[name]
+        stand_in = cls.start(self.tmp_path / name, **kwargs)
+        self.stand_ins[name] = stand_in
+        self.store.put_integration(name, stand_in.api_key, stand_in.url, None)
+        return stand_in
+
+    def executor(self) -> RemoteExecutor:
+        executor = RemoteExecutor(self.settings, self.store, Providers(self.store, self.settings), self.remote_root)
+        self.executors.append(executor)
+        return executor
+
+    def job(self, base_model: str, providers: tuple[str, ...] | None = None) -> tuple[dict, object]:
+        """A submitted job placed as the runner places a cloud job: its offers (cheapest first)
+        on the row, its job directory and config.json written."""
+        job = self.api.job(base_model=base_model, gpu=GPU, provider=None if providers else "runpod")
+        offers = Providers(self.store, self.settings).offers(GPU["type"], GPU["count"], only=providers)
+        assert offers, "the stand-ins quote no offer"
+        state = {"offers": [msgspec.to_builtins(o) for o in offers]}
+        self.store.update_job(job["id"], executor_state=state, devices=[], provider=offers[0].provider, gpu=GPU)
+        row = self.store.get_job(job["id"])
+        config = self.box.runner._write_config(row, "tests.fake_trainer", [0])
+        return row, config
+
+    def start(self, executor: RemoteExecutor, job: dict, config) -> dict:
+        """executor.start as the runner calls it, and the fields it stores."""
+        started = executor.start(job, config)
+        assert started["executor_state"]
+        self.store.update_job(job["id"], **started)
+        return self.store.get_job(job["id"])
+
+    def close(self) -> None:
+        for executor in self.executors:
+            for job_id in list(executor._runs):
+                executor.release(self.store.get_job(job_id))
+        for stand_in in self.stand_ins.values():
+            stand_in.stop()
+        self.client.__exit__(None, None, None)
+
+
+def warm_venv(root: str) -> Path:
+    """The cached venv of the box's pinned requirements, as a first job on this image leaves it;
+    its python is the box's own interpreter (which has exactly those versions)."""
+    pins = remote.requirements_text(remote.requirements())
+    venv = Path(root) / "venvs" / remote.digest(pins)
+    (venv / "bin").mkdir(parents=True)
+    python = venv / "bin" / "python"
+    python.write_text(f'#!/bin/sh\nexec {os.path.realpath(os.sys.executable)} "$@"\n')
+    python.chmod(0o755)
+    (venv / ".ready").touch()
+    return venv
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.syspath_prepend(str(REPO))  # the test trainer's package, uploaded like trainers/
+    made: list[World] = []
+
+    def make(**settings_kw) -> World:
+        made.append(World(tmp_path, **settings_kw))
+        return made[-1]
+
+    yield make
+    for w in made:
+        w.close()
+
+
+def wait(predicate, timeout: float = 30.0, every: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"not true within {timeout}s")
+
+
+def until_done(executor: RemoteExecutor, job: dict, timeout: float = 60.0) -> int | None:
+    wait(lambda: not executor.poll(job)[0], timeout)
+    return executor.poll(job)[1]
+
+
+def events(world: World, job_id: str) -> dict[str, dict]:
+    return {e["event_type"]: e["metadata"] for e in world.store.list_events(job_id, 100)}
+
+
+def remote_job_dir(world: World, job_id: str) -> Path:
+    return Path(world.remote_root) / "jobs" / job_id
+
+
+def local_job_dir(world: World, job_id: str) -> Path:
+    return paths.job_dir(world.settings.data_dir, job_id)
+
+
+def trainer_processes(sshd: Sshd) -> list[str]:
+    """Command lines of the test trainer's processes on the instance (seen from the host)."""
+    found = []
+    for pid in descendants(sshd.process.pid):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "fake_trainer" in cmdline or "run.sh" in cmdline:
+            found.append(cmdline)
+    return found
+
+
+def instance_of(world: World, job_id: str):
+    row = world.store.instance_for_job(job_id)
+    return row, world.stand_ins[row["provider"]].instances.get(row["provider_instance_id"])
+
+
+# -- the key pair and the pinned host key ----------------------------------------------------------
+
+
+def test_the_box_key_pair_is_made_once_and_readable_by_its_owner_only(tmp_path: Path):
+    first = ssh.key_pair(tmp_path)
+    key_file = paths.ssh_key(tmp_path)
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(key_file.parent.stat().st_mode) == 0o700
+    assert first.public.startswith("ssh-ed25519 ")
+    assert key_file.with_name("id_ed25519.pub").read_text().split()[:2] == first.public.split()[:2]
+    key_file.chmod(0o644)  # loosened by a copy: tightened, and still the same key
+    again = ssh.key_pair(tmp_path)
+    assert again.public == first.public
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+
+
+def test_a_host_key_other_than_the_pinned_one_is_refused(tmp_path: Path):
+    keys = ssh.key_pair(tmp_path)
+    server = Sshd.start(tmp_path / "instance")
+    other = Sshd.start(tmp_path / "impostor")
+    try:
+        server.authorize(keys.public)
+        other.authorize(keys.public)
+
+        async def attempt(port: int, pinned: str | None):
+            conn, host_key = await ssh.connect(server.host, port, server.user, keys, pinned)
+            conn.close()
+            return host_key
+
+        first_contact = asyncio.run(attempt(server.port, None))
+        assert first_contact == server.host_key_line
+        assert asyncio.run(attempt(server.port, first_contact)) == first_contact
+        with pytest.raises(ssh.HostKeyMismatch):
+            asyncio.run(attempt(other.port, first_contact))  # same address and user, another machine
+    finally:
+        server.stop()
+        other.stop()
+
+
+# -- a job on an instance ------------------------------------------------------------------------------
+
+
+def test_a_job_runs_on_a_rented_instance_and_its_files_are_mirrored_home(world):
+    w = world()
+    runpod = w.provider("runpod")
+    executor = w.executor()
+    job, config = w.job("fake:steps=6,step_s=0.2,save_every=2")
+    job = w.start(executor, job, config)
+    instance, _ = instance_of(w, job["id"])
+    assert instance["price_per_hr"] == 2.99 and instance["status"] in ("launching", "booting", "ready")
+    assert executor.poll(job) == (True, None)  # provisioning in the executor's own thread
+
+    local = local_job_dir(w, job["id"])
+    progress = local / "progress.jsonl"
+    latencies = []
+    seen = 0
+    deadline = time.monotonic() + 60
+    while executor.poll(job)[0] and time.monotonic() < deadline:
+        # Every checkpoint line that has arrived has its folder here already.
+        lines = progress.read_bytes().splitlines() if progress.exists() else []
+        for line in lines[seen:]:
+            record = json.loads(line)
+            if record["type"] == "checkpoint":
+                assert (local / record["path"] / "weights.bin").is_file(), record
+            if record["type"] == "metrics":
+                latencies.append(time.time() - record["time"])
+        seen = len(lines)
+        time.sleep(0.02)
+    assert executor.poll(job) == (False, 0)
+
+    remote_dir = remote_job_dir(w, job["id"])
+    assert progress.read_bytes() == (remote_dir / "progress.jsonl").read_bytes()
+    assert (local / "train.log").read_bytes() == (remote_dir / "train.log").read_bytes()
+    steps = [json.loads(x)["step"] for x in progress.read_bytes().splitlines() if b'"metrics"' in x]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert sorted(p.name for p in (local / "checkpoints").iterdir()) == ["step-2", "step-4", "step-6"]
+    assert (executor.collect(job) / "model.bin").read_bytes() == bytes(range(256)) * 4
+    assert max(latencies) < 3.0, latencies  # trainer write -> local file, through the mirror
+
+    # The trainer on the instance read config.json with the instance's paths.
+    remote_config = read_config(remote_dir)
+    assert remote_config.job_dir == str(remote_dir)
+    assert remote_config.dataset.path.startswith(str(remote_dir / "dataset"))
+    assert Path(remote_config.dataset.path).read_bytes() == Path(config.dataset.path).read_bytes()
+    assert all(Path(rf.path).is_file() and rf.path.startswith(str(remote_dir)) for rf in remote_config.reward_functions)
+    assert json.loads((remote_dir / "env.json").read_text())["CUDA_VISIBLE_DEVICES"] == "0"
+
+    instance = w.store.get_instance(instance["id"])
+    seen_events = events(w, job["id"])
+    launched = seen_events["instance_launched"]
+    assert launched["provider"] == "runpod" and launched["price_per_hr"] == 2.99
+    assert launched["instance_id"] == instance["provider_instance_id"] and launched["gpu_type"] == "H100-80GB"
+    assert seen_events["bootstrap_done"]["python"] == "cached venv"
+    assert {"instance_ready", "trainer_started"} <= seen_events.keys()
+
+    pinned = w.store.get_instance(instance["id"])
+    assert pinned["host_key"] == runpod.instances[instance["provider_instance_id"]].sshd.host_key_line
+    assert pinned["ready_at"] and pinned["launched_at"] and not pinned["terminated_at"]
+
+    executor.release(job)
+    executor.release(job)  # safe twice
+    assert runpod.running() == []
+    ended = w.store.get_instance(instance["id"])
+    assert ended["status"] == "terminated" and ended["terminated_at"]
+    billed = remote._iso_seconds(ended["terminated_at"]) - remote._iso_seconds(ended["launched_at"])
+    assert executor.cost(job, 1.0) == pytest.approx(2.99 * billed / 3600, abs=1e-6)
+    assert executor.failure(job) is None
+
+    # The provider's key went nowhere but the database.
+    for root in (w.settings.data_dir, Path(w.remote_root)):
+        for path in root.rglob("*"):
+            if path.is_file() and not path.name.startswith("veri-box.db"):
+                assert runpod.api_key.encode() not in path.read_bytes(), path
+
+
+def test_no_capacity_falls_through_to_the_next_offer(world):
+    w = world()
+    runpod = w.provider("runpod")
+    prime = w.provider("prime_intellect")
+    runpod.catalogue = [RunPodGpu("NVIDIA H100 80GB HBM3", 80, 1.99)]  # cheaper than Prime's 2.49...
+    runpod.capacity_error = True  # ...but sold out when the launch comes
+    executor = w.executor()
+    job, config = w.job("fake:steps=2", providers=("runpod", "prime_intellect"))
+    assert [o["provider"] for o in job["executor_state"]["offers"]] == ["runpod", "prime_intellect"]
+    job = w.start(executor, job, config)
+    assert until_done(executor, job) == 0
+    row = w.store.get_job(job["id"])
+    assert row["provider"] == "prime_intellect"
+    fallback = events(w, job["id"])["provider_fallback"]
+    assert fallback["from"] == "runpod" and fallback["to"] == "prime_intellect"
+    assert "no longer any instances available" in fallback["reason"]
+    assert events(w, job["id"])["instance_launched"]["provider"] == "prime_intellect"
+    assert runpod.instances == {}
+    executor.release(job)
+    assert prime.running() == []
+
+
+def test_cancel_stops_the_remote_trainer_and_release_terminates_the_instance(world):
+    w = world()
+    runpod = w.provider("runpod")
+    executor = w.executor()
+    job, config = w.job("fake:steps=1000,step_s=0.1,save_every=1000")
+    job = w.start(executor, job, config)
+    progress = local_job_dir(w, job["id"]) / "progress.jsonl"
+    wait(lambda: progress.exists() and b'"metrics"' in progress.read_bytes())
+    _, instance = instance_of(w, job["id"])
+    assert trainer_processes(instance.sshd)
+
+    assert executor.cancel(job)  # SIGTERM: the trainer saves and exits 0
+    assert until_done(executor, job, timeout=20) == 0
+    assert trainer_processes(instance.sshd) == []
+    saved = [json.loads(x) for x in progress.read_bytes().splitlines() if b'"checkpoint"' in x]
+    assert saved and (local_job_dir(w, job["id"]) / saved[-1]["path"] / "weights.bin").is_file()
+    executor.release(job)
+    assert runpod.running() == []
+
+
+def test_a_trainer_that_ignores_sigterm_is_killed(world):
+    w = world()
+    runpod = w.provider("runpod")
+    executor = w.executor()
+    job, config = w.job("fake:steps=1000,step_s=0.1,ignore_sigterm=1,child=1")
+    job = w.start(executor, job, config)
+    wait(lambda: (remote_job_dir(w, job["id"]) / "grandchild.pid").exists())
+    _, instance = instance_of(w, job["id"])
+    assert executor.cancel(job)
+    time.sleep(1.0)
+    assert executor.poll(job)[0] and trainer_processes(instance.sshd)  # still running, as it chose
+    assert executor.cancel(job, force=True)
+    assert until_done(executor, job, timeout=20) == -9
+    assert trainer_processes(instance.sshd) == []
+    grandchild = int((remote_job_dir(w, job["id"]) / "grandchild.pid").read_text())
+    assert not Path(f"/proc/{grandchild}").exists() or "sleep" not in Path(f"/proc/{grandchild}/cmdline").read_text()
+    executor.release(job)
+    assert runpod.running() == []
+
+
+def test_cancel_while_provisioning_terminates_the_instance(world):
+    w = world()
+    runpod = w.provider("runpod", boot_polls=10_000)  # never boots
+    executor = w.executor()
+    job, config = w.job("fake:steps=2")
+    job = w.start(executor, job, config)
+    wait(lambda: runpod.instances)
+    assert executor.cancel(job)
+    assert until_done(executor, job, timeout=10) is None
+    executor.release(job)
+    assert runpod.instances == {}
+    assert w.store.instance_for_job(job["id"])["terminated_at"]
+
+
+def test_reattach_after_a_restart_loses_and_doubles_no_record(world):
+    w = world()
+    runpod = w.provider("runpod")
+    first = w.executor()
+    job, config = w.job("fake:steps=25,step_s=0.15,save_every=5")
+    job = w.start(first, job, config)
+    progress = local_job_dir(w, job["id"]) / "progress.jsonl"
+    wait(lambda: progress.exists() and progress.read_bytes().count(b'"metrics"') >= 3)
+
+    # The box dies: its executor's thread stops where it is, mid-job.
+    first._loop.call_soon_threadsafe(first._loop.stop)
+    time.sleep(1.0)
+    behind = progress.stat().st_size
+    wait(lambda: (remote_job_dir(w, job["id"]) / "progress.jsonl").stat().st_size > behind)
+
+    second = w.executor()
+    assert second.reattach(w.store.get_job(job["id"]))
+    assert until_done(second, job) == 0
+    remote_progress = remote_job_dir(w, job["id"]) / "progress.jsonl"
+    assert progress.read_bytes() == remote_progress.read_bytes()
+    steps = [json.loads(x)["step"] for x in progress.read_bytes().splitlines() if b'"metrics"' in x]
+    assert steps == list(range(1, 26))
+    train_log = local_job_dir(w, job["id"]) / "train.log"
+    assert train_log.read_bytes() == (remote_job_dir(w, job["id"]) / "train.log").read_bytes()
+    assert [e["event_type"] for e in w.store.list_events(job["id"], 100)].count("trainer_started") == 1
+    second.release(job)
+    assert runpod.running() == []
+
+
+def test_a_changed_host_key_is_refused_on_reattach(world):
+    w = world()
+    w.provider("runpod")
+    first = w.executor()
+    job, config = w.job("fake:steps=1000,step_s=0.1")
+    job = w.start(first, job, config)
+    wait(lambda: "trainer" in (w.store.get_job(job["id"])["executor_state"] or {}))
+    first._loop.call_soon_threadsafe(first._loop.stop)
+
+    instance, _ = instance_of(w, job["id"])
+    impostor = Sshd.start(w.tmp_path / "impostor")  # another machine's key, recorded as the pinned one
+    w.store.update_instance(instance["id"], host_key=impostor.host_key_line)
+    impostor.stop()
+    second = w.executor()
+    assert second.reattach(w.store.get_job(job["id"]))
+    until_done(second, job)
+    code, message = second.failure(job)
+    assert code == "provider_error"
+    assert "host key" in message and instance["provider_instance_id"] in message
+    second.release(job)
+
+
+def test_an_instance_that_dies_fails_the_job_with_provider_error(world):
+    w = world()
+    runpod = w.provider("runpod")
+    executor = w.executor()
+    job, config = w.job("fake:steps=1000,step_s=0.1")
+    job = w.start(executor, job, config)
+    wait(lambda: "trainer" in (w.store.get_job(job["id"])["executor_state"] or {}))
+    instance, _ = instance_of(w, job["id"])
+    runpod.kill(instance["provider_instance_id"])
+    assert until_done(executor, job, timeout=40) is None
+    code, message = executor.failure(job)
+    assert code == "provider_error"
+    assert "RunPod" in message and instance["provider_instance_id"] in message
+    # Also after a restart of the box, before the runner recorded the failure.
+    assert w.executor().failure(w.store.get_job(job["id"])) == (code, message)
+    executor.release(job)
+    assert runpod.instances == {}
+
+
+def test_provisioning_past_its_deadline_fails_and_terminates(world):
+    w = world(provisioning_timeout_s=3.0)
+    runpod = w.provider("runpod", boot_polls=10_000)
+    executor = w.executor()
+    job, config = w.job("fake:steps=2")
+    job = w.start(executor, job, config)
+    assert until_done(executor, job, timeout=20) is None
+    code, message = executor.failure(job)
+    assert code == "provisioning_timeout" and "3 s" in message
+    executor.release(job)
+    assert runpod.instances == {}
+
+
+def test_orphans_of_this_box_are_terminated_and_others_left_alone(world, caplog):
+    w = world()
+    runpod = w.provider("runpod")
+    executor = w.executor()
+    adapter = Providers(w.store, w.settings).adapter("runpod")
+    offer = Providers(w.store, w.settings).offers(GPU["type"], 1, only=("runpod",))[0]
+    key = ssh.key_pair(w.settings.data_dir).public
+    ended = w.api.job(base_model="fake:steps=1", gpu=GPU, provider="runpod")
+    orphan = adapter.launch(offer, executor.prefix + ended["id"], key, None)
+    owned = adapter.launch(offer, executor.prefix + "job_active", key, None)
+    foreign = adapter.launch(offer, "veri-box-someoneelse-job_x", key, None)
+    with caplog.at_level("WARNING", logger="veri_box.remote"):
+        executor.recover_orphans({"job_active"})
+    assert sorted(runpod.instances) == sorted([owned.instance_id, foreign.instance_id])
+    assert "orphan_terminated" in caplog.text and orphan.instance_id in caplog.text
+    assert events(w, ended["id"])["orphan_terminated"] == {"provider": "runpod", "instance_id": orphan.instance_id}
