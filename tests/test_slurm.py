@@ -334,7 +334,7 @@ class Box:
     def metric_steps(self, job_id: str) -> list[int]:
         r = self.http.get(f"/v1/training_jobs/{job_id}/metrics", params={"max_points": 10_000})
         assert r.status_code == 200, r.text
-        return sorted(p["step"] for p in r.json()["metrics"].get("loss", []))
+        return [p["step"] for p in r.json()["metrics"] if p["values"].get("loss") is not None]
 
     def wait_status(self, job_id: str, status: str, timeout: float = 60) -> dict:
         job = wait_until(lambda: (j := self.get(job_id))["status"] in (status, *TERMINAL) and j, timeout)

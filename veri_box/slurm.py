@@ -576,7 +576,7 @@ def _scontrol(job_id: str) -> JobState | None:
 def job_name(box_id: str, job: dict) -> str:
     """`veri-box-<box id>-<job id>-<output name>`: squeue shows whose and which job it is, and
     the prefix finds this box's jobs after a crash."""
-    name = re.sub(r"[^A-Za-z0-9._]+", "_", job.get("output_name") or "")[:40].strip("_")
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", job.get("output_name") or "")[:40].strip("_")
     return f"{name_prefix(box_id)}{job['id']}" + (f"-{name}" if name else "")
 
 
