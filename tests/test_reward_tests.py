@@ -104,7 +104,7 @@ def test_a_raising_function_reports_its_own_frames_only(api, dataset):
     # Rows 0 and 1 ("4", "4") parse; the second call ("hi") raises.
     assert [r["reward"] for r in result["results"]] == [4.0, 4.0]
     assert error["message"] == "ValueError: invalid literal for int() with base 10: 'hi'"
-    assert error["rows"] == [2, 3]
+    assert error["rows"] == [2, 3] and error["row"] == 2, "row 2 raises on its own: the one to look at"
     trace = error["traceback"]
     assert "line 7, in reward" in trace and "line 3, in _parse" in trace and "return int(text)" in trace
     assert "trainers" not in trace and "importlib" not in trace and "reward_test" not in trace, trace

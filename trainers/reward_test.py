@@ -105,6 +105,20 @@ def _kwargs(spec: dict, start: int, end: int) -> tuple[list, dict]:
     return [p for p, _ in pairs], {**columns, **extras}
 
 
+def _first_raising_row(guarded, spec: dict, start: int, end: int) -> int | None:
+    """The first row of a batch that raised which raises alone too (None if none does: then
+    it was the batch together), so the user knows which completion to look at."""
+    if end - start == 1:
+        return start
+    for i in range(start, end):
+        prompts, kwargs = _kwargs(spec, i, i + 1)
+        try:
+            guarded(prompts=prompts, completions=spec["completions"][i : i + 1], **kwargs)
+        except (Exception, SystemExit):  # noqa: BLE001 - any failure of this one row will do
+            return i
+    return None
+
+
 def main(work: Path) -> int:
     from trainers import rewards
     from trainers.errors import TrainerError
@@ -158,6 +172,7 @@ def main(work: Path) -> int:
                     kind, message, row = _problem(seen.get("result"), end - start, start)
                 elif isinstance(cause, (Exception, SystemExit)):
                     kind, message, where = "raised", f"{type(cause).__name__}: {cause}", _frames(cause, work)
+                    row = _first_raising_row(guarded, spec, start, end)
                 else:  # the guard's time limit, raised inside the function: its frames show where it was
                     kind, where = "timeout", _frames(cause, work)
                     message = f"did not return within {spec['timeout_s']:g} s."

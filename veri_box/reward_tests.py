@@ -103,7 +103,7 @@ class RewardTestError(msgspec.Struct):
     message: str
     rows: list[int]  # the rows of the call that failed (or that were never scored)
     traceback: str | None = None  # the user's own frames, most recent call last
-    row: int | None = None  # the row of the bad value, for invalid_value
+    row: int | None = None  # the row of the bad value (invalid_value), or the first that raises alone (raised)
     job_error: str | None = None  # what a job would fail with (reward_function_error's message)
 
 
