@@ -225,6 +225,13 @@ def test_keys_commands_create_list_and_revoke_against_a_running_server(server: S
     assert "0123456789abcdef" in unknown.stderr, unknown.stderr
 
 
+def test_keys_list_and_revoke_in_a_directory_without_a_box_name_the_flag_and_create_nothing(tmp_path: Path):
+    for args in (("keys", "list"), ("keys", "revoke", "0123456789abcdef")):
+        result = run_cli(*args, "--data-dir", str(tmp_path / "nowhere"))
+        assert result.returncode == 1 and "there is no box in" in result.stderr and "--data-dir" in result.stderr
+    assert not (tmp_path / "nowhere").exists()
+
+
 def test_help_of_every_command_exits_0_and_names_its_flags():
     top = run_cli("--help")
     assert top.returncode == 0 and "serve" in top.stdout and "keys" in top.stdout, top.stdout + top.stderr

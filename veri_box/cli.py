@@ -104,15 +104,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _store(args: argparse.Namespace):
+def _store(args: argparse.Namespace, existing: bool = True):
+    """The database of --data-dir. Only `keys create` may make one (keys before the first
+    `serve`): listing or revoking in the wrong directory must not leave a stray database there."""
     from . import paths
     from .store import Store
 
-    return Store(paths.db(Path(args.data_dir or default_data_dir())))
+    data_dir = Path(args.data_dir or default_data_dir())
+    db = paths.db(data_dir)
+    if existing and not db.is_file():
+        raise SystemExit(
+            f"veri-box: there is no box in {data_dir} (no {db.name}); pass --data-dir with the data directory "
+            "`veri-box serve` printed after `data:`."
+        )
+    return Store(db)
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
-    _, key = _store(args).create_api_key(args.name)
+    _, key = _store(args, existing=False).create_api_key(args.name)
     print(key)
     return 0
 
