@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hf_cache import api_test_cache
 from litestar.testing import TestClient
 
-from hf_cache import api_test_cache
 from veri_box.app import Box, create_app
 from veri_box.devices import build_inventory
 from veri_box.settings import Settings
@@ -116,7 +116,10 @@ def api(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 @pytest.fixture
-def box(tmp_path: Path):
+def box(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # As for `api`: the models these tests name only at submit are in a cache of their own; the
+    # jobs that train name the built-in or a tiny model's folder.
+    monkeypatch.setenv("HF_HUB_CACHE", str(api_test_cache(tmp_path / "hf-cache")))
     settings = Settings(data_dir=tmp_path / "data", gpus="none", cpu_slots=1)
     box = Box.open(settings)
     with TestClient(create_app(box, run_jobs=False)) as client:

@@ -3,7 +3,7 @@ with metrics, rollouts, checkpoints, logs and a downloaded adapter that loads an
 
 from __future__ import annotations
 
-import os
+import shutil
 import time
 from pathlib import Path
 
@@ -130,13 +130,16 @@ def test_reward_function_failures_stop_the_job_with_a_reason(box, tiny_model, bo
     assert all(w in job["error"]["message"] for w in words), job["error"]["message"]
 
 
-def test_a_model_that_is_not_on_the_box_fails_clearly(box, monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    job_id = grpo_job(box, Path("no-such-org/no-such-model"), max_steps=1)
+def test_a_model_removed_after_submit_fails_the_job_clearly(box, tiny_model, monkeypatch, tmp_path):
+    """Submit refuses a model that is not on the box (test_models.py); one deleted before its
+    trainer starts still fails the job with model_not_found saying where the trainer looked."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    model = Path(shutil.copytree(tiny_model, tmp_path / "removed-model"))
+    job_id = grpo_job(box, model, max_steps=1)
+    shutil.rmtree(model)
     job = finished(box, job_id)
     assert job["error"]["code"] == "model_not_found"
-    assert "no-such-org/no-such-model" in job["error"]["message"] and str(tmp_path / "hf") in job["error"]["message"]
-    assert os.environ["HF_HOME"] == str(tmp_path / "hf")
+    assert str(model) in job["error"]["message"] and str(tmp_path / "hf") in job["error"]["message"]
 
 
 def cpu_available(api: Api) -> int:

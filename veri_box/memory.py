@@ -71,7 +71,11 @@ def gpu_memory_gb(gpu_type: str) -> float | None:
 def _micro_batch(per_process: int) -> int:
     """trainers.grpo.batch_split's per-device batch: the largest divisor of the process's
     completions that is at most the cap."""
-    return next(per_process // a for a in range(1, per_process + 1) if per_process % a == 0 and per_process // a <= MICRO_BATCH_CAP)
+    return next(
+        per_process // a
+        for a in range(1, per_process + 1)
+        if per_process % a == 0 and per_process // a <= MICRO_BATCH_CAP
+    )
 
 
 def lora_parameters(config: dict, rank: int) -> int:
@@ -85,7 +89,9 @@ def lora_parameters(config: dict, rank: int) -> int:
     return config["num_hidden_layers"] * rank * per_layer
 
 
-def grpo_phases(config: dict, hp: dict, gpu_count: int, prompt_tokens: int | None = None) -> dict[str, dict[str, float]]:
+def grpo_phases(
+    config: dict, hp: dict, gpu_count: int, prompt_tokens: int | None = None
+) -> dict[str, dict[str, float]]:
     """Bytes per part for each phase of a GRPO job on one of its GPUs."""
     h, layers = config["hidden_size"], config["num_hidden_layers"]
     heads = config["num_attention_heads"]
@@ -201,7 +207,9 @@ def phases(kind: str, config: dict, hp: dict, gpu_count: int, prompt_tokens: int
     return None
 
 
-def estimate(kind: str, config: dict, hp: dict, gpu_count: int, prompt_tokens: int | None = None) -> MemoryEstimate | None:
+def estimate(
+    kind: str, config: dict, hp: dict, gpu_count: int, prompt_tokens: int | None = None
+) -> MemoryEstimate | None:
     found = phases(kind, config, hp, gpu_count, prompt_tokens)
     if found is None:
         return None
@@ -228,14 +236,20 @@ def _changes(method: str, hp: dict, count: int, available: int) -> list[tuple[st
     if method == "grpo":
         if not hp.get("lora_rank"):
             out.append(
-                (f"train a LoRA instead of the full model (hyperparameters.lora_rank {LORA_PROBE_RANK})",
-                 {**hp, "lora_rank": LORA_PROBE_RANK, "lora_alpha": 2 * LORA_PROBE_RANK}, count)
+                (
+                    f"train a LoRA instead of the full model (hyperparameters.lora_rank {LORA_PROBE_RANK})",
+                    {**hp, "lora_rank": LORA_PROBE_RANK, "lora_alpha": 2 * LORA_PROBE_RANK},
+                    count,
+                )
             )
         if not hp.get("load_in_4bit"):
             rank = hp.get("lora_rank") or LORA_PROBE_RANK
             out.append(
-                (f"QLoRA: hyperparameters.lora_rank {rank} with load_in_4bit true",
-                 {**hp, "lora_rank": rank, "lora_alpha": hp.get("lora_alpha") or 2 * rank, "load_in_4bit": True}, count)
+                (
+                    f"QLoRA: hyperparameters.lora_rank {rank} with load_in_4bit true",
+                    {**hp, "lora_rank": rank, "lora_alpha": hp.get("lora_alpha") or 2 * rank, "load_in_4bit": True},
+                    count,
+                )
             )
         batch, length = hp["global_batch_size"], hp["max_response_length"]
         while batch // 2 >= hp["rollouts_per_prompt"] and (batch // 2) % hp["rollouts_per_prompt"] == 0:
@@ -247,7 +261,13 @@ def _changes(method: str, hp: dict, count: int, available: int) -> list[tuple[st
     else:
         frames = hp["num_frames"]
         if hp["batch_size"] > 1:
-            out.append(("hyperparameters.batch_size 1 (gradient_accumulation_steps for the rest)", {**hp, "batch_size": 1}, count))
+            out.append(
+                (
+                    "hyperparameters.batch_size 1 (gradient_accumulation_steps for the rest)",
+                    {**hp, "batch_size": 1},
+                    count,
+                )
+            )
         while frames > 9:
             frames = (frames - 1) // 2 // 8 * 8 + 1
             out.append((f"hyperparameters.num_frames {frames}", {**hp, "num_frames": frames}, count))
@@ -259,7 +279,14 @@ def _changes(method: str, hp: dict, count: int, available: int) -> list[tuple[st
 
 
 def cheapest_fit(
-    method: str, kind: str, config: dict, hp: dict, count: int, card_gb: float, available: int, prompt_tokens: int | None
+    method: str,
+    kind: str,
+    config: dict,
+    hp: dict,
+    count: int,
+    card_gb: float,
+    available: int,
+    prompt_tokens: int | None,
 ) -> tuple[str, MemoryEstimate] | None:
     for what, new_hp, gpus in _changes(method, hp, count, available):
         found = estimate(kind, config, new_hp, gpus, prompt_tokens)
@@ -291,7 +318,11 @@ def check(
         return found
     found.verdict = verdict(found.total_gb, card)
     if found.verdict == "will_not_fit":
-        raise bad_request("will_not_fit", will_not_fit_message(method, kind, config, hp, gpu, found, available, prompt_tokens), _param(method, hp))
+        raise bad_request(
+            "will_not_fit",
+            will_not_fit_message(method, kind, config, hp, gpu, found, available, prompt_tokens),
+            _param(method, hp),
+        )
     return found
 
 
@@ -302,12 +333,21 @@ def _param(method: str, hp: dict) -> str:
 
 
 def describe(found: MemoryEstimate) -> str:
-    parts = ", ".join(f"{name.replace('_', ' ')} {value:g}" for name, value in sorted(found.parts.items(), key=lambda p: -p[1]))
+    parts = ", ".join(
+        f"{name.replace('_', ' ')} {value:g}" for name, value in sorted(found.parts.items(), key=lambda p: -p[1])
+    )
     return f"about {found.total_gb:g} GiB per GPU at its peak ({found.phase}: {parts})"
 
 
 def will_not_fit_message(
-    method: str, kind: str, config: dict, hp: dict, gpu: dict, found: MemoryEstimate, available: int, prompt_tokens: int | None
+    method: str,
+    kind: str,
+    config: dict,
+    hp: dict,
+    gpu: dict,
+    found: MemoryEstimate,
+    available: int,
+    prompt_tokens: int | None,
 ) -> str:
     card = found.gpu_memory_gb
     fix = cheapest_fit(method, kind, config, hp, gpu["count"], card, available, prompt_tokens)

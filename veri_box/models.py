@@ -71,7 +71,9 @@ def hf_cache_dir() -> Path:
     time: huggingface_hub's constants are frozen at its import."""
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("HOME") or str(Path.home()), ".cache", "huggingface")
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("HOME") or str(Path.home()), ".cache", "huggingface"
+    )
     return Path(home).expanduser() / "hub"
 
 
