@@ -143,6 +143,13 @@ class Settings:
             "seconds; the instance is terminated."
         },
     )
+    hf_endpoint: str = field(
+        default="https://huggingface.co",
+        metadata={
+            "help": "The Hugging Face Hub the box checks tokens with and pushes models to (hf_push); "
+            "a private Hub's address, or a test stand-in's."
+        },
+    )
     trainers: str = field(
         default="",
         metadata={
