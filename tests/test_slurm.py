@@ -203,8 +203,8 @@ def test_exit_codes_as_slurm_reports_them():
 @pytest.mark.parametrize(
     ("state", "warned", "code", "words"),
     [
-        ("TIMEOUT", False, "time_limit", "reached its time limit (00:01:00)"),
-        ("COMPLETED", True, "time_limit", "told to save and stop 60 s before it"),
+        ("TIMEOUT", False, "time_limit", "reached its time limit (00:01:00) after 00:01:05 on node7 and Slurm"),
+        ("COMPLETED", True, "time_limit", "near its time limit (00:01:00): warned 60 s before it after 00:01:05"),
         ("NODE_FAIL", False, "node_fail", "Slurm state NODE_FAIL, killed by SIGKILL"),
         ("OUT_OF_MEMORY", False, "out_of_memory", "more host memory than Slurm allotted"),
         ("CANCELLED", False, "slurm_cancelled", "cancelled outside the box"),
@@ -462,12 +462,12 @@ def test_a_box_killed_mid_run_reattaches_and_loses_no_step(start_box):
 def test_a_time_limit_saves_a_checkpoint_and_fails_with_time_limit(start_box):
     """Slurm's minimum --time is a minute, and it warns (--signal B:TERM@60) at once; its time
     checks run every 30 s, so this job stops within half a minute."""
-    box = start_box("--slurm-extra", "--time=1")
+    box = start_box("--slurm-extra=--time=1")  # with "=": argparse reads a bare "--time" as a flag
     job_id = box.job("fake:steps=100000,step_s=0.1,save_every=100000")
     slurm_id = box.slurm_id(job_id)
     job = box.wait_status(job_id, "failed", timeout=100)
     assert job["error"]["code"] == "time_limit", job
-    assert "time limit (00:01:00)" in job["error"]["message"], job
+    assert "near its time limit (1:00): warned 60 s before it" in job["error"]["message"], job
     assert "stopping: SIGTERM received" in box.log(job_id)
     checkpoints = box.http.get(f"/v1/training_jobs/{job_id}/checkpoints").json()
     assert checkpoints["data"], "the trainer saved on Slurm's warning"

@@ -927,13 +927,22 @@ def describe_end(state: JobState, warned: bool = False) -> tuple[str, str] | Non
     where = f" on {state.nodes}" if state.nodes and state.nodes not in ("(null)", "None assigned") else ""
     how = _exit_words(state.exit_code)
     ran = f" after {state.elapsed}" if state.elapsed else ""
-    if state.state == "TIMEOUT" or (warned and state.state in ("COMPLETED", "FAILED")):
-        limit = f" ({state.time_limit})" if state.time_limit else ""
+    limit = f" ({state.time_limit})" if state.time_limit else ""
+    resume = (
+        "Its checkpoints are kept: resume from the last one, with a longer --time "
+        "(veri-box serve --slurm-extra=--time=...) or fewer steps."
+    )
+    if state.state == "TIMEOUT":
         return (
             "time_limit",
-            f"Slurm job {state.job_id} reached its time limit{limit}{ran}{where}: the trainer was told to save and "
-            f"stop {TIME_LIMIT_WARNING_S} s before it (Slurm state {state.state}, {how}). Its checkpoints are kept: "
-            "resume from the last one, with a longer --time (veri-box serve --slurm-extra) or fewer steps.",
+            f"Slurm job {state.job_id} reached its time limit{limit}{ran}{where} and Slurm ended it (state TIMEOUT, "
+            f"{how}); the trainer had been told to save and stop {TIME_LIMIT_WARNING_S} s before. {resume}",
+        )
+    if warned and state.state in ("COMPLETED", "FAILED"):
+        return (
+            "time_limit",
+            f"Slurm job {state.job_id} was near its time limit{limit}: warned {TIME_LIMIT_WARNING_S} s before it"
+            f"{ran}{where}, the trainer saved and stopped (Slurm state {state.state}, {how}). {resume}",
         )
     if state.state == "NODE_FAIL":
         return (
