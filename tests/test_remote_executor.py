@@ -444,7 +444,7 @@ def test_provisioning_past_its_deadline_fails_and_terminates(world):
     assert runpod.instances == {}
 
 
-def test_orphans_of_this_box_are_terminated_and_others_left_alone(world, caplog):
+def test_orphans_of_this_box_are_terminated_and_others_left_alone(world, capfd):
     w = world()
     runpod = w.provider("runpod")
     executor = w.executor()
@@ -455,8 +455,71 @@ def test_orphans_of_this_box_are_terminated_and_others_left_alone(world, caplog)
     orphan = adapter.launch(offer, executor.prefix + ended["id"], key, None)
     owned = adapter.launch(offer, executor.prefix + "job_active", key, None)
     foreign = adapter.launch(offer, "veri-box-someoneelse-job_x", key, None)
-    with caplog.at_level("WARNING", logger="veri_box.remote"):
-        executor.recover_orphans({"job_active"})
+    executor.recover_orphans({"job_active"})
     assert sorted(runpod.instances) == sorted([owned.instance_id, foreign.instance_id])
-    assert "orphan_terminated" in caplog.text and orphan.instance_id in caplog.text
+    logged = capfd.readouterr().err  # the box's log handler writes to stderr
+    assert "orphan_terminated" in logged and orphan.instance_id in logged
     assert events(w, ended["id"])["orphan_terminated"] == {"provider": "runpod", "instance_id": orphan.instance_id}
+
+
+# -- through the runner ------------------------------------------------------------------------------
+
+
+def runner_world(world, **settings_kw) -> World:
+    """A world whose runner sends cloud jobs to an executor with this test's instance root."""
+    w = world(**settings_kw)
+    w.provider("runpod")
+    executor = w.executor()
+    w.box.runner.executors.update({name: executor for name in ("runpod", "lambda", "prime_intellect")})
+    return w
+
+
+def tick_until(w: World, job_id: str, predicate, timeout: float = 60.0) -> dict:
+    def check():
+        w.box.runner.tick()
+        job = w.api.get(f"/v1/training_jobs/{job_id}").json()
+        return job if predicate(job) else None
+
+    return wait(check, timeout, every=0.2)
+
+
+def test_a_runpod_job_through_the_runner_completes_with_metrics_model_and_cost(world):
+    w = runner_world(world)
+    job = w.api.job(base_model="fake:steps=5,step_s=0.2,save_every=2", gpu=GPU, provider="runpod")
+    assert job["status"] == "queued"
+    done = tick_until(w, job["id"], lambda j: j["status"] in ("completed", "failed", "cancelled"))
+    assert done["status"] == "completed", done
+    assert done["provider"] == "runpod"
+    metrics = w.api.get(f"/v1/training_jobs/{job['id']}/metrics").json()
+    assert metrics, metrics
+    assert paths.model_archive(w.settings.data_dir, job["id"]).is_file()
+    instance = w.store.instance_for_job(job["id"])
+    assert instance["terminated_at"] and w.stand_ins["runpod"].running() == []
+    billed = remote._iso_seconds(instance["terminated_at"]) - remote._iso_seconds(instance["launched_at"])
+    assert done["cost_usd"] == pytest.approx(2.99 * billed / 3600, abs=1e-5)
+    assert {"instance_launched", "instance_ready", "bootstrap_done"} <= events(w, job["id"]).keys()
+
+
+def test_a_runpod_job_whose_instance_dies_fails_with_provider_error(world):
+    w = runner_world(world)
+    job = w.api.job(base_model="fake:steps=1000,step_s=0.1", gpu=GPU, provider="runpod")
+    tick_until(w, job["id"], lambda j: j["status"] == "running")
+    instance = w.store.instance_for_job(job["id"])
+    w.stand_ins["runpod"].kill(instance["provider_instance_id"])
+    done = tick_until(w, job["id"], lambda j: j["status"] in ("completed", "failed", "cancelled"))
+    assert done["status"] == "failed"
+    assert done["error"]["code"] == "provider_error", done["error"]
+    assert instance["provider_instance_id"] in done["error"]["message"]
+    assert w.stand_ins["runpod"].instances == {}
+
+
+def test_cancelling_a_runpod_job_through_the_runner_leaves_nothing_running(world):
+    w = runner_world(world)
+    job = w.api.job(base_model="fake:steps=1000,step_s=0.1", gpu=GPU, provider="runpod")
+    tick_until(w, job["id"], lambda j: j["status"] == "running")
+    instance = w.store.instance_for_job(job["id"])
+    sshd = w.stand_ins["runpod"].instances[instance["provider_instance_id"]].sshd
+    assert w.api.post(f"/v1/training_jobs/{job['id']}/cancel").status_code == 200
+    wait(lambda: (w.box.runner.tick(), not w.store.jobs_holding_devices())[1], 30, every=0.2)
+    assert not sshd.alive and w.stand_ins["runpod"].instances == {}
+    assert w.store.get_job(job["id"])["status"] == "cancelled"

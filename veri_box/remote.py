@@ -259,6 +259,12 @@ class Remote:
         return f"{self.root}/venvs/{pins_digest}"
 
 
+def _set_event() -> threading.Event:
+    event = threading.Event()
+    event.set()
+    return event
+
+
 @dataclass
 class _Run:
     """One job as this executor follows it. `state` is the job's executor_state, saved with
@@ -276,6 +282,7 @@ class _Run:
     handles: dict[str, asyncssh.SFTPClientFile] = field(default_factory=dict)
     remote: Remote | None = None
     exit_code: int | None = None
+    launch_done: threading.Event = field(default_factory=_set_event)  # no launch call in flight
     released: bool = False
     killed: bool = False  # SIGKILL sent: an end without an exit code is ours
 
@@ -388,6 +395,9 @@ class RemoteExecutor:
             if run.future is not None and not run.future.done():
                 run.future.cancel()
             run.finished.wait(CALL_TIMEOUT_S)
+            # A launch the provider is still answering (its thread outlives the cancelled task):
+            # its instance id is needed to terminate it.
+            run.launch_done.wait(CALL_TIMEOUT_S)
         instance = self.store.instance_for_job(job["id"])
         if instance is None or instance["terminated_at"]:
             return
@@ -607,6 +617,7 @@ class RemoteExecutor:
             offer = msgspec.convert(run.state["offers"][run.state["offer"]], Offer)
             try:
                 adapter = self.providers.adapter(offer.provider)
+                run.launch_done.clear()
                 await asyncio.to_thread(self._launch_now, run, instance, offer, adapter)
             except ProviderError as err:
                 if err.kind == "no_capacity":
@@ -622,22 +633,25 @@ class RemoteExecutor:
         """Launch (in a worker thread), unless an instance of that name exists already (a launch
         whose answer was lost to a timeout or a restart of the box): that one is adopted."""
         name = instance["name"]
-        found = [i for i, n, state in adapter.list_instances(name) if n == name and state != "terminated"]
-        if found:
-            instance_id, region, price = found[0], offer.region, offer.price_per_hr
-        else:
-            launched = adapter.launch(offer, name, self.keys.public, self.providers.image(offer.provider))
-            instance_id, region, price = launched.instance_id, launched.region, launched.price_per_hr
-        with run.lock:
-            self.store.update_instance(
-                instance["id"],
-                provider_instance_id=instance_id,
-                launched_at=now(),
-                status="booting",
-                region=region,
-                price_per_hr=price,
-            )
-            released = run.released
+        try:
+            found = [i for i, n, state in adapter.list_instances(name) if n == name and state != "terminated"]
+            if found:
+                instance_id, region, price = found[0], offer.region, offer.price_per_hr
+            else:
+                launched = adapter.launch(offer, name, self.keys.public, self.providers.image(offer.provider))
+                instance_id, region, price = launched.instance_id, launched.region, launched.price_per_hr
+            with run.lock:
+                self.store.update_instance(
+                    instance["id"],
+                    provider_instance_id=instance_id,
+                    launched_at=now(),
+                    status="booting",
+                    region=region,
+                    price_per_hr=price,
+                )
+                released = run.released
+        finally:
+            run.launch_done.set()
         if released:  # cancelled while the provider answered: nobody else will terminate it
             self._terminate(self.store.get_instance(instance["id"]))
             return
