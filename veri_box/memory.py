@@ -167,9 +167,9 @@ def video_phases(config: dict, hp: dict) -> dict[str, dict[str, float]]:
     t5 = config["text_encoder_parameters"] * BF16
     trainable = layers * 4 * hp["lora_rank"] * 2 * inner  # to_q, to_k, to_v, to_out.0
     overhead = OVERHEAD_GIB * GIB
-    # Checkpointed blocks keep their inputs (video and text hidden states); one block's
+    # Checkpointed blocks keep their inputs (the video and the text hidden states); one block's
     # recompute holds its norms, q/k/v, attention output and the 4x GELU MLP, 1.5x for the backward.
-    boundaries = layers * tokens * inner * BF16 * 2
+    boundaries = layers * tokens * inner * BF16
     block = 1.5 * tokens * (10 * inner + 2 * 4 * inner) * BF16
     return {
         "encoding": {
@@ -229,53 +229,67 @@ def verdict(total_gb: float, card_gb: float) -> str:
     return "fits"
 
 
-def _changes(method: str, hp: dict, count: int, available: int) -> list[tuple[str, dict, int]]:
-    """Candidate changes, cheapest first (the least change to what the job trains): (what to
-    tell the user, new hyperparameters, GPU count)."""
+def _single_changes(method: str, hp: dict, count: int, available: int) -> list[tuple[str, dict, int]]:
+    """One change at a time, cheapest first (the least change to what the job trains):
+    (what to tell the user, the new hyperparameters, the GPU count)."""
     out: list[tuple[str, dict, int]] = []
     if method == "grpo":
+        rank = hp.get("lora_rank") or LORA_PROBE_RANK
+        lora = {**hp, "lora_rank": rank, "lora_alpha": hp.get("lora_alpha") or 2 * rank}
         if not hp.get("lora_rank"):
-            out.append(
-                (
-                    f"train a LoRA instead of the full model (hyperparameters.lora_rank {LORA_PROBE_RANK})",
-                    {**hp, "lora_rank": LORA_PROBE_RANK, "lora_alpha": 2 * LORA_PROBE_RANK},
-                    count,
-                )
-            )
+            out.append((f"train a LoRA instead of the full model (lora_rank {rank})", lora, count))
         if not hp.get("load_in_4bit"):
-            rank = hp.get("lora_rank") or LORA_PROBE_RANK
-            out.append(
-                (
-                    f"QLoRA: hyperparameters.lora_rank {rank} with load_in_4bit true",
-                    {**hp, "lora_rank": rank, "lora_alpha": hp.get("lora_alpha") or 2 * rank, "load_in_4bit": True},
-                    count,
-                )
-            )
-        batch, length = hp["global_batch_size"], hp["max_response_length"]
-        while batch // 2 >= hp["rollouts_per_prompt"] and (batch // 2) % hp["rollouts_per_prompt"] == 0:
-            batch //= 2
-            out.append((f"hyperparameters.global_batch_size {batch}", {**hp, "global_batch_size": batch}, count))
-        while length // 2 >= 64:
-            length //= 2
-            out.append((f"hyperparameters.max_response_length {length}", {**hp, "max_response_length": length}, count))
+            out.append((f"QLoRA (lora_rank {rank} with load_in_4bit true)", {**lora, "load_in_4bit": True}, count))
+        for batch in _halvings(hp["global_batch_size"], hp["rollouts_per_prompt"]):
+            out.append((f"global_batch_size {batch}", {**hp, "global_batch_size": batch}, count))
+        for length in _halvings(hp["max_response_length"], 64):
+            out.append((f"max_response_length {length}", {**hp, "max_response_length": length}, count))
     else:
-        frames = hp["num_frames"]
         if hp["batch_size"] > 1:
-            out.append(
-                (
-                    "hyperparameters.batch_size 1 (gradient_accumulation_steps for the rest)",
-                    {**hp, "batch_size": 1},
-                    count,
-                )
-            )
+            out.append(("batch_size 1 (with gradient_accumulation_steps for the rest)", {**hp, "batch_size": 1}, count))
+        frames = hp["num_frames"]
         while frames > 9:
             frames = (frames - 1) // 2 // 8 * 8 + 1
-            out.append((f"hyperparameters.num_frames {frames}", {**hp, "num_frames": frames}, count))
+            out.append((f"num_frames {frames}", {**hp, "num_frames": frames}, count))
     gpus = count * 2
     while gpus <= available:
         out.append((f"gpu.count {gpus}", hp, gpus))
         gpus *= 2
     return out
+
+
+def _halvings(value: int, floor: int) -> list[int]:
+    """value/2, value/4, ... while they stay multiples of `floor` (rollouts_per_prompt for a
+    batch) and at least it."""
+    out = []
+    while value // 2 >= floor and (value // 2) % floor == 0:
+        value //= 2
+        out.append(value)
+    return out
+
+
+def _combined_changes(method: str, hp: dict, count: int) -> list[tuple[str, dict, int]]:
+    """When no single change fits: QLoRA (for grpo), then halving the batch and the length in
+    turn, each step keeping the ones before it."""
+    if method != "grpo":
+        return []
+    rank = hp.get("lora_rank") or LORA_PROBE_RANK
+    current = {**hp, "lora_rank": rank, "lora_alpha": hp.get("lora_alpha") or 2 * rank, "load_in_4bit": True}
+    said = [f"QLoRA (lora_rank {rank} with load_in_4bit true)"] if not hp.get("load_in_4bit") else []
+    out = []
+    while True:
+        length = _halvings(current["max_response_length"], 64)
+        batch = _halvings(current["global_batch_size"], current["rollouts_per_prompt"])
+        if not length and not batch:
+            return out
+        if length and (not batch or current["max_response_length"] >= 4 * current["global_batch_size"]):
+            current = {**current, "max_response_length": length[0]}
+        else:
+            current = {**current, "global_batch_size": batch[0]}
+        changed = [
+            f"{key} {current[key]}" for key in ("global_batch_size", "max_response_length") if current[key] != hp[key]
+        ]
+        out.append((" and ".join(said + changed), current, count))
 
 
 def cheapest_fit(
@@ -288,7 +302,7 @@ def cheapest_fit(
     available: int,
     prompt_tokens: int | None,
 ) -> tuple[str, MemoryEstimate] | None:
-    for what, new_hp, gpus in _changes(method, hp, count, available):
+    for what, new_hp, gpus in _single_changes(method, hp, count, available) + _combined_changes(method, hp, count):
         found = estimate(kind, config, new_hp, gpus, prompt_tokens)
         if found and verdict(found.total_gb, card_gb) == "fits":
             return what, found
@@ -356,7 +370,7 @@ def will_not_fit_message(
         if fix
         else " No single change fits this card; use a GPU with more memory or a smaller model."
     )
-    return f"This job needs {describe(found)}; a {gpu['type']} has {card:g} GB.{advice}"
+    return f"This job needs {describe(found)}; one {gpu['type']} has {card:g} GB.{advice}"
 
 
 def to_row(found: MemoryEstimate | None) -> dict | None:
