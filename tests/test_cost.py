@@ -5,6 +5,7 @@ official veri-sdk client."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from serving import KEY, Server
 from veri_box.app import Box, create_app
 from veri_box.devices import build_inventory
 from veri_box.settings import Settings
+from veri_box.slurm import Cluster, Node
 
 PRICES = "A100-80GB=1.89"
 
@@ -197,6 +199,43 @@ def test_a_provider_that_fails_is_reported_and_the_others_still_listed(priced, c
     status = {p["provider"]: p for p in body["providers"]}
     assert status["runpod"]["status"] == "error" and "refused" in status["runpod"]["detail"]
     assert {r["provider"] for r in body["availability"]} == {"local", "prime_intellect"}
+
+
+def test_slurm_partitions_are_listed_and_priced(priced):
+    """A cluster as sinfo showed it (the Slurm tests run a real one): one partition with 3 of 4
+    GPUs idle on a node, one drained."""
+    cluster = Cluster(["gpu", "big"], {}, prices={"H100-80GB": 2.5})
+    cluster.nodes = [
+        Node("g1", "gpu", "h100", "H100-80GB", 4, 1, 64, 512_000, "mixed"),
+        Node("b1", "big", "h100", "H100-80GB", 8, 0, 64, 512_000, "drained"),
+    ]
+    cluster.read_at = time.monotonic()
+    priced.box.placement.cluster = cluster
+    rows = {
+        r["region"]: r for r in priced.get("/v1/gpu/availability", params={"provider": "slurm"}).json()["availability"]
+    }
+    assert rows["gpu"] == {
+        "provider": "slurm",
+        "gpu_type": "H100-80GB",
+        "region": "gpu",
+        "gpu_count": 4,
+        "available": 3,
+        "status": "available",
+        "price_per_hr": 10.0,
+        "price_per_gpu_hr": 2.5,
+        "detail": "1 node(s), 1 taking jobs",
+    }
+    assert (rows["big"]["status"], rows["big"]["available"]) == ("unavailable", 0)
+    # The box has no H100 of its own: Slurm is where such a job goes, at its price.
+    body = estimate(priced, gpu_type="H100-80GB", gpu_count=2, duration_minutes=30).json()
+    assert (body["provider"], body["region"], body["price_per_hr"], body["estimated_cost_usd"]) == (
+        "slurm",
+        "gpu",
+        5.0,
+        2.5,
+    )
+    assert body["available"] is True
+    assert estimate(priced, gpu_type="H100-80GB", gpu_count=4).json()["available"] is False
 
 
 # -- the official client against a real server ---------------------------------------------------

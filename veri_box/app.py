@@ -35,6 +35,7 @@ from .job_outputs import JobOutputController
 from .jobs import JobController
 from .models import ModelController
 from .placement import CLOUDS, SLURM, Placement
+from .provider_settings import ProviderSettingsController
 from .providers import Providers
 from .provider_settings import ProviderSettingsController
 from .reward_functions import RewardFunctionController

@@ -80,13 +80,18 @@ def estimate(
 
 
 def _slurm(rows: list[dict], gpu_type: str, count: int, minutes: float) -> CostEstimate:
-    """The partition with free GPUs of the type (the cheapest of those), else the cheapest."""
+    """The cheapest partition with `count` idle GPUs of the type on a node, else the cheapest.
+    A row's price is for its gpu_count GPUs (--price-per-hour x the largest node's GPUs)."""
     rows = [r for r in rows if r["gpu_type"] == gpu_type]
     if not rows:
         raise bad_request("gpu_unavailable", f"No Slurm partition reports '{gpu_type}' GPUs now.", "gpu_type")
-    row = min(rows, key=lambda r: (not r["available"], r["price_per_hr"] or 0.0))
-    per_gpu = (row["price_per_hr"] or 0.0) / max(row["gpu_count"], 1)
-    return _estimate(SLURM, gpu_type, count, minutes, row["region"], per_gpu * count, bool(row["available"]), [])
+
+    def per_gpu(row: dict) -> float:
+        return row["price_per_hr"] / max(row["gpu_count"], 1)
+
+    row = min(rows, key=lambda r: (r["available"] < count, per_gpu(r)))
+    price = per_gpu(row) * count
+    return _estimate(SLURM, gpu_type, count, minutes, row["region"], price, row["available"] >= count, [])
 
 
 def _estimate(

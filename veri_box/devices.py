@@ -1,7 +1,7 @@
 """GET /v1/gpu/availability: every place this box can run a job, one row per GPU type and
 shape: its own devices (with the free count and --price-per-hour), the Slurm partitions of
---slurm, and the live quotes of every configured cloud provider. A provider or cluster that
-does not answer is listed under `providers` with its error, never a failed request."""
+--slurm, and the live quotes of every configured cloud provider. A provider that does not
+answer is listed under `providers` with its error, never a failed request."""
 
 from __future__ import annotations
 
@@ -27,10 +27,10 @@ class Availability(msgspec.Struct):
     region: str
     gpu_count: int
     available: int  # GPUs of the row that could be had now (local: free devices; cloud: all or none)
-    status: str  # "available", "busy" (local, all held) or "unavailable" (not in stock)
+    status: str  # "available", "busy" (all held) or "unavailable" (not in stock; Slurm: no node takes jobs)
     price_per_hr: float  # local: per device; Slurm and cloud: for the row's gpu_count GPUs
     price_per_gpu_hr: float
-    detail: str | None = None  # the provider's own name for the GPU, or the partition's state
+    detail: str | None = None  # the provider's own name for the GPU, or the partition's nodes
 
 
 class ProviderStatus(msgspec.Struct):
@@ -46,7 +46,7 @@ class BoxInfo(msgspec.Struct):
 
 class AvailabilityList(msgspec.Struct):
     availability: list[Availability]
-    providers: list[ProviderStatus]  # Slurm and each configured cloud provider, asked or not answering
+    providers: list[ProviderStatus]  # each configured cloud provider: answered, or why not
     box: BoxInfo
     object: str = "list"
 
@@ -76,32 +76,24 @@ def local_rows(store: Store, inventory: Inventory) -> list[Availability]:
     return rows
 
 
-def slurm_rows(placement: Placement) -> tuple[list[Availability], list[ProviderStatus]]:
+def slurm_rows(placement: Placement) -> list[Availability]:
+    """The partitions' rows (slurm.py keeps its last sinfo view when the controller is slow)."""
     if placement.cluster is None:
-        return [], []
-    try:
-        found = placement.cluster.availability()
-    except Exception as exc:  # sinfo failing or timing out is the cluster's answer, not our 500
-        return [], [ProviderStatus(SLURM, "error", str(exc) or type(exc).__name__)]
-    rows = []
-    for row in found:
-        count = int(row["gpu_count"])
-        available = row["available"]
-        price = float(row.get("price_per_hr") or 0.0)
-        rows.append(
-            Availability(
-                provider=SLURM,
-                gpu_type=row["gpu_type"],
-                region=row["region"],
-                gpu_count=count,
-                available=(count if available else 0) if isinstance(available, bool) else int(available),
-                status=row["status"],
-                price_per_hr=price,
-                price_per_gpu_hr=round(price / max(count, 1), 4),
-                detail=row.get("detail"),
-            )
+        return []
+    return [
+        Availability(
+            provider=SLURM,
+            gpu_type=row["gpu_type"],
+            region=row["region"],
+            gpu_count=row["gpu_count"],
+            available=row["available"],
+            status=row["status"],
+            price_per_hr=row["price_per_hr"],
+            price_per_gpu_hr=round(row["price_per_hr"] / max(row["gpu_count"], 1), 4),
+            detail=row.get("detail"),
         )
-    return rows, [ProviderStatus(SLURM, "ok", None)]
+        for row in placement.cluster.availability()
+    ]
 
 
 def cloud_rows(placement: Placement) -> tuple[list[Availability], list[ProviderStatus]]:
@@ -140,16 +132,15 @@ def availability_list(
     region: str | None = None,
 ) -> AvailabilityList:
     """Local, Slurm and cloud rows, filtered as the official client's filters ask."""
-    slurm, slurm_status = slurm_rows(placement)
-    cloud, cloud_status = cloud_rows(placement)
+    cloud, statuses = cloud_rows(placement)
     rows = [
         row
-        for row in [*local_rows(store, placement.inventory), *slurm, *cloud]
+        for row in [*local_rows(store, placement.inventory), *slurm_rows(placement), *cloud]
         if provider in (None, row.provider)
         and (gpu_type is None or gpu_type.lower() == row.gpu_type.lower())
         and region in (None, row.region)
     ]
-    statuses = [s for s in [*slurm_status, *cloud_status] if provider in (None, s.provider)]
+    statuses = [s for s in statuses if provider in (None, s.provider)]
     return AvailabilityList(availability=rows, providers=statuses, box=box_info(settings))
 
 
