@@ -37,7 +37,6 @@ from .models import ModelController
 from .placement import CLOUDS, SLURM, Placement
 from .provider_settings import ProviderSettingsController
 from .providers import Providers
-from .provider_settings import ProviderSettingsController
 from .reward_functions import RewardFunctionController
 from .reward_tests import ROUTES as REWARD_TEST_ROUTES
 from .runner import Runner
