@@ -6,11 +6,12 @@ from typing import Annotated
 
 import litestar
 import msgspec
-from litestar import Controller
+from litestar import Controller, Request
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from msgspec import Meta
 
+from . import __version__
 from .errors import not_found
 from .schemas import After, Deleted, ListOf, ReadLimit
 from .store import Store
@@ -27,6 +28,20 @@ class ApiKey(msgspec.Struct):
 
 class NewApiKey(ApiKey):
     key: str = ""
+
+
+class Me(msgspec.Struct):
+    """Who is asking: the key (what `veri whoami` and `veri doctor` read). A box has no user
+    accounts or billing; the key stands for its holder."""
+
+    id: str
+    name: str
+    key_prefix: str
+    user_id: str  # the key's id: the identity behind a key on this box
+    plan: str
+    workspace: dict[str, str]  # `veri whoami` prints it as "NAME (KIND)": the key's name
+    box_version: str
+    object: str = "me"
 
 
 class CreateApiKey(msgspec.Struct, forbid_unknown_fields=True):
@@ -57,6 +72,21 @@ def list_(store: Store, limit: int = 20, after: str | None = None) -> tuple[list
     return store.list_api_keys(limit, after)
 
 
+def me(store: Store, key_id: str) -> Me:
+    row = store.get_api_key(key_id)
+    if row is None:  # revoked between the guard and here
+        raise not_found("api key", key_id)
+    return Me(
+        id=row["id"],
+        name=row["name"],
+        key_prefix=row["key_prefix"],
+        user_id=row["id"],
+        plan="self-hosted",
+        workspace={"id": row["id"], "name": row["name"], "kind": "veri-box API key"},
+        box_version=__version__,
+    )
+
+
 def revoke(store: Store, key_id: str) -> None:
     if not store.revoke_api_key(key_id):
         raise not_found("api key", key_id)
@@ -82,3 +112,9 @@ class ApiKeyController(Controller):
     def revoke(self, store: NamedDependency[Store], key_id: FromPath[str]) -> Deleted:
         revoke(store, key_id)
         return Deleted(id=key_id, object="api_key")
+
+
+@litestar.get("/v1/me", tags=["api keys"], sync_to_thread=True)
+def whoami(request: Request, store: NamedDependency[Store]) -> Me:
+    """The API key of this request: its id and name (what `veri whoami` shows)."""
+    return me(store, request.scope["state"]["api_key_id"])

@@ -25,7 +25,7 @@ from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from . import __version__, artifacts, cost, dashboard, datasets, devices, paths
-from .api_keys import ApiKeyController
+from .api_keys import ApiKeyController, whoami
 from .auth import Signer, api_key_guard
 from .datasets import DatasetController
 from .errors import JSON_BODY_LIMIT, ErrorBody, exception_handler
@@ -61,8 +61,9 @@ ERROR_RESPONSES = {
 }
 
 
-@get("/healthz", tags=["health"], include_in_schema=False)
+@get(["/healthz", "/health"], tags=["health"], include_in_schema=False)
 async def healthz() -> dict[str, str]:
+    """Liveness, without a key: `/health` is the path `veri doctor` asks."""
     return {"status": "ok", "version": __version__}
 
 
@@ -243,6 +244,7 @@ def create_app(box: Box | Settings, inventory: Inventory | None = None, run_jobs
         guards=[api_key_guard(box.store)],
         route_handlers=[
             ApiKeyController,
+            whoami,
             uploads,
             RewardFunctionController,
             *REWARD_TEST_ROUTES,

@@ -37,10 +37,38 @@ class Model(msgspec.Struct):
 
 class Checkpoint(msgspec.Struct):
     id: str
+    job_id: str
     step: int
     created_at: str
+    size_bytes: int
+    file_count: int
     files: list[ModelFile]
+    artifact: str  # which of its files `files` lists: ARTIFACTS
     object: str = "checkpoint"
+
+
+# What a checkpoint download may select (the official client's `artifact`): "resumable" is
+# everything; "weights" leaves out what only a resume reads (optimizer, schedule, RNG and
+# trainer state: about two thirds of a full fine-tune's bytes); "adapter" is the LoRA alone.
+ARTIFACTS = ("resumable", "weights", "adapter")
+_RESUME_ONLY = (
+    "optimizer.pt",
+    "scheduler.pt",
+    "scaler.pt",
+    "trainer_state.json",
+    "training_args.bin",
+    "training_state.pt",
+)
+_ADAPTER = ("adapter_model.safetensors", "adapter_model.bin", "adapter_config.json", "pytorch_lora_weights.safetensors")
+
+
+def _selected(path: str, artifact: str) -> bool:
+    name = path.rsplit("/", 1)[-1]
+    if artifact == "adapter":
+        return name in _ADAPTER
+    if artifact == "weights":
+        return name not in _RESUME_ONLY and not (name.startswith("rng_state") and name.endswith(".pth"))
+    return True
 
 
 def signed_url(settings: Settings, signer: Signer, relative: str) -> str:
@@ -87,15 +115,27 @@ def sample(settings: Settings, signer: Signer, job_id: str, seq: int, data: dict
     return row
 
 
-def checkpoint(settings: Settings, signer: Signer, row: dict) -> Checkpoint:
+def checkpoint(settings: Settings, signer: Signer, row: dict, artifact: str = "resumable") -> Checkpoint:
     """A checkpoint row; its path is relative to the job directory (the trainer's contract).
     One that resolves outside it (a link the trainer made) lists no files: their names and
-    sizes are not the job's to show."""
+    sizes are not the job's to show. `size_bytes` and `file_count` are the whole checkpoint's;
+    `files` those of `artifact`."""
+    if artifact not in ARTIFACTS:
+        raise bad_request("invalid_value", f"artifact must be one of {', '.join(ARTIFACTS)}.", "artifact")
     relative = Path(row["path"]).as_posix().strip("/")
     job_dir = paths.job_dir(settings.data_dir, row["job_id"]).resolve()
     inside = ".." not in relative.split("/") and (job_dir / relative).resolve().is_relative_to(job_dir)
-    files = _files(settings, signer, row["job_id"], relative) if inside else []
-    return Checkpoint(id=row["id"], step=row["step"], created_at=row["created_at"], files=files)
+    every = _files(settings, signer, row["job_id"], relative) if inside else []
+    return Checkpoint(
+        id=row["id"],
+        job_id=row["job_id"],
+        step=row["step"],
+        created_at=row["created_at"],
+        size_bytes=sum(f.bytes for f in every),
+        file_count=len(every),
+        files=[f for f in every if _selected(f.path, artifact)],
+        artifact=artifact,
+    )
 
 
 @get("/files/{path:path}", include_in_schema=True, tags=["downloads"], sync_to_thread=True)

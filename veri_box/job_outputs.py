@@ -15,7 +15,7 @@ from litestar.response import ServerSentEvent, Stream
 
 from . import artifacts, logs, metrics, paths
 from .auth import Signer
-from .errors import bad_request
+from .errors import ApiError, bad_request
 from .jobs import get
 from .schemas import ListOf
 from .settings import Settings
@@ -33,6 +33,26 @@ class Event(msgspec.Struct):
 
 class Events(msgspec.Struct):
     items: list[Event]
+
+
+def checkpoint_row(store: Store, job_id: str, ref: str) -> dict:
+    """The job's checkpoint named by its id or by `job_id@step` (as the official client takes it)."""
+    get(store, job_id)
+    row = None
+    if "@" in ref:
+        owner, _, step = ref.rpartition("@")
+        if owner == job_id and step.isdigit():
+            row = store.checkpoint_at(job_id, int(step))
+    else:
+        row = store.get_checkpoint(ref)
+    if row is None or row["job_id"] != job_id:
+        raise ApiError(
+            404,
+            "checkpoint_not_found",
+            f"Job {job_id} has no checkpoint '{ref}'; list them with GET /v1/training_jobs/{job_id}/checkpoints.",
+            "checkpoint",
+        )
+    return row
 
 
 class JobOutputController(Controller):
@@ -131,6 +151,32 @@ class JobOutputController(Controller):
         get(store, job_id)
         rows = store.list_checkpoints(job_id)
         return ListOf(data=[artifacts.checkpoint(settings, signer, row) for row in rows], has_more=False)
+
+    @litestar.get("/{job_id:str}/checkpoints/{checkpoint:str}", sync_to_thread=True)
+    def checkpoint(
+        self,
+        job_id: FromPath[str],
+        checkpoint: FromPath[str],
+        store: NamedDependency[Store],
+        settings: NamedDependency[Settings],
+        signer: NamedDependency[Signer],
+    ) -> artifacts.Checkpoint:
+        """One checkpoint, by id or as `JOB_ID@STEP`, with every file."""
+        return artifacts.checkpoint(settings, signer, checkpoint_row(store, job_id, checkpoint))
+
+    @litestar.get("/{job_id:str}/checkpoints/{checkpoint:str}/download", sync_to_thread=True)
+    def checkpoint_download(
+        self,
+        job_id: FromPath[str],
+        checkpoint: FromPath[str],
+        store: NamedDependency[Store],
+        settings: NamedDependency[Settings],
+        signer: NamedDependency[Signer],
+        artifact: Annotated[str, Parameter(max_length=20)] = "weights",
+    ) -> artifacts.Checkpoint:
+        """The signed links of one checkpoint's files: `weights` (default: what from_pretrained
+        reads), `resumable` (everything, optimizer and RNG state too) or `adapter` (the LoRA)."""
+        return artifacts.checkpoint(settings, signer, checkpoint_row(store, job_id, checkpoint), artifact)
 
     @litestar.get("/{job_id:str}/samples", sync_to_thread=True)
     def samples(

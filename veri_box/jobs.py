@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from typing import Annotated, Any, Literal
 
 import litestar
@@ -117,12 +118,6 @@ class Job(msgspec.Struct):
     current_loss: float | None
     updated_at: str
     memory_estimate_gb: float | None = None
-
-
-class CancelResult(msgspec.Struct):
-    id: str
-    status: str
-    object: str = "training_job"
 
 
 class Heartbeat(msgspec.Struct):
@@ -475,6 +470,33 @@ def cancel(store: Store, runner: Runner, job_id: str) -> dict:
     return get(store, job_id)
 
 
+def delete(store: Store, settings: Settings, job_id: str) -> None:
+    """Delete a finished job: its records, then its files (checkpoints, model, logs). The
+    directory is first renamed out of the way, so a failure part-way never leaves a job whose
+    records remain with its files half gone."""
+    job = get(store, job_id)
+    if job["status"] not in TERMINAL:
+        raise ApiError(
+            409,
+            "job_active",
+            f"Job {job_id} is {job['status']}; cancel it first (POST /v1/training_jobs/{job_id}/cancel), "
+            "then delete it once it has stopped.",
+        )
+    if job["devices"] is not None:
+        raise ApiError(409, "job_active", f"Job {job_id}'s trainer is still stopping; delete it in a few seconds.")
+    job_dir = paths.job_dir(settings.data_dir, job_id)
+    doomed = job_dir.with_name(f".deleted-{job_id}")
+    if job_dir.exists():
+        job_dir.rename(doomed)
+    try:
+        store.delete_job(job_id)
+    except BaseException:
+        if doomed.exists():
+            doomed.rename(job_dir)
+        raise
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
 class JobController(Controller):
     path = "/v1/training_jobs"
     tags = ["training jobs"]
@@ -516,10 +538,20 @@ class JobController(Controller):
 
     @litestar.post("/{job_id:str}/cancel", status_code=200, sync_to_thread=True)
     def cancel(
-        self, job_id: FromPath[str], store: NamedDependency[Store], runner: NamedDependency[Runner]
-    ) -> CancelResult:
-        cancel(store, runner, job_id)
-        return CancelResult(id=job_id, status="cancelled")
+        self,
+        job_id: FromPath[str],
+        store: NamedDependency[Store],
+        runner: NamedDependency[Runner],
+        settings: NamedDependency[Settings],
+        signer: NamedDependency[Signer],
+    ) -> Job:
+        """The cancelled job, whole (a superset of the reference page's {id, object, status})."""
+        return to_api(cancel(store, runner, job_id), settings, signer)
+
+    @litestar.delete("/{job_id:str}", status_code=204, sync_to_thread=True)
+    def delete(self, job_id: FromPath[str], store: NamedDependency[Store], settings: NamedDependency[Settings]) -> None:
+        """Delete a completed, failed or cancelled job with its files; 409 while it is active."""
+        delete(store, settings, job_id)
 
     @litestar.post("/{job_id:str}/heartbeat", status_code=200, sync_to_thread=True)
     def heartbeat(self, job_id: FromPath[str], store: NamedDependency[Store]) -> Heartbeat:

@@ -520,6 +520,15 @@ class Store:
             self._add_event(conn, job["id"], "created", {}, stamp)
         return self.get_job(job["id"])  # type: ignore[return-value]
 
+    def delete_job(self, id: str) -> None:
+        """A job and everything recorded of it. Its instances stay (what was spent stays spent),
+        no longer tied to the job; jobs resumed from its checkpoints keep their own copies."""
+        with self.transaction() as conn:
+            for table in ("events", "metric_steps", "metrics", "samples", "checkpoints", "job_reward_functions"):
+                conn.execute(f"DELETE FROM {table} WHERE job_id = ?", [id])
+            conn.execute("UPDATE instances SET job_id = NULL WHERE job_id = ?", [id])
+            conn.execute("DELETE FROM jobs WHERE id = ?", [id])
+
     def get_job(self, id: str) -> dict | None:
         return self._one("SELECT * FROM jobs WHERE id = ?", [id], "jobs")
 
