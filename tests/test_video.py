@@ -149,7 +149,7 @@ def test_submit_checks_frames_against_the_model_rule_and_the_clips(box, tmp_path
         "/v1/training_jobs",
         json={
             "method": "sft_video_gen",
-            "base_model": "x",
+            "base_model": str(tiny_pipeline),
             "dataset_id": dataset,
             "output_name": "o",
             "gpu": {"type": "cpu"},
