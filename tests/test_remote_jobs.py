@@ -126,7 +126,8 @@ class Box:
         return self.server.data_dir
 
     def restart(self) -> None:
-        self.server.start()
+        self.server.start()  # on a new free port
+        self.http.base_url = self.server.url
 
 
 def _recorder(bodies: list[bytes]) -> Callable[[httpx.Response], None]:
