@@ -162,4 +162,4 @@ class Placement:
     def _offers(self, gpu_type: str, count: int, only: str | None) -> list[Any]:
         if self.providers is None:
             return []
-        return self.providers.offers(gpu_type, count, only=only)
+        return self.providers.offers(gpu_type, count, only=(only,) if only else None)
