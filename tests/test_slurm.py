@@ -363,8 +363,8 @@ class Box:
 def start_box(cluster: SlurmCluster, tmp_path: Path) -> Iterator[Callable[..., Box]]:
     boxes: list[Box] = []
 
-    def start(*extra: str) -> Box:
-        args = ("--gpus", "none", "--cpu-slots", "0", "--slurm", PARTITION, "--trainers", FAKE_TRAINERS)
+    def start(*extra: str, trainers: str = FAKE_TRAINERS) -> Box:
+        args = ("--gpus", "none", "--cpu-slots", "0", "--slurm", PARTITION, "--trainers", trainers)
         args += ("--price-per-hour", "A100-80GB=3600", "--cancel-grace-s", "5", *extra)
         box = Box(tmp_path / f"box{len(boxes)}", *args)
         boxes.append(box)
@@ -540,3 +540,39 @@ def test_the_box_refuses_a_data_dir_the_nodes_do_not_share(cluster, tmp_path):
         pytest.skip(f"no mount namespaces here: {output}")
     assert done.returncode != 0, output
     assert f"the data directory {data} is not shared with the compute nodes" in output, output
+
+
+def test_the_tiny_grpo_demo_trains_on_slurm_in_its_sandbox(start_box, tmp_path):
+    """The real trainer on a fake A100 (it trains on the node's CPU): metrics, rollouts,
+    checkpoints and a model that loads, all written by the node into the shared job dir."""
+    box = start_box(trainers="grpo=trainers.grpo")
+    hyperparameters = {
+        "max_steps": 4,
+        "save_steps": 2,
+        "rollouts_per_prompt": 2,
+        "global_batch_size": 2,
+        "max_response_length": 8,
+        "max_prompt_length": 64,
+        "learning_rate": 0.01,
+    }
+    job_id = box.job("veri-box/tiny-lm", hyperparameters=hyperparameters)
+    job = wait_until(lambda: (j := box.get(job_id))["status"] in TERMINAL and j, timeout=400, interval=1)
+    log = box.log(job_id)
+    assert job and job["status"] == "completed", (job, log[-3000:])
+    assert job["provider"] == "slurm" and (job["current_step"], job["total_steps"]) == (4, 4)
+    assert "WITHOUT a sandbox" not in log and "node 0 of 1" in log
+    metrics = box.http.get(f"/v1/training_jobs/{job_id}/metrics").json()
+    assert {"loss", "reward", "kl"} <= set(metrics["available_keys"]) and metrics["latest_step"] == 4
+    samples = box.http.get(f"/v1/training_jobs/{job_id}/samples", params={"step": 4}).json()["data"]
+    assert samples and {"prompt", "completion", "reward"} <= set(samples[0])
+    steps = sorted(c["step"] for c in box.http.get(f"/v1/training_jobs/{job_id}/checkpoints").json()["data"])
+    assert steps == [2, 4]
+    model_dir = tmp_path / "model"
+    with tarfile.open(box.job_dir(job_id) / "model.tar.gz") as tar:
+        tar.extractall(model_dir, filter="data")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    out = model.generate(**tokenizer("Say a", return_tensors="pt"), max_new_tokens=4, do_sample=False)
+    assert out.shape[1] > len(tokenizer("Say a")["input_ids"])
