@@ -95,6 +95,9 @@ class SlurmCluster:
         munge = pwd.getpwnam("munge")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o755)  # munged (user munge) walks to its socket through here
+        closed = [p for p in self.dir.parents if not os.stat(p).st_mode & 0o001]
+        if closed:
+            raise RuntimeError(f"munged (user munge) cannot reach {self.dir}: {closed[0]} is not o+x")
         home = self.dir / "munge"
         home.mkdir(mode=0o700, exist_ok=True)
         key = home / "munge.key"

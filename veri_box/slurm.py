@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 import secrets
 import shlex
@@ -106,16 +105,12 @@ ACTIVE_STATES = {
 WAITING_STATES = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD"}
 
 
-def _command_env() -> dict[str, str]:
-    return dict(os.environ)
-
-
 def run_tool(
     args: list[str], timeout: float = COMMAND_TIMEOUT_S, input: str | None = None
 ) -> subprocess.CompletedProcess:
     """A Slurm client command; OSError if it cannot be run or does not answer in time."""
     try:
-        return subprocess.run(args, capture_output=True, text=True, timeout=timeout, input=input, env=_command_env())
+        return subprocess.run(args, capture_output=True, text=True, timeout=timeout, input=input)
     except subprocess.TimeoutExpired:
         raise OSError(f"`{' '.join(args[:2])}` did not answer within {timeout:g} s") from None
 
@@ -746,7 +741,9 @@ class SlurmExecutor:
             host = sandbox.host(self.data_dir, env)
             host = sandbox.Host(**{**host.__dict__, "dev_entries": ()})
             prefix, env = sandbox.command(config, env, host)
-            bwrap = ["bwrap", *prefix[1:-1]]  # bwrap from the node's PATH; the `--` comes after the devices
+            # bwrap from the node's PATH; the `--` comes after the node's devices. What this
+            # machine has, a node may lack (an /etc file, a /sys directory): bound if there.
+            bwrap = ["bwrap", *("--ro-bind-try" if a == "--ro-bind" else a for a in prefix[1:-1])]
         else:
             kept = (*sandbox.KEPT_ENV, "HOME", "PATH", "HF_HOME", "HF_HUB_CACHE")
             env = {k: v for k, v in env.items() if k in kept}
