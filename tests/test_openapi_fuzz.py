@@ -68,7 +68,7 @@ def _seed(client: TestClient, headers: dict[str, str]) -> dict[str, str]:
             "/v1/training_jobs",
             headers=headers,
             json={
-                "base_model": "Qwen/Qwen3-4B",
+                "base_model": "veri-box/tiny-lm",  # built in: the fuzz box has no model cache
                 "dataset_id": ids["dataset_id"],
                 "reward_function_id": ids["rf_id"],
                 "output_name": "seed",
