@@ -396,11 +396,11 @@ def full_disk_api(tmp_path: Path) -> Iterator[Api]:
 
 
 def fill(directory: Path) -> None:
-    with (directory / "filler").open("wb") as out:
+    # Unbuffered: a buffered file would raise ENOSPC again when it is closed.
+    with (directory / "filler").open("wb", buffering=0) as out:
         try:
             while True:
                 out.write(bytes(1 << 16))
-                out.flush()
         except OSError as err:
             assert err.errno == errno.ENOSPC
 
