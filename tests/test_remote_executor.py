@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import stat
 import time
@@ -444,7 +445,7 @@ def test_provisioning_past_its_deadline_fails_and_terminates(world):
     assert runpod.instances == {}
 
 
-def test_orphans_of_this_box_are_terminated_and_others_left_alone(world, capfd):
+def test_orphans_of_this_box_are_terminated_and_others_left_alone(world, caplog):
     w = world()
     runpod = w.provider("runpod")
     executor = w.executor()
@@ -455,9 +456,19 @@ def test_orphans_of_this_box_are_terminated_and_others_left_alone(world, capfd):
     orphan = adapter.launch(offer, executor.prefix + ended["id"], key, None)
     owned = adapter.launch(offer, executor.prefix + "job_active", key, None)
     foreign = adapter.launch(offer, "veri-box-someoneelse-job_x", key, None)
-    executor.recover_orphans({"job_active"})
+    # A handler of the test's own: earlier tests in the process may have configured logging.
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("veri_box.remote")
+    logger.addHandler(handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="veri_box.remote"):
+            executor.recover_orphans({"job_active"})
+    finally:
+        logger.removeHandler(handler)
     assert sorted(runpod.instances) == sorted([owned.instance_id, foreign.instance_id])
-    logged = capfd.readouterr().err  # the box's log handler writes to stderr
+    logged = "\n".join(r.getMessage() for r in records)
     assert "orphan_terminated" in logged and orphan.instance_id in logged
     assert events(w, ended["id"])["orphan_terminated"] == {"provider": "runpod", "instance_id": orphan.instance_id}
 
