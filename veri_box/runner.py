@@ -418,9 +418,12 @@ class Runner:
             if problem is None:
                 return JobStatus.COMPLETED, {}
             reported = {"code": "trainer_crashed", "message": problem}
-        if reported:
+        failure = self._executor(job).failure(job)
+        # A trainer stopped by its executor's SIGTERM (a Slurm time limit) reports `interrupted`:
+        # the executor knows why, the trainer does not.
+        if reported and not (failure and reported["code"] == "interrupted"):
             code, message = reported["code"], reported["message"]
-        elif failure := self._executor(job).failure(job):
+        elif failure:
             code, message = failure
         elif start_error:
             code, message = "trainer_crashed", f"The trainer could not be started: {start_error}"
