@@ -32,6 +32,7 @@ from veri_box.devices import build_inventory
 from veri_box.providers import Providers
 from veri_box.remote import RemoteExecutor
 from veri_box.settings import Settings
+from veri_box.store import stamp_seconds
 
 GPU = {"type": "H100-80GB", "count": 1}
 
@@ -275,7 +276,7 @@ def test_a_job_runs_on_a_rented_instance_and_its_files_are_mirrored_home(world):
     assert runpod.running() == []
     ended = w.store.get_instance(instance["id"])
     assert ended["status"] == "terminated" and ended["terminated_at"]
-    billed = remote._iso_seconds(ended["terminated_at"]) - remote._iso_seconds(ended["launched_at"])
+    billed = stamp_seconds(ended["terminated_at"]) - stamp_seconds(ended["launched_at"])
     assert executor.cost(job, 1.0) == pytest.approx(2.99 * billed / 3600, abs=1e-6)
     assert executor.failure(job) is None
 
@@ -506,7 +507,7 @@ def test_a_runpod_job_through_the_runner_completes_with_metrics_model_and_cost(w
     assert paths.model_archive(w.settings.data_dir, job["id"]).is_file()
     instance = w.store.instance_for_job(job["id"])
     assert instance["terminated_at"] and w.stand_ins["runpod"].running() == []
-    billed = remote._iso_seconds(instance["terminated_at"]) - remote._iso_seconds(instance["launched_at"])
+    billed = stamp_seconds(instance["terminated_at"]) - stamp_seconds(instance["launched_at"])
     assert done["cost_usd"] == pytest.approx(2.99 * billed / 3600, abs=1e-5)
     assert {"instance_launched", "instance_ready", "bootstrap_done"} <= events(w, job["id"]).keys()
 

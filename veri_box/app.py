@@ -37,6 +37,7 @@ from .models import ModelController
 from .placement import CLOUDS, SLURM, Placement
 from .provider_settings import ProviderSettingsController
 from .providers import Providers
+from .remote import RemoteExecutor
 from .reward_functions import RewardFunctionController
 from .reward_tests import ROUTES as REWARD_TEST_ROUTES
 from .runner import Runner
@@ -185,13 +186,8 @@ def _executors(settings: Settings, store: Store, placement: Placement) -> dict:
         from .slurm import SlurmExecutor
 
         executors[SLURM] = SlurmExecutor(settings, store, placement.cluster)
-    try:  # SEAM-TEMP: until remote.py lands
-        from .remote import RemoteExecutor
-    except ImportError:
-        return executors
-    if placement.providers is not None:
-        remote = RemoteExecutor(settings, store, placement.providers)
-        executors.update({name: remote for name in CLOUDS})
+    remote = RemoteExecutor(settings, store, placement.providers)
+    executors.update({name: remote for name in CLOUDS})
     return executors
 
 

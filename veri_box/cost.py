@@ -59,14 +59,14 @@ def estimate(
         placement.check(gpu_type, gpu_count, provider)
     except ApiError as exc:
         raise ApiError(exc.status, exc.code, exc.message, _PARAMS.get(exc.param or "", exc.param)) from None
-    if provider == LOCAL or (provider is None and gpu_type in placement.inventory.types):
+    target = placement.target(gpu_type, provider)
+    if target == LOCAL:
         device = placement.inventory.types[gpu_type]
         free = device.count - in_use(store).get(gpu_type, 0)
         price = device.price_per_hr * gpu_count
         return _estimate(LOCAL, gpu_type, gpu_count, minutes, "local", price, free >= gpu_count, [])
-    cluster = placement.cluster
-    if cluster is not None and (provider == SLURM or (provider is None and gpu_type in cluster.types())):
-        return _slurm(cluster.availability(), gpu_type, gpu_count, minutes)
+    if target == SLURM and placement.cluster is not None:  # check() refused slurm without a cluster
+        return _slurm(placement.cluster.availability(), gpu_type, gpu_count, minutes)
     only = (provider,) if provider else None
     offers = placement.providers.offers(gpu_type, gpu_count, only=only)  # type: ignore[union-attr]
     quotes = [

@@ -48,6 +48,14 @@ class Placement:
         self.providers = providers
         self.burst_after_s = burst_after_s
 
+    def target(self, gpu_type: str, provider: str | None) -> str:
+        """Which kind of place the rules pick for this GPU type: LOCAL, SLURM or "cloud"."""
+        if provider == LOCAL or (provider is None and gpu_type in self.inventory.types):
+            return LOCAL
+        if provider == SLURM or (provider is None and self._on_slurm(gpu_type)):
+            return SLURM
+        return "cloud"
+
     # -- at submit ---------------------------------------------------------------------------
 
     def check(self, gpu_type: str, count: int, provider: str | None) -> None:
@@ -58,10 +66,11 @@ class Placement:
                 f"Unknown provider '{provider}'; use one of {', '.join(KNOWN)}, or omit it to let the box choose.",
                 "provider",
             )
-        if provider == LOCAL or (provider is None and gpu_type in self.inventory.types):
+        target = self.target(gpu_type, provider)
+        if target == LOCAL:
             self._check_local(gpu_type, count)
             return
-        if provider == SLURM or (provider is None and self._on_slurm(gpu_type)):
+        if target == SLURM:
             self._check_slurm(gpu_type, count)
             return
         if provider in CLOUDS and provider not in self._configured():
@@ -129,7 +138,8 @@ class Placement:
         type waits for them)."""
         kind, count = job["gpu_requested"]["type"], job["gpu_requested"]["count"]
         named = job["provider_requested"]
-        if named == LOCAL or (named is None and kind in self.inventory.types):
+        target = self.target(kind, named)
+        if target == LOCAL:
             device = self.inventory.types.get(kind)
             if device is None or count > device.count:
                 have = self.inventory.describe()
@@ -140,7 +150,7 @@ class Placement:
                 if offers:
                     return Route("cloud", offers, burst=True)
             return Route(LOCAL)
-        if named == SLURM or (named is None and self._on_slurm(kind)):
+        if target == SLURM:
             if self.cluster is None or kind not in self.cluster.types():
                 return "gpu_unavailable", f"The Slurm cluster no longer has '{kind}' GPUs."
             return Route(SLURM)

@@ -45,11 +45,9 @@ import importlib.util
 import json
 import logging
 import posixpath
-import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -65,7 +63,7 @@ from .inventory import CPU
 from .progress import READ_PER_TICK, safe_relative_path
 from .providers import TITLES, Offer, ProviderError, Providers
 from .settings import Settings
-from .store import Store, now
+from .store import Store, now, stamp_seconds
 
 log = logging.getLogger("veri_box.remote")
 
@@ -224,10 +222,6 @@ def tree_digest(folders: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def _iso_seconds(stamp: str) -> float:
-    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
-
-
 def _exit_code(text: str) -> int | None:
     """The wrapper's $?: 128 + N for a trainer killed by signal N, read back as -N."""
     try:
@@ -318,7 +312,7 @@ class RemoteExecutor:
     def prefix(self) -> str:
         """The start of every instance name this box gives: its own id, so orphan cleanup never
         touches instances of another box on the same account."""
-        return self.store.box_value("instance_prefix", lambda: f"veri-box-{secrets.token_hex(4)}-")
+        return f"veri-box-{self.store.box_id()}-"
 
     def start(self, job: dict, config: JobConfig) -> dict:
         offers = (job.get("executor_state") or {}).get("offers") or []
@@ -430,8 +424,8 @@ class RemoteExecutor:
             return None
         if not instance["launched_at"] or instance["price_per_hr"] is None:
             return 0.0
-        end = _iso_seconds(instance["terminated_at"] or now())
-        hours = max(end - _iso_seconds(instance["launched_at"]), 0.0) / 3600
+        end = stamp_seconds(instance["terminated_at"] or now())
+        hours = max(end - stamp_seconds(instance["launched_at"]), 0.0) / 3600
         return round(instance["price_per_hr"] * hours, 6)
 
     def recover_orphans(self, active_job_ids: set[str]) -> None:
@@ -555,7 +549,7 @@ class RemoteExecutor:
 
     async def _provision_within_deadline(self, run: _Run) -> None:
         limit = self.settings.provisioning_timeout_s
-        left = limit - (time.time() - _iso_seconds(run.state["since"]))
+        left = limit - (time.time() - stamp_seconds(run.state["since"]))
         deadline = asyncio.timeout(max(left, 0.0))
         try:
             async with deadline:

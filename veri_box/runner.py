@@ -15,7 +15,6 @@ import shutil
 import signal
 import tarfile
 import threading
-from datetime import datetime
 from pathlib import Path
 
 import msgspec
@@ -27,7 +26,7 @@ from .executors import Executor, LocalExecutor
 from .placement import LOCAL, SLURM, Placement, Route
 from .settings import Settings
 from .statuses import ACTIVE, PLACED, TERMINAL, JobStatus
-from .store import Store, now
+from .store import Store, now, seconds_between
 
 log = logging.getLogger("veri_box.runner")
 
@@ -46,13 +45,6 @@ def _module_exists(module: str | None) -> bool:
         return module is not None and importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         return False
-
-
-def _seconds_between(start: str | None, end: str) -> float | None:
-    if not start:
-        return None
-    parse = lambda s: datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%fZ")  # noqa: E731
-    return max((parse(end) - parse(start)).total_seconds(), 0.0)
 
 
 class Runner:
@@ -144,7 +136,7 @@ class Runner:
             device = self.inventory.types.get(kind)
             free = [i for i in device.indices if i not in held.get(kind, set())] if device else []
             busy = kind in blocked or len(free) < count
-            waited = _seconds_between(job["created_at"], stamp) or 0.0
+            waited = seconds_between(job["created_at"], stamp) or 0.0
             route = self.placement.route(job, waited, busy)
             if isinstance(route, tuple):
                 self._fail_queued(job, *route)
@@ -280,13 +272,13 @@ class Runner:
         if job["progress_offset"] != offset:
             job["progress_at"] = now()
             # The cost so far, shown while it runs; the final figure is set when it ends.
-            elapsed = _seconds_between(job["started_at"], job["progress_at"])
+            elapsed = seconds_between(job["started_at"], job["progress_at"])
             cost = None if elapsed is None else executor.cost(job, elapsed)
             self.store.update_job(job["id"], progress_at=job["progress_at"], cost_usd=cost)
         if job["status"] in TERMINAL:  # cancelled, or failed by the runner: its trainer must stop
             if self._has_trainer(job) and not job["terminated_at"]:
                 self._terminate(job)
-            elif job["terminated_at"] and _seconds_between(job["terminated_at"], now()) >= self.settings.cancel_grace_s:
+            elif job["terminated_at"] and seconds_between(job["terminated_at"], now()) >= self.settings.cancel_grace_s:
                 executor.cancel(job, force=True)
         elif self._has_trainer(job) and (failure := self._failure_while_running(job)):
             self._stop_failed(job, *failure)
@@ -305,7 +297,7 @@ class Runner:
         for job in self.store.jobs_with_status(*ACTIVE):
             if not job["requires_heartbeat"] or not job["last_heartbeat_at"]:
                 continue
-            silent = _seconds_between(max(job["last_heartbeat_at"], self._up_since), stamp) or 0.0
+            silent = seconds_between(max(job["last_heartbeat_at"], self._up_since), stamp) or 0.0
             if silent > timeout:
                 log.warning("cancelling %s: no heartbeat for %.0f s", job["id"], silent)
                 reason = {"reason": "heartbeat_lost", "silent_s": round(silent, 1), "heartbeat_timeout_s": timeout}
@@ -321,7 +313,7 @@ class Runner:
         last = job["progress_at"] or job["started_at"]
         if limit <= 0 or job["status"] != JobStatus.RUNNING or not last:
             return None
-        silent = _seconds_between(last, now()) or 0.0
+        silent = seconds_between(last, now()) or 0.0
         if silent <= limit:
             return None
         said = f"The trainer reported no progress for {silent:.0f} s (--stall-timeout-s {limit:g}) and was stopped."
@@ -379,7 +371,7 @@ class Runner:
         stamp = now()
         # A job cancelled or failed by the runner ended then, however long its trainer took to stop.
         end = job["completed_at"] if job["status"] in TERMINAL and job["completed_at"] else stamp
-        duration = _seconds_between(job["started_at"], end)
+        duration = seconds_between(job["started_at"], end)
         released = {
             "devices": None,
             "pid": None,

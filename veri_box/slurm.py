@@ -708,7 +708,7 @@ class SlurmExecutor:
         self.data_dir = settings.data_dir
         self.prices = settings.prices()
         self.sandbox = sandbox.resolve(settings.sandbox)
-        self.box_id = store.box_value("box_id", lambda: secrets.token_hex(4))
+        self.box_id = store.box_id()
         self._lock = threading.Lock()
         self._states: dict[str, JobState] = {}
         self._read_at = 0.0

@@ -299,6 +299,18 @@ def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+def stamp_seconds(stamp: str) -> float:
+    """A `now()` stamp as seconds since the epoch."""
+    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
+def seconds_between(start: str | None, end: str) -> float | None:
+    """Seconds from one `now()` stamp to another (never negative); None without a start."""
+    if not start:
+        return None
+    return max(stamp_seconds(end) - stamp_seconds(start), 0.0)
+
+
 def new_id(prefix: str = "") -> str:
     return prefix + secrets.token_hex(12)
 
@@ -378,6 +390,11 @@ class Store:
         return rows[0] if rows else None
 
     # -- the box itself ------------------------------------------------------------------
+
+    def box_id(self) -> str:
+        """This box's short random id: the prefix of the names it gives Slurm jobs and cloud
+        instances, so what it started can be told from everyone else's."""
+        return self.box_value("box_id", lambda: secrets.token_hex(4))
 
     def box_value(self, name: str, make: Any) -> str:
         """A value created once per data directory (e.g. the URL-signing secret)."""
