@@ -20,10 +20,14 @@ paths with its own bodies, status values and error bodies, written from its publ
 
 Every launched "instance" is a real OpenSSH server (tests/sshd.py) that authorizes the key the
 launch carried, as the provider does: RunPod the PUBLIC_KEY env of the create request; Lambda
-the registered key named in ssh_key_names; Prime the keys uploaded to the account. The SSH
-user is the current user (root here), so a Lambda integration needs options {"ssh_user":
-"root"} (the real API reports no user: it is always `ubuntu`). A pod reports "provisioning"
-for `boot_polls` status reads (default 1), then running with its SSH endpoint.
+the registered key named in ssh_key_names; Prime the keys uploaded to the account. An
+instance's sshd accepts one login name, `ssh_user` (default the current user, root here: only
+an existing user can log in). RunPod and Prime report it in their SSH endpoint; Lambda's API
+reports none (its images log in as `ubuntu`), so a box talking to the Lambda stand-in is set up
+with {"ssh_user": <that user>} and any other name is refused. `image_bin` makes every instance
+boot an "image": a home of its own and that folder first on PATH (sshd's SetEnv). A pod
+reports "provisioning" for `boot_polls` status reads (default 1), then running with its SSH
+endpoint.
 
 Driving them from a test:
     api = RunPodStandIn.start(tmp_path)              # .url, .api_key; .stop() at the end
@@ -32,6 +36,8 @@ Driving them from a test:
     api.rate_limit(count=1, retry_after_s=1)         # the next request(s) answer 429
     api.fail(count=1, status=500)                    # the next request(s) answer 500
     api.delay_s = 2                                  # every answer comes 2 s late
+    api.image_bin = "/path/to/venv/bin"              # instances boot an image with that python3
+    api.ssh_user = "root"                            # the one login name instances accept
     api.kill(instance_id)                            # the machine dies: sshd and its processes
     api.instances[instance_id].sshd                  # the instance's Sshd (port, host key...)
     api.requests                                     # (monotonic time, method, path) seen
@@ -53,6 +59,8 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 from sshd import Sshd
+
+IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @dataclass
@@ -85,6 +93,11 @@ class StandIn:
         self.api_key = api_key or "sk-test-" + secrets.token_hex(16)
         self.boot_polls = boot_polls
         self.capacity_error = False
+        # The image every instance boots: None, the machine's own environment; a folder (a venv's
+        # bin), a home per instance with that folder first on PATH, as a provider's PyTorch image
+        # puts its python3 there.
+        self.image_bin: str | None = None
+        self.ssh_user: str | None = None  # the login name instances accept (None: the test user)
         self.delay_s = 0.0  # test hook: every answer comes this much later (a slow provider)
         self.instances: dict[str, Instance] = {}
         self.requests: list[tuple[float, str, str]] = []
@@ -209,7 +222,15 @@ class StandIn:
         return f"{prefix}{next(self._ids):04d}{secrets.token_hex(4)}"
 
     def boot(self, name: str, public_keys: list[str], host: str = "127.0.0.1", port: int | None = None) -> Sshd:
-        server = Sshd.start(self.directory / f"instance-{name}-{secrets.token_hex(3)}", host=host, port=port)
+        """The instance's machine: an sshd for `ssh_user` (default the user running the tests),
+        booting the image of `image_bin` if set (a home of its own, that folder first on PATH)."""
+        directory = self.directory / f"instance-{name}-{secrets.token_hex(3)}"
+        env = None
+        if self.image_bin:
+            home = directory / "home"
+            home.mkdir(parents=True)
+            env = {"HOME": str(home), "PATH": f"{self.image_bin}:{IMAGE_PATH}"}
+        server = Sshd.start(directory, host=host, port=port, env=env, user=self.ssh_user)
         for key in public_keys:
             if key.strip():
                 server.authorize(key)

@@ -1,6 +1,7 @@
 """A real OpenSSH server on 127.0.0.1 for tests: the "instance" a provider stand-in launches.
 
     server = Sshd.start(tmp_path / "inst")   # temp host key, free port on 127.0.0.1, no keys yet
+    Sshd.start(d, env={"HOME": home, "PATH": ...}, user="root")  # an image's environment; one login name
     server.authorize(public_key_line)        # what the provider does with the launch's key
     server.port, server.user, server.host_key_line, server.known_hosts_line
     server.kill()                            # the instance dies: sshd and every process it started
@@ -42,11 +43,11 @@ def make_keypair(directory: Path, name: str = "id_ed25519") -> tuple[Path, str]:
 
 
 class Sshd:
-    def __init__(self, directory: Path, host: str, port: int, process: subprocess.Popen, host_key_line: str):
+    def __init__(self, directory: Path, host: str, port: int, process: subprocess.Popen, host_key_line: str, user: str):
         self.directory = directory
         self.host = host
         self.port = port
-        self.user = getpass.getuser()  # sshd runs as this user, so only this user can log in
+        self.user = user  # the one login name this sshd accepts
         self.process = process
         self.host_key_line = host_key_line  # "ssh-ed25519 AAAA..." (no comment)
         self.authorized_keys = directory / "authorized_keys"
@@ -57,9 +58,22 @@ class Sshd:
         return f"{host} {self.host_key_line}"
 
     @classmethod
-    def start(cls, directory: Path, host: str = "127.0.0.1", port: int | None = None, timeout: float = 5.0) -> Sshd:
+    def start(
+        cls,
+        directory: Path,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        timeout: float = 5.0,
+        env: dict[str, str] | None = None,
+        user: str | None = None,
+    ) -> Sshd:
         """Start sshd on host:port (a free port by default; any 127.x.y.z address is this machine's
-        loopback, which lets a stand-in give each instance its own IP with sshd on port 22)."""
+        loopback, which lets a stand-in give each instance its own IP with sshd on port 22).
+
+        `env`: variables every session gets (sshd's SetEnv, which wins over sshd's own HOME and
+        PATH), as a provider's image sets them: where the login's home is, which python3 is on
+        its PATH. `user`: the only login name accepted (AllowUsers; default the user running the
+        tests, the only one an unprivileged sshd can serve). It must exist on this machine."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege-separation dir (root only)
@@ -69,12 +83,18 @@ class Sshd:
         kind, blob = host_key.with_suffix(".pub").read_text().split()[:2]
         (directory / "authorized_keys").touch(mode=0o600)
         port = port or free_port(host)
+        user = user or getpass.getuser()
+        for name, value in (env or {}).items():
+            if not name.isidentifier() or any(c in str(value) for c in '"\n'):
+                raise ValueError(f"cannot pass {name}={value!r} through sshd_config's SetEnv")
+        set_env = " ".join(f'"{name}={value}"' for name, value in (env or {}).items())
         config = directory / "sshd_config"
         config.write_text(
             f"ListenAddress {host}\nPort {port}\nHostKey {host_key}\nPidFile {directory}/sshd.pid\n"
             f"AuthorizedKeysFile {directory}/authorized_keys\nPasswordAuthentication no\n"
             "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n"
-            "Subsystem sftp internal-sftp\nLogLevel ERROR\n"
+            f"AllowUsers {user}\nSubsystem sftp internal-sftp\nLogLevel ERROR\n"
+            + (f"SetEnv {set_env}\n" if set_env else "")
         )
         subprocess.run([SSHD, "-t", "-f", str(config)], check=True)
         log = open(directory / "sshd.log", "ab")
@@ -86,7 +106,7 @@ class Sshd:
             start_new_session=True,  # a test's Ctrl-C or a killed pytest group does not reach it first
         )
         log.close()
-        server = cls(directory, host, port, process, f"{kind} {blob}")
+        server = cls(directory, host, port, process, f"{kind} {blob}", user)
         deadline = time.monotonic() + timeout
         while True:
             try:

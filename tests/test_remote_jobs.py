@@ -10,8 +10,8 @@ remote trainer and terminates the instance, a dead instance fails the job naming
 crashes re-attaches without losing or repeating a step, and instances left over from an earlier
 run are terminated at start. Provider keys stay in the box's database.
 
-Every instance boots an "image" (LOGIN_SH): a home of its own, and a python3 with the training
-stack, as a provider's PyTorch image has; here that python is this test run's own venv, so the
+Every instance boots an "image": a home of its own, and a python3 with the training stack on
+its PATH, as a provider's PyTorch image has; here that python is this test run's own venv, so the
 box's bootstrap finds the stack at its versions and installs nothing. Jobs other than the first
 run the stdlib test trainer (tests/fake_trainer.py, behaviour set by base_model).
 """
@@ -44,42 +44,14 @@ REWARD_SOURCE = "def reward(completions, **kwargs):\n    return [float('4' in c)
 ROWS = [{"prompt": "What is 2+2?", "answer": "4"}, {"prompt": "What is 3+1?", "answer": "4"}]
 TERMINAL = ("completed", "failed", "cancelled")
 
-# The instance's image. sshd runs this for every session of a key authorized with command=: a
-# shell command, an SFTP session (sshd hands a forced command the subsystem as "internal-sftp"),
-# or a login.
-LOGIN_SH = """\
-#!/bin/sh
-export HOME={home} PATH={bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-cd "$HOME" || exit 1
-case "$SSH_ORIGINAL_COMMAND" in
-    internal-sftp) exec /usr/lib/openssh/sftp-server ;;
-    "") exec /bin/sh -i ;;
-    *) exec /bin/sh -c "$SSH_ORIGINAL_COMMAND" ;;
-esac
-"""
-
 
 # ---- the clouds ------------------------------------------------------------------------------
 
 
 def boot_the_image(stand_in: StandIn) -> StandIn:
-    """Make every instance `stand_in` launches boot LOGIN_SH (with this venv's python3) for the
-    keys the launch authorizes."""
-    boot = stand_in.boot
-
-    def booted(name: str, public_keys: list[str], host: str = "127.0.0.1", port: int | None = None):
-        server = boot(name, [], host=host, port=port)
-        home = server.directory / "home"
-        home.mkdir()
-        login = server.directory / "login.sh"
-        login.write_text(LOGIN_SH.format(home=home, bin=Path(sys.executable).parent))
-        login.chmod(0o755)
-        for key in public_keys:
-            if key.strip():
-                server.authorize(f'command="{login}" {key.strip()}')
-        return server
-
-    stand_in.boot = booted  # type: ignore[method-assign]
+    """Every instance `stand_in` launches boots an image whose python3 is this venv's (sshd sets
+    its HOME and PATH, as a provider's image does), for the keys the launch authorizes."""
+    stand_in.image_bin = str(Path(sys.executable).parent)
     return stand_in
 
 
@@ -286,7 +258,9 @@ def trainer_processes(stand_in: StandIn, instance_id: str, job_id: str) -> list[
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if job_id.encode() in cmdline and (b"run.sh" in cmdline or b"fake_trainer" in cmdline or b"trainers." in cmdline):
+        if job_id.encode() in cmdline and (
+            b"run.sh" in cmdline or b"fake_trainer" in cmdline or b"trainers." in cmdline
+        ):
             found.append(pid)
     return found
 
@@ -312,7 +286,9 @@ def test_a_tiny_grpo_job_trains_on_a_runpod_instance_and_comes_back_whole(start_
     box = start_box("--gpus", "none", "--cpu-slots", "1")
     http = box.http
     rows = "".join(json.dumps({"prompt": p}) + "\n" for p in demo.PROMPTS).encode()
-    dataset = ok(http.post("/v1/datasets", data={"name": "demo"}, files={"file": ("d.jsonl", rows, "application/jsonl")}))
+    dataset = ok(
+        http.post("/v1/datasets", data={"name": "demo"}, files={"file": ("d.jsonl", rows, "application/jsonl")})
+    )
     reward = ok(http.post("/v1/reward_functions", data={"name": "a"}, files={"file": ("a.py", demo.REWARD.encode())}))
     job = ok(
         http.post(
@@ -569,7 +545,11 @@ def test_the_sdk_reads_the_cost_estimate_and_the_availability(start_box, clouds)
 
     rows = client.gpu.availability()["availability"]
     assert any(r["provider"] == "local" and r["gpu_type"] == "cpu" for r in rows), rows
-    quoted = {(r["gpu_type"], r["status"], r["price_per_hr"]) for r in rows if r["provider"] == "runpod" and r["gpu_count"] == 1}
+    quoted = {
+        (r["gpu_type"], r["status"], r["price_per_hr"])
+        for r in rows
+        if r["provider"] == "runpod" and r["gpu_count"] == 1
+    }
     assert ("A100-80GB", "available", 1.64) in quoted and ("H100-80GB", "unavailable", 2.99) in quoted, rows
     only = client.gpu.availability(provider="runpod", gpu_type="a100-80gb")["availability"]
     assert only and {(r["provider"], r["gpu_type"]) for r in only} == {("runpod", "A100-80GB")}, only
