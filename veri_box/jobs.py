@@ -118,6 +118,18 @@ class Job(msgspec.Struct):
     current_loss: float | None
     updated_at: str
     memory_estimate_gb: float | None = None
+    tags: list[str] = msgspec.field(default_factory=list)
+    note: str | None = None
+
+
+Tag = Annotated[str, Meta(min_length=1, max_length=50)]
+
+
+class UpdateJob(msgspec.Struct, forbid_unknown_fields=True):
+    """PATCH: labels only; a field left out keeps its value, `note: null` clears the note."""
+
+    tags: Annotated[list[Tag], Meta(max_length=20)] | None = None
+    note: Annotated[str, Meta(max_length=2000)] | None | msgspec.UnsetType = msgspec.UNSET
 
 
 class Heartbeat(msgspec.Struct):
@@ -157,6 +169,8 @@ def to_api(job: dict, settings: Settings, signer: Signer) -> Job:
         current_loss=job["current_loss"],
         updated_at=job["updated_at"],
         memory_estimate_gb=memory.total_gb(job.get("memory_estimate")),
+        tags=job.get("tags") or [],
+        note=job.get("note"),
     )
 
 
@@ -458,6 +472,24 @@ def get(store: Store, job_id: str) -> dict:
     return job
 
 
+def update_labels(store: Store, job_id: str, body: UpdateJob) -> dict:
+    """Set a job's tags and/or note (any status): duplicate tags are dropped, order kept."""
+    get(store, job_id)
+    fields: dict[str, Any] = {}
+    if body.tags is not None:
+        for i, tag in enumerate(body.tags):
+            # The dashboard edits tags as one comma-separated line.
+            if "," in tag or not tag.strip():
+                message = f"Tag {tag!r} is blank or has a comma; send one tag per item."
+                raise bad_request("invalid_value", message, f"tags[{i}]")
+        fields["tags"] = list(dict.fromkeys(t.strip() for t in body.tags))
+    if body.note is not msgspec.UNSET:
+        fields["note"] = body.note.strip() or None if body.note is not None else None
+    if fields:
+        store.update_job(job_id, **fields)
+    return get(store, job_id)
+
+
 def cancel(store: Store, runner: Runner, job_id: str) -> dict:
     """Cancel a job that has not finished; returns the cancelled job row."""
     job = get(store, job_id)
@@ -535,6 +567,18 @@ class JobController(Controller):
         signer: NamedDependency[Signer],
     ) -> Job:
         return to_api(get(store, job_id), settings, signer)
+
+    @litestar.patch("/{job_id:str}", sync_to_thread=True, opt={"rule": "owner", "owns": "job"})
+    def update(
+        self,
+        job_id: FromPath[str],
+        data: JSONBody[UpdateJob],
+        store: NamedDependency[Store],
+        settings: NamedDependency[Settings],
+        signer: NamedDependency[Signer],
+    ) -> Job:
+        """Label a job: `tags` (up to 20, 1 to 50 characters, no commas) and a `note` (up to 2000)."""
+        return to_api(update_labels(store, job_id, data), settings, signer)
 
     @litestar.post("/{job_id:str}/cancel", status_code=200, sync_to_thread=True)
     def cancel(

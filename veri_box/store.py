@@ -267,6 +267,64 @@ def m007_executors(db: Database) -> None:
     )
 
 
+@migrations()
+def m012_tags_note(db: Database) -> None:
+    """A job's tags (a JSON list of short strings) and free-text note, set by PATCH; both
+    only label the job (the jobs list searches them), nothing reads them to train."""
+    db.executescript(
+        """
+        ALTER TABLE jobs ADD COLUMN tags TEXT;
+        ALTER TABLE jobs ADD COLUMN note TEXT;
+        """
+    )
+
+
+@migrations()
+def m008_sharing(db: Database) -> None:
+    """Roles, ownership, quotas and the audit trail (a box a lab shares).
+
+    api_keys.role: 'admin' or 'member'. Every key made before roles existed becomes an admin:
+    until now every key could do everything, and an upgraded box must not lock its owner out
+    of its own settings (nobody would be left to make an admin). New keys default to member.
+    created_by: the id of the key that made the object (its name is read from api_keys, which
+    keeps revoked keys' rows, so a revoked key's objects still name it). NULL: made before roles.
+    quotas: limits by scope: 'default' (the lab default for every key), 'box' (box-wide,
+    only monthly_spend_usd) or an api key's id; a NULL limit means none.
+    audit: one row per write request (reads are not recorded)."""
+    db.executescript(
+        """
+        ALTER TABLE api_keys ADD COLUMN role TEXT NOT NULL DEFAULT 'member';
+        UPDATE api_keys SET role = 'admin';
+        ALTER TABLE jobs ADD COLUMN created_by TEXT;
+        ALTER TABLE datasets ADD COLUMN created_by TEXT;
+        ALTER TABLE reward_functions ADD COLUMN created_by TEXT;
+        CREATE INDEX jobs_created_by ON jobs(created_by);
+        CREATE TABLE quotas (
+            scope TEXT PRIMARY KEY,
+            max_running_jobs INTEGER,
+            max_gpus INTEGER,
+            monthly_spend_usd REAL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE TABLE audit (
+            id TEXT PRIMARY KEY,
+            at TEXT NOT NULL,
+            key_id TEXT,
+            key_name TEXT,
+            action TEXT NOT NULL,
+            method TEXT NOT NULL,
+            path TEXT NOT NULL,
+            object_type TEXT,
+            object_id TEXT,
+            client TEXT,
+            status INTEGER NOT NULL
+        );
+        CREATE INDEX audit_key ON audit(key_id);
+        CREATE INDEX audit_object ON audit(object_type, object_id);
+        """
+    )
+
+
 JSON_COLUMNS = {
     "datasets": ("columns",),
     "jobs": (
@@ -280,6 +338,7 @@ JSON_COLUMNS = {
         "checkpoint_destination",
         "executor_state",
         "memory_estimate",
+        "tags",
     ),
     "integrations": ("options",),
     "events": ("metadata",),
@@ -550,9 +609,21 @@ class Store:
         return self._one("SELECT * FROM jobs WHERE id = ?", [id], "jobs")
 
     def list_jobs(
-        self, limit: int, after: str | None, status: str | None = None, method: str | None = None
+        self,
+        limit: int,
+        after: str | None,
+        status: str | None = None,
+        method: str | None = None,
+        search: str | None = None,
     ) -> tuple[list[dict], bool]:
         where, params = [], []
+        if search:
+            # A substring of the name, base model, id, a tag or the note, case-insensitively;
+            # LIKE's own wildcards in the text are matched as themselves.
+            like = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            fields = ("output_name", "base_model", "id", "coalesce(tags, '')", "coalesce(note, '')")
+            where.append("(" + " OR ".join(f"{f} LIKE ? ESCAPE '\\'" for f in fields) + ")")
+            params.extend([like] * len(fields))
         if status:
             where.append("status = ?")
             params.append(status)
