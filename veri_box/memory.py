@@ -309,6 +309,66 @@ def cheapest_fit(
     return None
 
 
+class Fit(msgspec.Struct, kw_only=True):
+    """The estimate against the card and, when it will not fit, what to say and the cheapest
+    change that fits: what submit refuses with and what the new-job form shows as settings change."""
+
+    estimate: MemoryEstimate
+    fix: str | None = None  # the cheapest change that fits, in words (will_not_fit only)
+    fix_gb: float | None = None  # the estimate with that change
+    message: str | None = None  # will_not_fit's message, or the borderline warning's
+
+
+def assess(
+    method: str,
+    kind: str,
+    config: dict,
+    hp: dict,
+    gpu: dict,
+    available: int = 0,
+    prompt_tokens: int | None = None,
+) -> Fit | None:
+    """The job's estimate against its GPU type, with its verdict (None: not checked, for the cpu
+    pool or a type name without a size), and for a job that will not fit the cheapest change that
+    does. None when there is no config to estimate from. `available`: the most GPUs of the type a
+    job could get, for the "more GPUs" suggestion."""
+    found = estimate(kind, config, hp, gpu["count"], prompt_tokens)
+    if found is None:
+        return None
+    card = gpu_memory_gb(gpu["type"])
+    found.gpu_type = gpu["type"]
+    found.gpu_memory_gb = card
+    if card is None:
+        return Fit(estimate=found)
+    found.verdict = verdict(found.total_gb, card)
+    if found.verdict == "borderline":
+        return Fit(estimate=found, message=warning(found)["message"])
+    if found.verdict == "fits":
+        return Fit(estimate=found)
+    fix = cheapest_fit(method, kind, config, hp, gpu["count"], card, available, prompt_tokens)
+    advice = (
+        f" The cheapest change that fits: {fix[0]} (about {fix[1].total_gb:g} GiB)."
+        if fix
+        else " No single change fits this card; use a GPU with more memory or a smaller model."
+    )
+    return Fit(
+        estimate=found,
+        fix=fix[0] if fix else None,
+        fix_gb=fix[1].total_gb if fix else None,
+        message=f"This job needs {describe(found)}; one {gpu['type']} has {card:g} GB.{advice}",
+    )
+
+
+def refuse(fit: Fit | None, method: str, hp: dict) -> MemoryEstimate | None:
+    """Submit's rule: 400 `will_not_fit` (with the estimate, the card's memory and the cheapest
+    change that fits) when clearly over, else the estimate to keep in the job."""
+    if fit is None:
+        return None
+    if fit.estimate.verdict == "will_not_fit":
+        raise bad_request("will_not_fit", fit.message or "", _param(method, hp))
+    return fit.estimate
+
+
 def check(
     method: str,
     kind: str,
@@ -318,26 +378,8 @@ def check(
     available: int = 0,
     prompt_tokens: int | None = None,
 ) -> MemoryEstimate | None:
-    """The job's estimate against its GPU type: 400 `will_not_fit` when clearly over (with the
-    estimate, the card's memory and the cheapest change that fits), else the estimate with its
-    verdict (None when there is no config to estimate from). `available`: the most GPUs of the
-    type a job could get, for the "more GPUs" suggestion."""
-    found = estimate(kind, config, hp, gpu["count"], prompt_tokens)
-    if found is None:
-        return None
-    card = gpu_memory_gb(gpu["type"])
-    found.gpu_type = gpu["type"]
-    found.gpu_memory_gb = card
-    if card is None:
-        return found
-    found.verdict = verdict(found.total_gb, card)
-    if found.verdict == "will_not_fit":
-        raise bad_request(
-            "will_not_fit",
-            will_not_fit_message(method, kind, config, hp, gpu, found, available, prompt_tokens),
-            _param(method, hp),
-        )
-    return found
+    """assess, then refuse: the estimate with its verdict, or 400 `will_not_fit`."""
+    return refuse(assess(method, kind, config, hp, gpu, available, prompt_tokens), method, hp)
 
 
 def _param(method: str, hp: dict) -> str:
@@ -351,26 +393,6 @@ def describe(found: MemoryEstimate) -> str:
         f"{name.replace('_', ' ')} {value:g}" for name, value in sorted(found.parts.items(), key=lambda p: -p[1])
     )
     return f"about {found.total_gb:g} GiB per GPU at its peak ({found.phase}: {parts})"
-
-
-def will_not_fit_message(
-    method: str,
-    kind: str,
-    config: dict,
-    hp: dict,
-    gpu: dict,
-    found: MemoryEstimate,
-    available: int,
-    prompt_tokens: int | None,
-) -> str:
-    card = found.gpu_memory_gb
-    fix = cheapest_fit(method, kind, config, hp, gpu["count"], card, available, prompt_tokens)
-    advice = (
-        f" The cheapest change that fits: {fix[0]} (about {fix[1].total_gb:g} GiB)."
-        if fix
-        else " No single change fits this card; use a GPU with more memory or a smaller model."
-    )
-    return f"This job needs {describe(found)}; one {gpu['type']} has {card:g} GB.{advice}"
 
 
 def to_row(found: MemoryEstimate | None) -> dict | None:
@@ -401,13 +423,19 @@ def prompt_tokens(dataset: dict, hp: dict) -> int:
     return int((row_bytes + system) / 3) + 32
 
 
-def for_job(found: Any, method: str, hp: dict, gpu: dict, dataset: dict, available: int) -> MemoryEstimate | None:
-    """jobs.submit's check: the estimate of a job whose model `found` (models.Resolved) is
-    known, against its GPU type."""
+def fit_for_job(found: Any, method: str, hp: dict, gpu: dict, dataset: dict | None, available: int) -> Fit | None:
+    """The fit of a job whose model `found` (models.Resolved) is known, against its GPU type;
+    without a dataset yet (the new-job form before one is chosen) prompts count at
+    max_prompt_length."""
     if found is None:
         return None
-    tokens = prompt_tokens(dataset, hp) if method == "grpo" else None
-    return check(method, found.kind, found.config, hp, gpu, available, tokens)
+    tokens = prompt_tokens(dataset, hp) if method == "grpo" and dataset else None
+    return assess(method, found.kind, found.config, hp, gpu, available, tokens)
+
+
+def for_job(found: Any, method: str, hp: dict, gpu: dict, dataset: dict, available: int) -> MemoryEstimate | None:
+    """jobs.submit's check: fit_for_job, refused when it will not fit."""
+    return refuse(fit_for_job(found, method, hp, gpu, dataset, available), method, hp)
 
 
 CLOUD_MOST_GPUS = 8  # the largest instances the providers rent
