@@ -145,7 +145,7 @@ class ProviderSettingsController(Controller):
     path = "/v1/settings/providers"
     tags = ["settings"]
 
-    @litestar.put("/{name:str}", sync_to_thread=True)
+    @litestar.put("/{name:str}", sync_to_thread=True, opt={"rule": "admin"})
     def put_provider(
         self, store: NamedDependency[Store], name: FromPath[str], data: JSONBody[ProviderSettings]
     ) -> ProviderConfig:
@@ -155,6 +155,6 @@ class ProviderSettingsController(Controller):
     def get_provider(self, store: NamedDependency[Store], name: FromPath[str]) -> ProviderConfig:
         return get(store, name)
 
-    @litestar.delete("/{name:str}", status_code=200, sync_to_thread=True)
+    @litestar.delete("/{name:str}", status_code=200, sync_to_thread=True, opt={"rule": "admin"})
     def delete_provider(self, store: NamedDependency[Store], name: FromPath[str]) -> ProviderConfig:
         return delete(store, name)
