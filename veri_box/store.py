@@ -325,6 +325,29 @@ def m008_sharing(db: Database) -> None:
     )
 
 
+@migrations()
+def m010_hf_push(db: Database) -> None:
+    """A job's push to the Hugging Face Hub: hf_push is what was asked ({repo, artifact, private}),
+    hf_push_state how it went ({status, repo_url, commit, error, updated_at}); both NULL for a job
+    that never asked for one."""
+    db.executescript(
+        """
+        ALTER TABLE jobs ADD COLUMN hf_push TEXT;
+        ALTER TABLE jobs ADD COLUMN hf_push_state TEXT;
+        """
+    )
+
+
+
+@migrations()
+def m009_trackers(db: Database) -> None:
+    """wandb_run_url: the W&B page of the job's run, as its trainer reported it (NULL without W&B)."""
+    db.execute("ALTER TABLE jobs ADD COLUMN wandb_run_url TEXT")
+
+
+# Tables whose rows record the key that made them (created_by), for ownership and reassignment.
+OWNED_TABLES = ("jobs", "datasets", "reward_functions")
+
 JSON_COLUMNS = {
     "datasets": ("columns",),
     "jobs": (
@@ -338,6 +361,8 @@ JSON_COLUMNS = {
         "checkpoint_destination",
         "executor_state",
         "memory_estimate",
+        "hf_push",
+        "hf_push_state",
         "tags",
     ),
     "integrations": ("options",),
@@ -431,6 +456,11 @@ class Store:
                 for col in JSON_COLUMNS.get(table, ()):
                     if col in row and isinstance(row[col], str):
                         row[col] = json.loads(row[col])
+        if table in OWNED_TABLES and rows and "created_by" in rows[0]:
+            # The owner's name, for responses and pages (keys are never renamed; revoked ones keep their row).
+            names = self.key_names(row["created_by"] for row in rows)
+            for row in rows:
+                row["created_by_name"] = names.get(row["created_by"])
         return rows
 
     def _insert(self, table: str, row: dict, conn: sqlite3.Connection | None = None) -> None:
@@ -484,7 +514,9 @@ class Store:
 
     # -- API keys --------------------------------------------------------------------------
 
-    def create_api_key(self, name: str) -> tuple[dict, str]:
+    def create_api_key(self, name: str, role: str = "admin") -> tuple[dict, str]:
+        """A new key. The store's default role is the single-user box's (every key could do
+        everything before roles); the API and the CLI always name the role they mean."""
         key = "vk_" + secrets.token_hex(20)
         row = {
             "id": secrets.token_hex(8),
@@ -494,6 +526,7 @@ class Store:
             "created_at": now(),
             "last_used_at": None,
             "revoked_at": None,
+            "role": role,
         }
         self._insert("api_keys", row)
         return row, key
@@ -507,6 +540,9 @@ class Store:
     def revoke_api_key(self, id: str) -> bool:
         cursor = self.db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", [now(), id])
         return cursor.rowcount > 0
+
+    def count_admin_keys(self) -> int:
+        return self.db.execute("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL AND role = 'admin'").fetchone()[0]
 
     def count_api_keys(self) -> int:
         return self.db.execute("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL").fetchone()[0]
@@ -566,7 +602,7 @@ class Store:
         return self.get_reward_function(row["id"])  # type: ignore[return-value]
 
     def get_reward_function(self, id: str) -> dict | None:
-        return self._one("SELECT * FROM reward_functions WHERE id = ?", [id])
+        return self._one("SELECT * FROM reward_functions WHERE id = ?", [id], "reward_functions")
 
     def list_reward_functions(self, limit: int, after: str | None) -> tuple[list[dict], bool]:
         return self._page("reward_functions", ["inline = 0"], [], limit, after)
@@ -615,8 +651,12 @@ class Store:
         status: str | None = None,
         method: str | None = None,
         search: str | None = None,
+        created_by: str | None = None,
     ) -> tuple[list[dict], bool]:
         where, params = [], []
+        if created_by:  # the "mine" filter
+            where.append("created_by = ?")
+            params.append(created_by)
         if search:
             # A substring of the name, base model, id, a tag or the note, case-insensitively;
             # LIKE's own wildcards in the text are matched as themselves.
@@ -824,6 +864,18 @@ class Store:
         ).fetchall()
         return [(step, _decode_vals(vals)) for step, vals in rows] if key is None else rows
 
+    def latest_metric_values(self, job_ids: list[str], key: str) -> dict[str, float]:
+        """Each job's `key` at the last step that logged it (one index seek per job); jobs
+        that never logged it are left out."""
+        out = {}
+        for job_id in job_ids:
+            row = self.db.execute(
+                "SELECT value FROM metrics WHERE job_id = ? AND key = ? ORDER BY step DESC LIMIT 1", [job_id, key]
+            ).fetchone()
+            if row is not None:
+                out[job_id] = row[0]
+        return out
+
     def latest_metric_step(self, job_id: str) -> int | None:
         bounds = self.metric_step_bounds(job_id, None, None, None)
         return bounds[1] if bounds else None
@@ -884,6 +936,40 @@ class Store:
 
     def get_integration(self, provider: str) -> dict | None:
         return self._one("SELECT * FROM integrations WHERE provider = ?", [provider], "integrations")
+
+    # -- pushes to the Hugging Face Hub (hub.py) ---------------------------------------------
+
+    def start_hf_push(self, job_id: str, request: dict, state: dict, event: dict) -> bool:
+        """Record a job's push as started (what is pushed, its state, the hf_push_started event)
+        in one transaction, unless a push of the job is in flight: then nothing changes (False)."""
+        with self.transaction() as conn:
+            row = conn.execute("SELECT hf_push_state FROM jobs WHERE id = ?", [job_id]).fetchone()
+            if row is None or (row[0] and json.loads(row[0]).get("status") == "pushing"):
+                return False
+            conn.execute(
+                "UPDATE jobs SET hf_push = ?, hf_push_state = ?, updated_at = ? WHERE id = ?",
+                [json.dumps(request), json.dumps(state), now(), job_id],
+            )
+            self._add_event(conn, job_id, "hf_push_started", event)
+        return True
+
+    def end_hf_push(self, job_id: str, state: dict, event_type: str, event: dict) -> None:
+        """A push's outcome and its event; nothing if the job was deleted meanwhile."""
+        with self.transaction() as conn:
+            changed = conn.execute(
+                "UPDATE jobs SET hf_push_state = ?, updated_at = ? WHERE id = ?", [json.dumps(state), now(), job_id]
+            ).rowcount
+            if changed:
+                self._add_event(conn, job_id, event_type, event)
+
+    def jobs_with_hf_push(self, *statuses: str) -> list[dict]:
+        """Jobs whose push is in one of these states (a scan: only start-up asks)."""
+        marks = ",".join("?" * len(statuses))
+        return self._rows(
+            f"SELECT * FROM jobs WHERE json_extract(hf_push_state, '$.status') IN ({marks}) ORDER BY rowid",
+            statuses,
+            "jobs",
+        )
 
     # -- cloud instances -------------------------------------------------------------------
 
@@ -984,3 +1070,90 @@ class Store:
 
     def session_ended(self, session_id: str) -> bool:
         return self.db.execute("SELECT 1 FROM ended_sessions WHERE id = ?", [session_id]).fetchone() is not None
+
+    # -- sharing: ownership, quotas, audit (issue 20)
+
+    def key_names(self, ids: Iterable[str]) -> dict[str, str]:
+        """Names of these keys, revoked ones too (an object keeps naming the key that made it)."""
+        ids = sorted({i for i in ids if i})
+        if not ids:
+            return {}
+        rows = self.db.execute(f"SELECT id, name FROM api_keys WHERE id IN ({','.join('?' * len(ids))})", ids)
+        return dict(rows.fetchall())
+
+    def any_api_key(self, id: str) -> dict | None:
+        """A key's row, revoked or not."""
+        return self._one("SELECT * FROM api_keys WHERE id = ?", [id])
+
+    def owner_of(self, table: str, id: str) -> tuple[bool, str | None]:
+        """(whether the row exists, its created_by) for an owned table."""
+        if table not in OWNED_TABLES:
+            raise ValueError(f"{table} has no owner")
+        row = self.db.execute(f"SELECT created_by FROM {table} WHERE id = ?", [id]).fetchone()
+        return (row is not None, row[0] if row else None)
+
+    def reassign(self, from_key: str, to_key: str) -> dict[str, int]:
+        """Give every object of one key to another, in one transaction: {table: rows moved}."""
+        moved = {}
+        with self.transaction() as conn:
+            for table in OWNED_TABLES:
+                cursor = conn.execute(f"UPDATE {table} SET created_by = ? WHERE created_by = ?", [to_key, from_key])
+                moved[table] = cursor.rowcount
+        return moved
+
+    def owned_counts(self, key_id: str) -> dict[str, int]:
+        return {
+            table: self.db.execute(f"SELECT count(*) FROM {table} WHERE created_by = ?", [key_id]).fetchone()[0]
+            for table in OWNED_TABLES
+        }
+
+    def jobs_placed_by(self, key_id: str) -> list[dict]:
+        """A key's jobs that hold devices or an instance now (what concurrency quotas count)."""
+        return self._rows(
+            "SELECT * FROM jobs WHERE devices IS NOT NULL AND created_by = ? ORDER BY rowid", [key_id], "jobs"
+        )
+
+    def instances_of_key(self, key_id: str | None, since: str) -> list[dict]:
+        """Instances of a key's jobs (every key's when None) that ran at any time since `since`."""
+        sql = (
+            "SELECT i.*, j.created_by FROM instances i LEFT JOIN jobs j ON j.id = i.job_id"
+            " WHERE i.launched_at IS NOT NULL AND (i.terminated_at IS NULL OR i.terminated_at >= ?)"
+        )
+        params: list[Any] = [since]
+        if key_id is not None:
+            sql += " AND j.created_by = ?"
+            params.append(key_id)
+        return self._rows(sql + " ORDER BY i.rowid", params)
+
+    def get_quota(self, scope: str) -> dict | None:
+        return self._one("SELECT * FROM quotas WHERE scope = ?", [scope])
+
+    def put_quota(self, scope: str, limits: dict[str, Any]) -> dict:
+        row = {"scope": scope, **limits, "updated_at": now()}
+        cols = ", ".join(row)
+        self.db.execute(
+            f"INSERT OR REPLACE INTO quotas ({cols}) VALUES ({', '.join('?' * len(row))})", list(row.values())
+        )
+        return self.get_quota(scope)
+
+    def add_audit(self, row: dict) -> None:
+        self._insert("audit", {"id": new_id("aud_"), "at": now(), **row})
+
+    def list_audit(
+        self,
+        limit: int,
+        after: str | None,
+        key_id: str | None = None,
+        object_type: str | None = None,
+        object_id: str | None = None,
+        action: str | None = None,
+    ) -> tuple[list[dict], bool]:
+        where, params = [], []
+        for column, value in (("key_id", key_id), ("object_type", object_type), ("object_id", object_id)):
+            if value:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if action:
+            where.append("action LIKE ? ESCAPE '\\'")
+            params.append("%" + action.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
+        return self._page("audit", where, params, limit, after)

@@ -12,26 +12,30 @@ from litestar import Router, post
 from litestar.exceptions import HTTPException
 from litestar.static_files import create_static_files_router
 
+from ..auth import rule_guard
 from ..sessions import Sessions, login_guard, reading_guard
 from ..settings import Settings
-from . import job_form, job_page, jobs, library, login
+from ..store import Store
+from . import compare, job_form, job_page, jobs, library, login
 from . import settings as settings_pages
 from .rendering import STATIC, dashboard_errors
 
 
-def routers(settings: Settings, sessions: Sessions) -> list[Router]:
+def routers(settings: Settings, sessions: Sessions, store: Store) -> list[Router]:
     """The dashboard's routes: the login (open), everything else behind the session guard,
     and the static files."""
     handlers = {HTTPException: dashboard_errors, Exception: dashboard_errors}
     protected = Router(
         path="/",
-        guards=[login_guard(sessions)],
+        # After the session: each route's opt["rule"] (roles; see veri_box/auth.py).
+        guards=[login_guard(sessions), rule_guard(store)],
         exception_handlers=handlers,
         include_in_schema=False,
         route_handlers=[
             login.logout,
             jobs.jobs_page,
             jobs.jobs_table,
+            compare.compare_page,
             job_form.new_job_page,
             job_form.create_job,
             job_form.start_demo,
@@ -45,9 +49,12 @@ def routers(settings: Settings, sessions: Sessions) -> list[Router]:
             job_page.job_artifacts,
             library.datasets_page,
             # Its body limit is the box's upload limit, as for the API's dataset uploads.
-            post("/datasets", include_in_schema=False, request_max_body_size=settings.max_upload_bytes + 2**20)(
-                library.upload_dataset
-            ),
+            post(
+                "/datasets",
+                include_in_schema=False,
+                request_max_body_size=settings.max_upload_bytes + 2**20,
+                opt={"rule": "member"},
+            )(library.upload_dataset),
             library.dataset_rows,
             library.dataset_file,
             library.delete_dataset,
@@ -70,7 +77,7 @@ def routers(settings: Settings, sessions: Sessions) -> list[Router]:
     )
     open_ = Router(
         path="/",
-        guards=[reading_guard(sessions)],
+        guards=[reading_guard(sessions), rule_guard(store)],
         exception_handlers=handlers,
         include_in_schema=False,
         route_handlers=[login.home, login.login_page, login.login],

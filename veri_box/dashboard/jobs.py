@@ -1,5 +1,5 @@
-"""The jobs list: filters by status and method, pages, and a table that refreshes itself while
-any of its jobs is live."""
+"""The jobs list: search, filters by status and method, pages, the picks for /compare, and a
+table that refreshes itself while any of its jobs is live."""
 
 from __future__ import annotations
 
@@ -15,22 +15,30 @@ from ..jobs import METHODS
 from ..store import Store
 from .rendering import PAGE_SIZE, render
 
-
-def _job_filters(status: str | None, method: str | None) -> tuple[str | None, str | None]:
-    return (status if status in statuses.ALL else None, method if method in METHODS else None)
+MAX_SEARCH = 200
 
 
-def _jobs_table(store: Store, status: str | None, method: str | None, after: str | None) -> dict:
-    rows, more = store.list_jobs(PAGE_SIZE, after, status, method)
-    query = {k: v for k, v in (("status", status), ("method", method)) if v}
+def _job_filters(status: str | None, method: str | None, q: str | None) -> tuple[str | None, str | None, str | None]:
+    search = (q or "").strip()[:MAX_SEARCH] or None
+    return (status if status in statuses.ALL else None, method if method in METHODS else None, search)
+
+
+def _jobs_table(store: Store, status: str | None, method: str | None, q: str | None, after: str | None) -> dict:
+    rows, more = store.list_jobs(PAGE_SIZE, after, status, method, search=q)
+    # "Now" for the list: a GRPO job's latest reward; any job's latest loss is on its row.
+    rewards = store.latest_metric_values([r["id"] for r in rows if r["method"] == "grpo"], "reward")
+    query = {k: v for k, v in (("status", status), ("method", method), ("q", q)) if v}
     return {
         "jobs": rows,
+        "rewards": rewards,
         "has_more": more,
         "next_url": "/jobs?" + urlencode({**query, "after": rows[-1]["id"]}) if more and rows else None,
+        "newest_url": "/jobs" + ("?" + urlencode(query) if query else ""),
         "table_url": "/jobs/table?" + urlencode({**query, **({"after": after} if after else {})}),
         "live": any(r["status"] not in statuses.TERMINAL for r in rows),
         "status": status,
         "method": method,
+        "q": q,
         "after": after,
     }
 
@@ -42,17 +50,21 @@ def jobs_page(
     inventory: NamedDependency[Inventory],
     status: FromQuery[str | None] = None,
     method: FromQuery[str | None] = None,
+    q: FromQuery[str | None] = None,
     after: FromQuery[str | None] = None,
+    compare_with: FromQuery[str | None] = None,
 ) -> Response:
-    status, method = _job_filters(status, method)
-    table = _jobs_table(store, status, method, after)
-    empty = not table["jobs"] and not status and not method and not after and not store.any_job()
+    status, method, q = _job_filters(status, method, q)
+    table = _jobs_table(store, status, method, q, after)
+    empty = not table["jobs"] and not status and not method and not q and not after and not store.any_job()
+    base = store.get_job(compare_with) if compare_with else None
     return render(
         request,
         "jobs.html",
         counts=store.job_counts(),
         empty_box=empty,
         has_cpu=devices.CPU in inventory.types,
+        compare_with=base,
         **table,
     )
 
@@ -63,7 +75,8 @@ def jobs_table(
     store: NamedDependency[Store],
     status: FromQuery[str | None] = None,
     method: FromQuery[str | None] = None,
+    q: FromQuery[str | None] = None,
     after: FromQuery[str | None] = None,
 ) -> Response:
-    status, method = _job_filters(status, method)
-    return render(request, "_job_table.html", **_jobs_table(store, status, method, after))
+    status, method, q = _job_filters(status, method, q)
+    return render(request, "_job_table.html", **_jobs_table(store, status, method, q, after))
