@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trainers import models, prompts, rewards, trl_compat
+from trainers import model_card, models, prompts, rewards, trackers, trl_compat
 from trainers.contract import JobConfig
 from trainers.errors import TrainerError
 from trainers.progress import Progress, log, run, stop_requested
@@ -70,6 +70,7 @@ def main(job_dir: str) -> int:
 
 
 def train(config: JobConfig, progress: Progress) -> int:
+    progress = trackers.attach(config, progress)  # TensorBoard, and W&B when set
     import torch
     import transformers
     from peft import LoraConfig
@@ -143,6 +144,8 @@ def train(config: JobConfig, progress: Progress) -> int:
     trainer.save_model(str(output))  # gathers and writes once, from the main process
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(output))
+        # The base named as the job named it (not this box's cache folder), and a model card.
+        model_card.finish(output, config, model_card.output_kind(config.method, hp["lora_rank"]))
         log(f"saved the {'LoRA adapter' if peft_config else 'model'} to {output}")
         progress.completed(steps=trainer.state.global_step)
     return 0
@@ -179,8 +182,10 @@ def _progress_callback(progress: Progress) -> Any:
 
         def __init__(self) -> None:
             self.last = time.monotonic()
+            self.tokens: float | None = None  # TRL's num_tokens (cumulative) at the last logged step
 
         def on_train_begin(self, args, state, control, **kwargs):
+            self.last = time.monotonic()  # a step's time, not the models' loading
             if not state.is_world_process_zero:  # with several GPUs, one rank reports
                 return
             progress.started(total_steps=state.max_steps)
@@ -194,7 +199,17 @@ def _progress_callback(progress: Progress) -> Any:
                 return
             now = time.monotonic()
             values = {k: v for k, v in (logs or {}).items() if isinstance(v, int | float) and math.isfinite(v)}
+            # A NaN or inf cannot travel as JSON: its key is flagged, so the box's health check sees it.
+            broken = [k for k, v in (logs or {}).items() if isinstance(v, float) and not math.isfinite(v)]
+            values.update({f"nonfinite/{k}": 1.0 for k in broken})
             values.setdefault("step_time", now - self.last)
+            tokens = values.get("num_tokens")
+            # Prompt and completion tokens per second of wall time (generation, scoring, update);
+            # the first step after a resume has no previous count to take the difference from.
+            previous = 0.0 if state.global_step == 1 else self.tokens
+            if tokens is not None and previous is not None and now > self.last:
+                values["throughput/tokens_per_s"] = (tokens - previous) / (now - self.last)
+            self.tokens = tokens
             self.last = now
             progress.metrics(state.global_step, values)
             shown = ", ".join(f"{k} {values[k]:.4g}" for k in ("loss", "reward", "reward_std", "kl") if k in values)
@@ -220,11 +235,31 @@ def _trainer_class(base: type) -> type:
 
         veri_progress: Progress
         _veri_last: list | None = None
+        _veri_seconds: dict | None = None
+
+        # Seconds spent generating and scoring since the last logged step, logged as timing/*
+        # (TRL's own profiling only reaches W&B and MLflow): the box's health check compares them.
+        def _veri_timed(self, part: str, call: Callable, *args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return call(*args, **kwargs)
+            finally:
+                self._veri_seconds = self._veri_seconds or {}
+                self._veri_seconds[part] = self._veri_seconds.get(part, 0.0) + time.perf_counter() - started
+
+        def _generate(self, *args: Any, **kwargs: Any) -> Any:
+            return self._veri_timed("generation", super()._generate, *args, **kwargs)
+
+        def _calculate_rewards(self, *args: Any, **kwargs: Any) -> Any:
+            return self._veri_timed("reward", super()._calculate_rewards, *args, **kwargs)
 
         def _get_train_sampler(self, dataset: Any = None) -> Any:
             return trl_compat.replayable(super()._get_train_sampler(dataset))
 
         def log(self, logs: dict, start_time: float | None = None) -> None:
+            seconds, self._veri_seconds = self._veri_seconds or {}, None
+            if "train_runtime" not in logs and {"generation", "reward"} <= seconds.keys():
+                logs = {**logs, "timing/generation_s": seconds["generation"], "timing/reward_s": seconds["reward"]}
             super().log(logs, start_time)
             logged = trl_compat.rollouts(self)
             if not logged.completions or logged.completions == self._veri_last or not trl_compat.is_main_process(self):

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainers import clips, models, video_data
+from trainers import clips, model_card, models, trackers, video_data
 from trainers.contract import JobConfig
 from trainers.errors import TrainerError
 from trainers.progress import Progress, log, run, stop_requested
@@ -50,6 +50,7 @@ def plan(num_clips: int, hp: dict, processes: int = 1) -> tuple[int, int]:
 
 
 def train(config: JobConfig, progress: Progress) -> int:
+    progress = trackers.attach(config, progress)  # TensorBoard, and W&B when set
     import torch
     from accelerate import Accelerator
 
@@ -145,6 +146,8 @@ def train(config: JobConfig, progress: Progress) -> int:
             loss = everyone(loss, "mean")
             values = {"loss": loss, "learning_rate": lr, "grad_norm": grad_norm, "epoch": epoch + 1}
             values["step_time"] = time.monotonic() - started
+            # Clips of every process's batches this step, per second (the video throughput shown).
+            values["throughput/clips_per_s"] = sum(len(b) for b in group) / max(values["step_time"], 1e-9)
             progress.metrics(step, values)
             say(f"step {step}/{total}: loss {loss:.4g}, grad_norm {grad_norm:.3g}, lr {lr:.3g}")
             if hp["save_steps"] and step % hp["save_steps"] == 0:
@@ -165,6 +168,7 @@ def train(config: JobConfig, progress: Progress) -> int:
         on_main(validate, pipe, validation, hp, step, job_dir, progress, device)
     output = Path(config.output_dir)
     on_main(save_lora, transformer, output)
+    on_main(model_card.finish, output, config, "video_lora")  # the card beside the LoRA
     say(f"saved the LoRA to {output}; load it with CogVideoXPipeline.load_lora_weights")
     progress.completed(steps=step)
     return 0

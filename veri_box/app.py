@@ -24,14 +24,16 @@ from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
-from . import __version__, artifacts, cost, dashboard, datasets, devices, paths
+from . import __version__, artifacts, cost, dashboard, datasets, devices, hub, paths, quotas
 from .api_keys import ApiKeyController, whoami
-from .auth import Signer, api_key_guard
+from .audit import audit_middleware, list_audit
+from .auth import Signer, api_key_guard, rule_guard
 from .datasets import DatasetController
 from .errors import JSON_BODY_LIMIT, ErrorBody, exception_handler
-from .integrations import IntegrationController
+from .integrations import IntegrationController, WandbController
 from .inventory import Inventory, build_inventory
 from .job_outputs import JobOutputController
+from .merges import MergeController
 from .jobs import JobController
 from .models import ModelController
 from .placement import CLOUDS, SLURM, Placement
@@ -161,6 +163,7 @@ class Box:
             runner = Runner(store, settings, placement, _executors(settings, store, placement))
             sessions = Sessions(store, session_signer(store))
             box = cls(settings, store, inventory, placement, runner, signer, sessions)
+            runner.on_completed = hub.completion_hook(box)  # a job with hf_push is pushed once it completes
         except BaseException:
             _DataDirLock.release(lock)
             raise
@@ -214,6 +217,7 @@ def create_app(box: Box | Settings, inventory: Inventory | None = None, run_jobs
             yield
             return
         await anyio.to_thread.run_sync(runner.recover)
+        await anyio.to_thread.run_sync(hub.recover, box)
         scheduler = AsyncIOScheduler()
         # Supervision touches files and SQLite: it runs in a worker thread, never on the loop.
         scheduler.add_job(
@@ -237,7 +241,8 @@ def create_app(box: Box | Settings, inventory: Inventory | None = None, run_jobs
     )
     api = Router(
         path="/",
-        guards=[api_key_guard(box.store)],
+        # The key guard says who asks; the rule guard checks each route's opt['rule'] (roles).
+        guards=[api_key_guard(box.store), rule_guard(box.store)],
         route_handlers=[
             ApiKeyController,
             whoami,
@@ -246,16 +251,26 @@ def create_app(box: Box | Settings, inventory: Inventory | None = None, run_jobs
             *REWARD_TEST_ROUTES,
             JobController,
             JobOutputController,
+            MergeController,
             ModelController,
             IntegrationController,
+            hub.HuggingFaceController,
+            hub.HubPushController,
+            WandbController,
+            artifacts.tensorboard,
             ProviderSettingsController,
             devices.availability,
             cost.cost_estimate,
+            list_audit,
+            *quotas.ROUTES,
         ],
     )
     app = Litestar(
-        route_handlers=[api, artifacts.download, healthz, *dashboard.routers(settings, box.sessions)],
-        dependencies={f.name: _provide(getattr(box, f.name)) for f in fields(box)},
+        route_handlers=[api, artifacts.download, healthz, *dashboard.routers(settings, box.sessions, box.store)],
+        # Every write, API and dashboard, is recorded in the audit trail here (veri_box/audit.py).
+        middleware=[audit_middleware(box.store)],
+        # The Box itself too, for services that take it whole (the Hub push, merges).
+        dependencies={**{f.name: _provide(getattr(box, f.name)) for f in fields(box)}, "box": _provide(box)},
         lifespan=[lifespan],
         exception_handlers={HTTPException: exception_handler, Exception: exception_handler},
         request_max_body_size=JSON_BODY_LIMIT,

@@ -7,6 +7,8 @@ link carries an expiring HMAC signature instead.
 from __future__ import annotations
 
 import mimetypes
+import os
+import shutil
 from pathlib import Path
 from typing import Annotated
 
@@ -16,11 +18,14 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, Parameter
 from litestar.response import File
 
+from trainers.trackers import TENSORBOARD_DIR
+
 from . import paths
 from .auth import Signer
 from .errors import ApiError, bad_request
 from .settings import Settings
 from .statuses import JobStatus
+from .store import Store
 
 
 class ModelFile(msgspec.Struct):
@@ -94,11 +99,49 @@ def _files(settings: Settings, signer: Signer, job_id: str, relative_dir: str) -
     return files
 
 
-def manifest(settings: Settings, signer: Signer, job: dict) -> Model:
+def merged_files(settings: Settings, signer: Signer, job_id: str) -> list[ModelFile]:
+    """The merged model's files (JOB_DIR/merged, veri_box/merges.py), each with a signed link."""
+    if not paths.merged_dir(settings.data_dir, job_id).is_dir():
+        return []
+    return _files(settings, signer, job_id, paths.MERGED_DIR)
+
+
+def dir_size(path: Path) -> int:
+    """Bytes of the regular files under `path` (links not followed), 0 if it is gone."""
+    total = 0
+    for root, _, names in os.walk(path):
+        for name in names:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass  # removed while we walked
+    return total
+
+
+def job_size(settings: Settings, job_id: str) -> int:
+    """What a job takes on disk: what DELETE /v1/training_jobs/{id} frees."""
+    return dir_size(paths.job_dir(settings.data_dir, job_id))
+
+
+def free_disk(settings: Settings) -> int:
+    return shutil.disk_usage(settings.data_dir).free
+
+
+def manifest(settings: Settings, signer: Signer, job: dict, artifact: str = "model") -> Model:
+    """The job's final model (`model`: its output as trained) or, `merged`, the LoRA merged into
+    its base (once POST /v1/training_jobs/{id}/merge has made it)."""
     if job["status"] != JobStatus.COMPLETED:
         raise bad_request(
             "model_not_ready", f"Job {job['id']} is {job['status']}; its model is available once it has completed."
         )
+    if artifact == "merged":
+        files = merged_files(settings, signer, job["id"])
+        if not files:
+            raise bad_request(
+                "model_not_ready",
+                f"Job {job['id']} has no merged model yet; make it with POST /v1/training_jobs/{job['id']}/merge.",
+            )
+        return Model(download_url=None, files=files)
     files = _files(settings, signer, job["id"], paths.OUTPUT_DIR)
     if not files:
         raise bad_request("model_not_ready", f"Job {job['id']} completed but left no model files.")
@@ -159,3 +202,33 @@ def download(
     if target.name.endswith(".gz"):
         media_type = "application/gzip"
     return File(target, filename=target.name, media_type=media_type)
+
+
+class TensorBoardFiles(msgspec.Struct):
+    job_id: str
+    logdir: str  # relative to the data directory: `tensorboard --logdir DATA_DIR/jobs` shows every job
+    files: list[ModelFile]
+    object: str = "tensorboard"
+
+
+def tensorboard_files(settings: Settings, signer: Signer, job_id: str) -> TensorBoardFiles:
+    """The job's TensorBoard event files (trainers/trackers.py writes them while it trains, so
+    they are there from its first step, whatever its status), each with a signed link."""
+    relative = paths.job_relative(job_id, TENSORBOARD_DIR)
+    root = paths.job_dir(settings.data_dir, job_id) / TENSORBOARD_DIR
+    files = _files(settings, signer, job_id, TENSORBOARD_DIR) if root.is_dir() else []
+    return TensorBoardFiles(job_id=job_id, logdir=relative, files=files)
+
+
+@get("/v1/training_jobs/{job_id:str}/tensorboard", tags=["training jobs"], sync_to_thread=True)
+def tensorboard(
+    store: NamedDependency[Store],
+    settings: NamedDependency[Settings],
+    signer: NamedDependency[Signer],
+    job_id: FromPath[str],
+) -> TensorBoardFiles:
+    """The job's TensorBoard event files, each with a signed download link."""
+    from .jobs import get as get_job  # jobs imports this module
+
+    get_job(store, job_id)
+    return tensorboard_files(settings, signer, job_id)

@@ -7,7 +7,8 @@
     DATA_DIR/reward_functions/RF_ID.py       an uploaded (or inline) reward function
     DATA_DIR/models/                         built-in tiny models, built by trainers on first use
     DATA_DIR/jobs/JOB_ID/                    one job: config.json, progress.jsonl, train.log,
-                                             reward_functions/, checkpoints/, output/, model.tar.gz
+                                             reward_functions/, checkpoints/, output/, model.tar.gz,
+                                             merged/ (the LoRA merged into its base), merge.log
     DATA_DIR/ssh/id_ed25519(.pub)            the box's key pair for rented instances (0600)
 
 Signed download links name files relative to DATA_DIR (`jobs/JOB_ID/...`), so the names below
@@ -28,6 +29,8 @@ TRAIN_LOG = "train.log"
 OUTPUT_DIR = "output"
 MODEL_ARCHIVE = "model.tar.gz"
 CHECKPOINTS_DIR = "checkpoints"
+MERGED_DIR = "merged"  # the base model with the job's LoRA merged in (veri_box/merges.py)
+MERGE_LOG = "merge.log"
 JOB_REWARD_FUNCTIONS_DIR = "reward_functions"
 
 
@@ -85,6 +88,10 @@ def output_dir(data_dir: Path, job_id: str) -> Path:
 
 def model_archive(data_dir: Path, job_id: str) -> Path:
     return job_dir(data_dir, job_id) / MODEL_ARCHIVE
+
+
+def merged_dir(data_dir: Path, job_id: str) -> Path:
+    return job_dir(data_dir, job_id) / MERGED_DIR
 
 
 def checkpoints_dir(data_dir: Path, job_id: str) -> Path:
