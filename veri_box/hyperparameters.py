@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
+from . import health
 from .errors import UNKNOWN_FIELD, bad_request, split_validation_error
 
 Steps = Annotated[int, Meta(ge=1, le=100_000_000)]
@@ -166,6 +167,10 @@ def _param(err: msgspec.ValidationError) -> tuple[str, str]:
 
 def resolve(method: str, given: dict[str, Any] | None) -> dict[str, Any]:
     """Validate `given` against the method's schema and return the full resolved set."""
+    given = dict(given or {}) if isinstance(given, dict) else given
+    # GRPO health thresholds are a nested object, kept out of the flat schema the job form is
+    # built from; echoed resolved when given, else the defaults apply (veri_box/health.py).
+    watch = given.pop("health", None) if method == "grpo" and isinstance(given, dict) else None
     try:
         hp = msgspec.convert(given or {}, type=SCHEMAS[method])
     except msgspec.ValidationError as err:
@@ -179,6 +184,8 @@ def resolve(method: str, given: dict[str, Any] | None) -> dict[str, Any]:
             message = f"Invalid {param}: {message[0].lower()}{message[1:]}"
         raise bad_request(code, f"{message}.", param) from None
     resolved = msgspec.to_builtins(hp)
+    if watch is not None:
+        resolved["health"] = health.resolve(watch)
     return (_check_grpo if method == "grpo" else _check_video)(resolved)
 
 

@@ -15,13 +15,14 @@ import shutil
 import signal
 import tarfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
 
 from trainers.contract import JobConfig, write_config
 
-from . import job_config, paths, progress
+from . import health, integrations, job_config, paths, progress, quotas, system_metrics
 from .executors import Executor, LocalExecutor
 from .placement import LOCAL, SLURM, Placement, Route
 from .settings import Settings
@@ -61,6 +62,11 @@ class Runner:
         self.executors: dict[str, Executor] = {LOCAL: LocalExecutor(settings), **(executors or {})}
         self._tick = threading.Lock()
         self._said_waiting: set[str] = set()
+        self._said_quota: set[str] = set()  # jobs that said waiting_for_quota (once per server run)
+        # Called with the job row when a job completes (the Box sets it: the Hub push); must not block.
+        self.on_completed: Callable[[dict], None] | None = None
+        self.health = health.HealthMonitor()
+        self.system = system_metrics.Sampler(settings.system_metrics_interval_s)
         # No client could reach a stopped server: a heartbeat's silence counts from no earlier.
         self._up_since = now()
 
@@ -104,6 +110,7 @@ class Runner:
                     self._supervise(job)
                 except Exception:  # one broken job must not stop the others being supervised
                     log.exception("supervising %s failed", job["id"])
+            self._record_system_metrics()
             self._place()
 
     def cancel(self, job_id: str, reason: dict | None = None) -> dict | None:
@@ -132,6 +139,13 @@ class Runner:
         blocked: set[str] = set()
         stamp = now()
         for job in self.store.jobs_with_status(JobStatus.QUEUED):
+            wait = quotas.waiting_for(self.store, job)
+            if wait is not None:
+                # Its key is at a concurrency quota: it waits (other keys' jobs go past it) and says why once.
+                if job["id"] not in self._said_quota:
+                    self._said_quota.add(job["id"])
+                    self.store.add_event(job["id"], "waiting_for_quota", wait)
+                continue
             kind, count = job["gpu_requested"]["type"], job["gpu_requested"]["count"]
             device = self.inventory.types.get(kind)
             free = [i for i in device.indices if i not in held.get(kind, set())] if device else []
@@ -233,7 +247,8 @@ class Runner:
             checkpoint = self.store.get_checkpoint(job["resume_from"])
             if checkpoint is None:
                 raise KeyError(f"checkpoint {job['resume_from']} is gone")
-        config = job_config.build(job, dataset, rewards, integration, data_dir, module, indices, checkpoint)
+        wandb = integrations.wandb_row(self.store)  # every job logs to W&B once it is set
+        config = job_config.build(job, dataset, rewards, integration, data_dir, module, indices, checkpoint, wandb)
         paths.job_dir(data_dir, job["id"]).mkdir(parents=True, exist_ok=True)
         for rf in rewards:
             copy = job_config.reward_function_copy(data_dir, job["id"], rf["id"])
@@ -286,6 +301,15 @@ class Runner:
         if running:
             return
         self._finish(self._ingest(job, drain=True), exit_code)
+
+    def _record_system_metrics(self) -> None:
+        """Store the last finished sample of the local trainers' CPU, memory and GPUs, each at
+        its job's current step, and start the next when due (system_metrics.py; never waits)."""
+        local = [j for j in self.store.jobs_holding_devices() if j["provider"] in (LOCAL, None) and j["pid"]]
+        for job_id, values in self.system.tick(local).items():
+            job = self.store.get_job(job_id)
+            if job and job["status"] not in TERMINAL and values:
+                self.store.add_metrics(job_id, [(job["current_step"] or 0, values)])
 
     def _cancel_silent_clients(self) -> None:
         """Cancel the jobs whose client sent heartbeats and then fell silent for longer than
@@ -347,6 +371,7 @@ class Runner:
             batch, used = progress.parse(data, job["id"])
             if not used:
                 return job
+            alerts = self._watch_health(job, batch)
             self.store.ingest_progress(
                 job["id"],
                 offset + used,
@@ -358,8 +383,24 @@ class Runner:
                 running=batch.running,
             )
             job = self.store.get_job(job["id"])  # type: ignore[assignment]
+            if alerts and job["status"] in PLACED and health.stops(job):
+                self._stop_failed(job, health.FAILURE_CODE, health.failure_message(alerts[0]))
             if not drain or len(data) < progress.READ_PER_TICK:
                 return job
+
+    def _watch_health(self, job: dict, batch: progress.Batch) -> list[dict]:
+        """The health alerts the batch's metrics raise (GRPO jobs), added to its events so they
+        are stored in the same transaction as the metrics that raised them."""
+        try:
+            alerts = self.health.observe(
+                job, batch.points, lambda: {e["metadata"].get("alert") for e in health.alerts(self.store, job["id"])}
+            )
+        except Exception:  # a bug in a health check must never stop a job's progress being read
+            log.exception("health check of %s failed", job["id"])
+            return []
+        stamp = now()
+        batch.events.extend((health.EVENT, alert, stamp) for alert in alerts)
+        return alerts
 
     # -- the end of a job ----------------------------------------------------------------------
 
@@ -367,6 +408,7 @@ class Runner:
         self, job: dict, exit_code: int | None, abandoned: bool = False, start_error: str | None = None
     ) -> None:
         self._executor(job).release(job)
+        self.health.forget(job["id"])
         outcome, fields = self._outcome(job, exit_code, abandoned, start_error)
         stamp = now()
         # A job cancelled or failed by the runner ended then, however long its trainer took to stop.
@@ -389,6 +431,11 @@ class Runner:
         )
         if not ended:  # cancelled or stopped, now or while we looked: that already set its status
             self.store.update_job(job["id"], **released)
+        elif outcome == JobStatus.COMPLETED and self.on_completed is not None:
+            try:
+                self.on_completed(ended)
+            except Exception:  # what follows a completion never undoes it, nor stops the tick
+                log.exception("after completing %s", job["id"])
 
     def _outcome(
         self, job: dict, exit_code: int | None, abandoned: bool, start_error: str | None

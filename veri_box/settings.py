@@ -102,6 +102,13 @@ class Settings:
             "0 disables."
         },
     )
+    system_metrics_interval_s: float = field(
+        default=5.0,
+        metadata={
+            "help": "Record CPU, memory and (with nvidia-smi) GPU use of each local job as system/* metrics "
+            "every this many seconds; 0 disables."
+        },
+    )
     slurm: str = field(
         default="",
         metadata={

@@ -16,7 +16,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery
 from litestar.response import ServerSentEvent, ServerSentEventMessage, Stream
 
-from .. import artifacts, jobs, logs, metrics, paths, sessions, statuses
+from .. import artifacts, health, jobs, logs, merges, metrics, paths, sessions, statuses
 from ..auth import Signer
 from ..errors import ApiError
 from ..runner import Runner
@@ -66,6 +66,7 @@ def job_page(
         **_summary_context(store, job),
         **_artifacts_context(store, settings, signer, job),
         default_keys=DEFAULT_CHART_KEYS,
+        health_alerts=health.alerts(store, job_id),
     )
 
 
@@ -78,7 +79,7 @@ def job_summary(request: Request, store: NamedDependency[Store], job_id: FromPat
     return render(request, "_job_summary.html", headers=headers, **context)
 
 
-@post("/jobs/{job_id:str}/cancel", include_in_schema=False)
+@post("/jobs/{job_id:str}/cancel", include_in_schema=False, opt={"rule": "owner", "owns": "job"})
 async def cancel_job(
     request: Request, store: NamedDependency[Store], runner: NamedDependency[Runner], job_id: FromPath[str]
 ) -> Response:
@@ -248,7 +249,29 @@ def _artifacts_context(store: Store, settings: Settings, signer: Signer, job: di
                 "files": [{"path": f.path, "bytes": f.bytes, "url": relative(f.url, settings)} for f in ckpt.files],
             }
         )
-    return {"model": model, "checkpoints": checkpoints}
+    return {"model": model, "checkpoints": checkpoints, **_merge_context(store, settings, signer, job), **_disk_context(settings, job)}
+
+
+def _merge_context(store: Store, settings: Settings, signer: Signer, job: dict) -> dict:
+    """The merge panel of a completed LoRA GRPO job (None for any other) and the load snippet."""
+    snippet = artifacts.load_snippet(job) if job["status"] == JobStatus.COMPLETED else None
+    try:
+        merges.check_mergeable(job)
+    except ApiError:
+        return {"merge": None, "snippet": snippet}
+    merge = merges.state(settings, store, signer, job)
+    files = [{"path": f.path, "bytes": f.bytes, "url": relative(f.url, settings)} for f in merge.files]
+    view = {"status": merge.status, "error": merge.error, "size_bytes": merge.size_bytes, "files": files}
+    return {"merge": view, "merged_snippet": artifacts.load_snippet(job, merged=True), "snippet": snippet}
+
+
+def _disk_context(settings: Settings, job: dict) -> dict:
+    """What the job takes on disk, and what the box has free: what Delete would give back."""
+    return {
+        "finished": job["status"] in statuses.TERMINAL,
+        "job_size": artifacts.job_size(settings, job["id"]),
+        "free_disk": artifacts.free_disk(settings),
+    }
 
 
 @get("/jobs/{job_id:str}/artifacts", include_in_schema=False, sync_to_thread=True)
@@ -261,3 +284,39 @@ def job_artifacts(
 ) -> Response:
     job = jobs.get(store, job_id)
     return render(request, "_artifacts.html", job=job, **_artifacts_context(store, settings, signer, job))
+
+
+# -- merge and delete: the API's own service functions (merges.start, jobs.delete) ---------------
+
+
+@get("/jobs/{job_id:str}/merge", include_in_schema=False, sync_to_thread=True)
+def merge_panel(
+    request: Request,
+    store: NamedDependency[Store],
+    settings: NamedDependency[Settings],
+    signer: NamedDependency[Signer],
+    job_id: FromPath[str],
+) -> Response:
+    job = jobs.get(store, job_id)
+    return render(request, "_merge.html", job=job, **_merge_context(store, settings, signer, job))
+
+
+@post("/jobs/{job_id:str}/merge", include_in_schema=False, sync_to_thread=True, opt={"rule": "owner", "owns": "job"})
+def merge_job(
+    request: Request,
+    store: NamedDependency[Store],
+    settings: NamedDependency[Settings],
+    signer: NamedDependency[Signer],
+    job_id: FromPath[str],
+) -> Response:
+    # Refusals (not completed, not LoRA, already merging) reach the page's flash as the API's errors.
+    merges.start(settings, store, signer, job_id)
+    job = jobs.get(store, job_id)
+    return render(request, "_merge.html", job=job, **_merge_context(store, settings, signer, job))
+
+
+@post("/jobs/{job_id:str}/delete", include_in_schema=False, sync_to_thread=True, opt={"rule": "owner", "owns": "job"})
+def delete_job(store: NamedDependency[Store], settings: NamedDependency[Settings], job_id: FromPath[str]) -> Response:
+    # The API's DELETE: the same 409 job_active while it runs; gone, the page has nothing to show.
+    jobs.delete(store, settings, job_id)
+    return Response(b"", status_code=200, headers={"HX-Redirect": "/jobs"})
