@@ -15,15 +15,16 @@ from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException
 from litestar.params import FromQuery
 
-from .. import dataset_files, datasets, devices, hyperparameters, jobs, paths
+from .. import dataset_files, datasets, devices, hyperparameters, jobs, memory, models, paths
 from .. import reward_functions as rf_mod
+from ..auth import caller_id
 from ..devices import Inventory
-from ..errors import ApiError
+from ..errors import ApiError, bad_request
 from ..integrations import OPENREWARD
 from ..placement import Placement
 from ..settings import Settings
 from ..store import Store
-from .rendering import convert, error_context, inventory_rows, is_htmx, render
+from .rendering import convert, error_context, inventory_rows, is_htmx, render, size
 
 
 def _form_value(value: Any) -> str:
@@ -91,6 +92,8 @@ def job_body(form: dict[str, Any]) -> dict:
         environments = [e.strip() for e in (form.get("environments") or "").split(",") if e.strip()]
         if environments:
             body["environments"] = {e: {"splits": ["train"]} for e in environments}
+        if (form.get("reward_source") or "").strip():
+            body["reward_source"] = form["reward_source"]
     if (form.get("resume_from") or "").strip():
         body["resume_from"] = form["resume_from"].strip()
     return body
@@ -148,16 +151,32 @@ def _default_form(method: str) -> dict[str, Any]:
     return form
 
 
-def _local_models(settings: Settings, store: Store) -> list[str]:
-    """Suggestions for base_model: models under DATA_DIR/models and the latest jobs' models."""
-    found = []
-    models = paths.models_dir(settings.data_dir)
-    if models.is_dir():
-        found += sorted(str(p) for p in models.iterdir() if (p / "config.json").is_file())
-    for model in store.recent_base_models(20):
-        if model not in found:
-            found.append(model)
-    return found
+def _parameters(n: int | None) -> str:
+    if not n:
+        return "size unknown"
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit} parameters"
+    return f"{n} parameters"
+
+
+SOURCES = {"built_in": "built in", "hf_cache": "HF cache", "local": "local folder"}
+
+
+def model_label(model: models.Model) -> str:
+    """How a suggestion reads: 'Qwen3ForCausalLM · 4.02 B parameters · 7.5 GiB · HF cache'."""
+    on_disk = size(model.size_bytes) if model.size_bytes else "built on first use" if model.path is None else None
+    bits = [model.architecture or "unknown architecture", _parameters(model.parameters), on_disk, SOURCES[model.source]]
+    return " · ".join(b for b in bits if b)
+
+
+def _model_suggestions(settings: Settings, store: Store, method: str) -> list[dict]:
+    """The base_model suggestions: GET /v1/models' own list (built-ins, so never empty on a new
+    box; the HF cache; local model folders), those that fit the method first."""
+    listed = models.list_models(settings, store)
+    fitting = [m for m in listed if method in m.methods]
+    others = [m for m in listed if method not in m.methods]
+    return [{"id": m.id, "label": model_label(m), "fits": m in fitting, "methods": m.methods} for m in fitting + others]
 
 
 def _new_job_context(store: Store, settings: Settings, inventory: Inventory, form: dict, clone_of: str | None) -> dict:
@@ -179,36 +198,85 @@ def _new_job_context(store: Store, settings: Settings, inventory: Inventory, for
         "compatible": compatible,
         "reward_functions": reward_fns,
         "inventory": inventory_rows(store, inventory),
-        "models": _local_models(settings, store),
+        "models": _model_suggestions(settings, store, method),
         "openreward": store.get_integration(OPENREWARD) is not None,
         "clone_of": clone_of,
     }
 
 
-@get("/jobs/new", include_in_schema=False, sync_to_thread=True)
-def new_job_page(
+def memory_preview(form: dict[str, Any], store: Store, settings: Settings, placement: Placement) -> dict:
+    """What the form's memory panel shows for its current values, by submit's own steps: the
+    model as models.check finds it, the hyperparameters as hyperparameters.resolve completes
+    them, and memory.fit_for_job's estimate and verdict (the one submit refuses or warns with).
+    `state`: "estimate", "unchecked" (a custom trainer, or no config to estimate from), "waiting"
+    (no model or device yet) or "error" (the API's own error for these values)."""
+    method = form.get("method") if form.get("method") in jobs.METHODS else "grpo"
+    body = job_body({**form, "method": method})
+    gpu_type = body["gpu"]["type"]
+    if not body["base_model"] or not gpu_type:
+        return {"state": "waiting", "need": "a base model" if not body["base_model"] else "a device type"}
+    count = body["gpu"].get("count", 1)
+    try:
+        if not isinstance(count, int) or count < 1:
+            raise bad_request("invalid_value", "gpu.count must be a whole number of at least 1.", "gpu.count")
+        found = models.check(body["base_model"], method, settings, store)
+        hp = hyperparameters.resolve(method, body.get("hyperparameters"))
+    except ApiError as exc:
+        return {"state": "error", "error": error_context(exc)}
+    if found is None:
+        return {"state": "unchecked", "why": f"{method} runs a custom trainer on this box (--trainers): not estimated."}
+    dataset = store.get_dataset(form["dataset_id"]) if form.get("dataset_id") else None
+    gpu = {"type": gpu_type, "count": count}
+    fit = memory.fit_for_job(found, method, hp, gpu, dataset, memory.most_gpus(placement, gpu_type))
+    model = {"id": found.model.id, "label": model_label(found.model)}
+    if fit is None:
+        return {"state": "unchecked", "model": model, "why": "Its config does not give its shape: not estimated."}
+    parts = sorted(fit.estimate.parts.items(), key=lambda p: -p[1])
+    return {"state": "estimate", "model": model, "fit": fit, "parts": parts, "dataset": dataset}
+
+
+def _query_form(request: Request) -> dict[str, Any]:
+    query = request.query_params
+    form: dict[str, Any] = {k: query.get(k) for k in query.keys()}
+    form["reward_function_ids"] = [v for v in query.getall("reward_function_ids", []) if v]
+    return form
+
+
+# One handler for the page and its memory panel: the panel reads the same query the form sends
+# (hx-include of the whole form), so the route table names the page's handler only. Async, with
+# its work in a thread: as a sync_to_thread handler of two paths it answered a coroutine (a 500)
+# in the second app built in one process (Litestar 2.25), which the tests do.
+@get(["/jobs/new", "/jobs/new/memory-estimate"], include_in_schema=False)
+async def new_job_page(
     request: Request,
     store: NamedDependency[Store],
     settings: NamedDependency[Settings],
     inventory: NamedDependency[Inventory],
+    placement: NamedDependency[Placement],
     clone: FromQuery[str | None] = None,
     method: FromQuery[str | None] = None,
     resume_from: FromQuery[str | None] = None,
 ) -> Response:
-    form = _default_form(method if method in jobs.METHODS else "grpo")
-    if clone:
-        form = _form_from_job(jobs.get(store, clone))
-        form["output_name"] = f"{form['output_name']}-{'resumed' if resume_from else 'copy'}"
-    if resume_from:
-        form["resume_from"] = resume_from
-    if not form.get("gpu_type") and inventory.types:
-        form["gpu_type"] = next(iter(inventory.types))
-    context = _new_job_context(store, settings, inventory, form, clone)
-    template = "_new_job_form.html" if is_htmx(request) else "new_job.html"
-    return render(request, template, error=None, **context)
+    def page() -> Response:
+        if request.url.path.rstrip("/").endswith("/memory-estimate"):
+            preview = memory_preview(_query_form(request), store, settings, placement)
+            return render(request, "_memory_estimate.html", **preview)
+        form = _default_form(method if method in jobs.METHODS else "grpo")
+        if clone:
+            form = _form_from_job(jobs.get(store, clone))
+            form["output_name"] = f"{form['output_name']}-{'resumed' if resume_from else 'copy'}"
+        if resume_from:
+            form["resume_from"] = resume_from
+        if not form.get("gpu_type") and inventory.types:
+            form["gpu_type"] = next(iter(inventory.types))
+        context = _new_job_context(store, settings, inventory, form, clone)
+        template = "_new_job_form.html" if is_htmx(request) else "new_job.html"
+        return render(request, template, error=None, **context)
+
+    return await anyio.to_thread.run_sync(page)
 
 
-@post("/jobs/new", include_in_schema=False)
+@post("/jobs/new", include_in_schema=False, opt={"rule": "member"})
 async def create_job(
     request: Request,
     store: NamedDependency[Store],
@@ -218,11 +286,12 @@ async def create_job(
 ) -> Response:
     raw = await request.form()
     form: dict[str, Any] = {k: v for k, v in raw.items() if isinstance(v, str)}
-    form["reward_function_ids"] = [v for v in raw.getall("reward_function_ids") if isinstance(v, str)]
+    # A browser sends no reward_function_ids at all when no box is ticked (a written source).
+    form["reward_function_ids"] = [v for v in raw.getall("reward_function_ids", []) if isinstance(v, str)]
 
     def submit() -> dict:
         body, pairs = _job_request(form)
-        return jobs.submit(body, store, settings, placement, pairs or None)
+        return jobs.submit(body, store, settings, placement, pairs or None, created_by=caller_id(request))
 
     try:
         job = await anyio.to_thread.run_sync(submit)
@@ -235,7 +304,7 @@ async def create_job(
     return Response(b"", headers={"HX-Redirect": f"/jobs/{job['id']}"})
 
 
-@post("/demo", include_in_schema=False, sync_to_thread=True)
+@post("/demo", include_in_schema=False, sync_to_thread=True, opt={"rule": "member"})
 def start_demo(
     request: Request,
     store: NamedDependency[Store],
@@ -252,8 +321,12 @@ def start_demo(
     with tempfile.NamedTemporaryFile(dir=spool, prefix="demo-", suffix=".jsonl") as fh:
         fh.write(rows)
         fh.flush()
-        dataset = datasets.store_upload(store, settings, "demo prompts", "demo.jsonl", Path(fh.name), len(rows))
-    reward = store.insert_reward_function(rf_mod.prepare(settings, "letter_a", demo.REWARD))
+        dataset = datasets.store_upload(
+            store, settings, "demo prompts", "demo.jsonl", Path(fh.name), len(rows), caller_id(request)
+        )
+    reward = store.insert_reward_function(
+        {**rf_mod.prepare(settings, "letter_a", demo.REWARD), "created_by": caller_id(request)}
+    )
     body = convert(
         {
             "base_model": demo.TINY_LM,
@@ -265,5 +338,5 @@ def start_demo(
         },
         jobs.CreateJob,
     )
-    job = jobs.submit(body, store, settings, placement)
+    job = jobs.submit(body, store, settings, placement, created_by=caller_id(request))
     return Response(b"", headers={"HX-Redirect": f"/jobs/{job['id']}"})
