@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 import litestar
 import msgspec
-from litestar import Controller
+from litestar import Controller, Request
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, Parameter
 from msgspec import Meta
@@ -16,15 +16,17 @@ from . import (
     artifacts,
     dataset_files,
     dataset_zips,
+    hub,
     hyperparameters,
     job_config,
     memory,
     models,
     openreward,
     paths,
+    quotas,
     reward_functions,
 )
-from .auth import Signer
+from .auth import Owner, Signer, caller_id, owner
 from .errors import ApiError, bad_request, not_found
 from .placement import Placement
 from .runner import Runner
@@ -79,6 +81,7 @@ class CreateJob(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ) = None
     requires_heartbeat: bool = False
     resume_from: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
+    hf_push: hub.HfPush | None = None  # push to the Hugging Face Hub once completed
 
 
 class Gpu(msgspec.Struct):
@@ -118,8 +121,12 @@ class Job(msgspec.Struct):
     current_loss: float | None
     updated_at: str
     memory_estimate_gb: float | None = None
+    hf_push: hub.HfPushState | None = None  # what was asked to be pushed to the Hub, and how it went
+    hf_repo_url: str | None = None  # the SDK's field: the repo, once pushed
+    wandb_run_url: str | None = None  # the job's W&B run, with the W&B integration set
     tags: list[str] = msgspec.field(default_factory=list)
     note: str | None = None
+    created_by: Owner | None = None  # the key that submitted it (null: before roles existed)
 
 
 Tag = Annotated[str, Meta(min_length=1, max_length=50)]
@@ -169,8 +176,12 @@ def to_api(job: dict, settings: Settings, signer: Signer) -> Job:
         current_loss=job["current_loss"],
         updated_at=job["updated_at"],
         memory_estimate_gb=memory.total_gb(job.get("memory_estimate")),
+        hf_push=hub.state(job),
+        hf_repo_url=hub.repo_url(job),
+        wandb_run_url=job.get("wandb_run_url"),
         tags=job.get("tags") or [],
         note=job.get("note"),
+        created_by=owner(job),
     )
 
 
@@ -392,10 +403,11 @@ def submit(
     settings: Settings,
     placement: Placement,
     reward_functions: list[tuple[str, float]] | None = None,
+    created_by: str | None = None,
 ) -> dict:
     """Validate a job and store it queued; returns the job row. `reward_functions` are (id,
     weight) pairs of stored reward functions, the dashboard's alternative to the body's own
-    reward source fields."""
+    reward source fields. `created_by`: the id of the key submitting it."""
     dataset = store.get_dataset(body.dataset_id)
     if dataset is None:
         raise ApiError(404, "dataset_not_found", f"No dataset with id '{body.dataset_id}'.", "dataset_id")
@@ -420,12 +432,14 @@ def submit(
         )
     hp = hyperparameters.resolve(body.method, body.hyperparameters)
     gpu = _gpu(body.gpu, placement, body.provider)
+    quotas.check_submit(store, placement, created_by, gpu, body.provider)  # 429/402 before anything is written
     estimate = memory.for_job(model, body.method, hp, gpu, dataset, memory.most_gpus(placement, gpu["type"]))
     if body.method == "sft_video_gen":
         _check_video_job(dataset, hp, settings)
     resume = _resume_source(body, hp, store, settings)
     if resume:
         body, reward_functions = _inherited_rewards(body, resume[1], reward_functions)
+    hf_push = hub.check_request(body.hf_push, store, body.method, hp) if body.hf_push else None
     sources, inline_rows = _reward_sources(body, store, settings, reward_functions)
     stamp = now()
     job = {
@@ -449,7 +463,10 @@ def submit(
         "requires_heartbeat": int(body.requires_heartbeat),
         "resume_from": resume[0]["id"] if resume else None,
         "memory_estimate": memory.to_row(estimate),
+        "hf_push": hf_push,
+        "hf_push_state": hub.waiting_state() if hf_push else None,
         "created_at": stamp,
+        "created_by": created_by,
     }
     try:
         created = store.create_job(job, inline_rows)
@@ -516,6 +533,8 @@ def delete(store: Store, settings: Settings, job_id: str) -> None:
         )
     if job["devices"] is not None:
         raise ApiError(409, "job_active", f"Job {job_id}'s trainer is still stopping; delete it in a few seconds.")
+    if hub.pushing(job):
+        raise ApiError(409, "hf_push_in_progress", f"Job {job_id} is being pushed to the Hub; delete it once that ends.")
     job_dir = paths.job_dir(settings.data_dir, job_id)
     doomed = job_dir.with_name(f".deleted-{job_id}")
     if job_dir.exists():
@@ -533,20 +552,22 @@ class JobController(Controller):
     path = "/v1/training_jobs"
     tags = ["training jobs"]
 
-    @litestar.post("/", status_code=200, sync_to_thread=True)
+    @litestar.post("/", status_code=200, sync_to_thread=True, opt={"rule": "member"})
     def create(
         self,
+        request: Request,
         data: JSONBody[CreateJob],
         store: NamedDependency[Store],
         settings: NamedDependency[Settings],
         placement: NamedDependency[Placement],
         signer: NamedDependency[Signer],
     ) -> Job:
-        return to_api(submit(data, store, settings, placement), settings, signer)
+        return to_api(submit(data, store, settings, placement, created_by=caller_id(request)), settings, signer)
 
     @litestar.get("/", sync_to_thread=True)
     def list_(
         self,
+        request: Request,
         store: NamedDependency[Store],
         settings: NamedDependency[Settings],
         signer: NamedDependency[Signer],
@@ -554,8 +575,11 @@ class JobController(Controller):
         after: After = None,
         status: Annotated[JobStatus | None, Parameter()] = None,
         method: Annotated[Literal["grpo", "sft_video_gen"] | None, Parameter()] = None,
+        mine: Annotated[bool, Parameter(description="only this key's jobs")] = False,
+        created_by: Annotated[str | None, Parameter(max_length=64, description="only this key id's jobs")] = None,
     ) -> ListOf[Job]:
-        rows, more = store.list_jobs(limit, after, status, method)
+        owner_id = caller_id(request) if mine else created_by
+        rows, more = store.list_jobs(limit, after, status, method, created_by=owner_id)
         return ListOf(data=[to_api(r, settings, signer) for r in rows], has_more=more)
 
     @litestar.get("/{job_id:str}", sync_to_thread=True)
@@ -580,7 +604,7 @@ class JobController(Controller):
         """Label a job: `tags` (up to 20, 1 to 50 characters, no commas) and a `note` (up to 2000)."""
         return to_api(update_labels(store, job_id, data), settings, signer)
 
-    @litestar.post("/{job_id:str}/cancel", status_code=200, sync_to_thread=True)
+    @litestar.post("/{job_id:str}/cancel", status_code=200, sync_to_thread=True, opt={"rule": "owner", "owns": "job"})
     def cancel(
         self,
         job_id: FromPath[str],
@@ -592,12 +616,14 @@ class JobController(Controller):
         """The cancelled job, whole (a superset of the reference page's {id, object, status})."""
         return to_api(cancel(store, runner, job_id), settings, signer)
 
-    @litestar.delete("/{job_id:str}", status_code=204, sync_to_thread=True)
+    @litestar.delete("/{job_id:str}", status_code=204, sync_to_thread=True, opt={"rule": "owner", "owns": "job"})
     def delete(self, job_id: FromPath[str], store: NamedDependency[Store], settings: NamedDependency[Settings]) -> None:
         """Delete a completed, failed or cancelled job with its files; 409 while it is active."""
         delete(store, settings, job_id)
 
-    @litestar.post("/{job_id:str}/heartbeat", status_code=200, sync_to_thread=True)
+    @litestar.post(
+        "/{job_id:str}/heartbeat", status_code=200, sync_to_thread=True, opt={"rule": "owner", "owns": "job"}
+    )
     def heartbeat(self, job_id: FromPath[str], store: NamedDependency[Store]) -> Heartbeat:
         job = get(store, job_id)
         stamp = now()
