@@ -10,9 +10,12 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from conftest import Api
+from litestar.testing import TestClient
 from provider_standins import LambdaStandIn, PrimeStandIn, RunPodStandIn
 from serving import free_port
 from test_dashboard import Browser
+
+from veri_box.app import Box, create_app
 
 STAND_INS = {"runpod": RunPodStandIn, "lambda": LambdaStandIn, "prime_intellect": PrimeStandIn}
 # Each provider's own words when it refuses a key (the stand-ins answer as the docs say).
@@ -55,6 +58,7 @@ def test_put_get_delete_round_trip_never_returns_the_key(api, clouds):
         "base_url": runpod.url,
         "image": "runpod/pytorch:2.8",
         "updated_at": saved["updated_at"],
+        "ssh_user": None,  # RunPod reports each pod's SSH user itself
         "warning": None,
     }
     assert any(path == "/v2/catalog/gpus" for _, _, path in runpod.requests), "the key was checked with RunPod"
@@ -119,12 +123,44 @@ def test_an_unknown_provider_is_404_on_every_method(api):
         ({"api_key": "k" * 20, "image": "an image"}, "invalid_value", "image"),
         ({"api_key": "k" * 20, "region": "us"}, "unknown_field", "region"),
         ({"api_key": 12}, "invalid_value", "api_key"),
+        ({"api_key": "k" * 20, "ssh_user": "ubuntu"}, "invalid_value", "ssh_user"),  # Lambda only
     ],
 )
 def test_bad_bodies_are_400s_naming_the_field(api, body, code, param):
     error = error_of(api.put("/v1/settings/providers/runpod", json=body), 400)
     assert (error["code"], error["param"]) == (code, param), error
     assert api.store.get_integration("runpod") is None
+
+
+def test_lambda_takes_the_ssh_user_of_its_images_ubuntu_unless_told_otherwise(api, clouds):
+    lambda_ = clouds["lambda"]
+    assert api.get("/v1/settings/providers/lambda").json()["ssh_user"] == "ubuntu"
+    saved = configure(api, "lambda", lambda_)
+    assert saved.status_code == 200 and saved.json()["ssh_user"] == "ubuntu", saved.text
+    saved = configure(api, "lambda", lambda_, ssh_user="admin")
+    assert saved.status_code == 200 and saved.json()["ssh_user"] == "admin", saved.text
+    assert api.get("/v1/settings/providers/lambda").json()["ssh_user"] == "admin"
+    assert api.store.get_integration("lambda")["options"] == {"ssh_user": "admin"}
+    for bad in ("root; rm -rf /", "Ubuntu", "1user", "x" * 33):
+        error = error_of(configure(api, "lambda", lambda_, ssh_user=bad), 400)
+        assert (error["code"], error["param"]) == ("invalid_value", "ssh_user"), error
+    # A refused value changes nothing; a PUT without it goes back to the default.
+    assert api.get("/v1/settings/providers/lambda").json()["ssh_user"] == "admin"
+    assert configure(api, "lambda", lambda_).json()["ssh_user"] == "ubuntu"
+
+
+def test_the_box_closes_the_provider_clients_when_it_stops(settings, clouds):
+    box = Box.open(settings)
+    with TestClient(create_app(box, run_jobs=False)) as client:
+        _, key = box.store.create_api_key("t")
+        runpod = clouds["runpod"]
+        headers = {"Authorization": f"Bearer {key}"}
+        body = {"api_key": runpod.api_key, "base_url": runpod.url}
+        assert client.put("/v1/settings/providers/runpod", json=body, headers=headers).status_code == 200
+        assert client.get("/v1/gpu/availability", headers=headers).status_code == 200
+        adapter = box.placement.providers.adapter("runpod")
+        assert not adapter.http.client.is_closed
+    assert adapter.http.client.is_closed
 
 
 def test_invalid_json_is_a_400(api):

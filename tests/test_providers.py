@@ -188,6 +188,24 @@ def test_providers_are_asked_in_parallel(stand_ins, store):
     assert time.monotonic() - started < 2.5  # three 1 s answers at once, not one after another
 
 
+def test_close_closes_every_client_and_a_later_call_gets_a_fresh_adapter(stand_ins, store):
+    runpod, lambda_ = stand_ins("runpod"), stand_ins("lambda")
+    store.put_integration("runpod", runpod.api_key, runpod.url)
+    store.put_integration("lambda", lambda_.api_key, lambda_.url)
+    providers = Providers(store, None)
+    assert providers.offers("H100-80GB", 1)
+    held = [providers.adapter("runpod"), providers.adapter("lambda")]
+    providers.close()
+    assert all(adapter.http.client.is_closed for adapter in held)
+    # A call on a client closed under it (one in flight at shutdown) is a transient error, which
+    # the remote executor retries, never a crash of the job's task.
+    with pytest.raises(ProviderError) as err:
+        held[0].status("pod-1")
+    assert err.value.kind == "transient" and "shutting down" in str(err.value)
+    fresh = providers.adapter("runpod")
+    assert fresh is not held[0] and fresh.quote("H100-80GB", 1)
+
+
 def test_an_unconfigured_provider_is_not_configured(store):
     providers = Providers(store, None)
     assert providers.configured() == [] and providers.offers("H100-80GB", 1) == []

@@ -18,6 +18,7 @@ run the stdlib test trainer (tests/fake_trainer.py, behaviour set by base_model)
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import signal
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from provider_standins import PrimeStandIn, RunPodGpu, RunPodStandIn, StandIn
+from provider_standins import LambdaStandIn, PrimeStandIn, RunPodGpu, RunPodStandIn, StandIn
 from serving import FAKE_TRAINERS, KEY, Server, descendants
 
 from veri_box import demo
@@ -57,14 +58,16 @@ def boot_the_image(stand_in: StandIn) -> StandIn:
 
 @dataclass
 class Clouds:
-    """A RunPod and a Prime Intellect stand-in (Prime quotes the A100 cheaper: $1.45 vs $1.64/h)."""
+    """A RunPod and a Prime Intellect stand-in (Prime quotes the A100 cheaper: $1.45 vs $1.64/h),
+    and a Lambda one (no A100 80GB: an H100 at $2.49/h)."""
 
     directory: Path
     runpod: RunPodStandIn
     prime: PrimeStandIn
+    lambda_: LambdaStandIn
 
     def by_name(self, name: str) -> StandIn:
-        return {"runpod": self.runpod, "prime_intellect": self.prime}[name]
+        return {"runpod": self.runpod, "prime_intellect": self.prime, "lambda": self.lambda_}[name]
 
     def remote_dirs(self) -> list[Path]:
         """Every instance's home: where the box put its files on the instance."""
@@ -77,11 +80,16 @@ def clouds(tmp_path: Path) -> Iterator[Clouds]:
         tmp_path / "clouds",
         boot_the_image(RunPodStandIn.start(tmp_path / "clouds" / "runpod")),
         boot_the_image(PrimeStandIn.start(tmp_path / "clouds" / "prime")),
+        boot_the_image(LambdaStandIn.start(tmp_path / "clouds" / "lambda")),
     )
+    # Lambda's instances accept one login name, which its API does not report (on Lambda it is
+    # `ubuntu`; here the user running the tests, the only one that exists to log in as).
+    stand_ins.lambda_.ssh_user = getpass.getuser()
     yield stand_ins
     # Terminates every instance still up, and with each its sshd and whatever it started.
     stand_ins.runpod.stop()
     stand_ins.prime.stop()
+    stand_ins.lambda_.stop()
 
 
 # ---- boxes -----------------------------------------------------------------------------------
@@ -374,6 +382,40 @@ def test_the_cheapest_offer_wins_and_a_capacity_error_falls_through_to_the_next(
     assert launched["provider"] == "runpod" and launched["price_per_hr"] == pytest.approx(1.64), launched
     assert done["cost_usd"] > 0, done
     assert not clouds.prime.running() and not clouds.runpod.running()
+
+
+def test_a_lambda_job_logs_in_as_the_ssh_user_set_for_lambda(start_box, clouds):
+    box = start_box(*FAKE_ARGS, "--provisioning-timeout-s", "12", providers=())
+    http = box.http
+    lambda_ = clouds.lambda_
+    h100 = {"type": "H100-80GB", "count": 1}
+
+    def configure(**options) -> dict:
+        body = {"api_key": lambda_.api_key, "base_url": lambda_.url, **options}
+        return ok(http.put("/v1/settings/providers/lambda", json=body))
+
+    # Saved without ssh_user, the box logs in as Lambda's `ubuntu`, which this instance refuses:
+    # the job fails in provisioning saying so, and the instance is terminated.
+    assert configure()["ssh_user"] == "ubuntu"
+    refused = create_job(http, "fake:steps=3,step_s=0.05", provider="lambda", gpu=h100)["id"]
+    launched = instance_of(http, refused)
+    assert (launched["provider"], launched["region"], launched["price_per_hr"]) == ("lambda", "us-east-1", 2.49)
+    job = wait_status(http, refused, "failed", timeout=60)
+    assert job["error"]["code"] == "provisioning_timeout", job["error"]
+    assert "ubuntu@" in job["error"]["message"] and "login was refused" in job["error"]["message"], job["error"]
+    assert_terminated(lambda_, launched["instance_id"])
+
+    # With the instance's user set, the same job trains there and comes back whole.
+    assert configure(ssh_user=lambda_.ssh_user)["ssh_user"] == lambda_.ssh_user
+    job_id = create_job(http, "fake:steps=3,step_s=0.05,save_every=3", provider="lambda", gpu=h100)["id"]
+    launched = instance_of(http, job_id)
+    done = wait_status(http, job_id, "completed")
+    assert done["provider"] == "lambda" and done["gpu"] == h100 and done["cost_usd"] > 0, done
+    assert every_step_once(http, job_id) == 3
+    assert ok(http.get(f"/v1/training_jobs/{job_id}/checkpoints"))["data"][0]["files"]
+    assert ok(http.get(f"/v1/training_jobs/{job_id}/model"))["files"]
+    assert_terminated(lambda_, launched["instance_id"])
+    assert not lambda_.running()
 
 
 # ---- stopping, losing and finding instances --------------------------------------------------

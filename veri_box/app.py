@@ -194,6 +194,13 @@ def _executors(settings: Settings, store: Store, placement: Placement) -> dict:
     return executors
 
 
+def _close_providers(box: Box) -> None:
+    """The cloud adapters' HTTP clients go with the app (their pooled connections to the providers)."""
+    providers = getattr(box.placement, "providers", None)
+    if providers is not None:
+        providers.close()
+
+
 def _provide(value: Any) -> Provide:
     return Provide(lambda: value, use_cache=True, sync_to_thread=False)
 
@@ -214,7 +221,10 @@ def create_app(box: Box | Settings, inventory: Inventory | None = None, run_jobs
         # lock, for as long as the app lives.
         runner = box.runner
         if not run_jobs:
-            yield
+            try:
+                yield
+            finally:
+                _close_providers(box)
             return
         await anyio.to_thread.run_sync(runner.recover)
         await anyio.to_thread.run_sync(hub.recover, box)
@@ -235,6 +245,7 @@ def create_app(box: Box | Settings, inventory: Inventory | None = None, run_jobs
         finally:
             # Trainers run in their own sessions and keep going; the next start re-attaches.
             scheduler.shutdown(wait=False)
+            _close_providers(box)
 
     uploads = Router(
         path="/", route_handlers=[DatasetController], request_max_body_size=settings.max_upload_bytes + 1024 * 1024

@@ -10,6 +10,7 @@ provider has an outage (jobs that go there fail with the provider's error instea
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 from urllib.parse import urlparse
 
@@ -22,17 +23,23 @@ from msgspec import Meta
 
 from .errors import ApiError, bad_request
 from .integrations import key_hint
-from .providers import NAMES, ProviderError, build
+from .lambda_cloud import SSH_USER as LAMBDA_SSH_USER
+from .providers import NAMES, TITLES, ProviderError, build
 from .store import Store
 
 # What a key check that could not reach the provider says; anything else it raises is an answer.
 UNREACHABLE = ("transient", "rate_limited")
+# Lambda's API reports no SSH user (its images log in as `ubuntu`); RunPod and Prime Intellect
+# report the user of each instance with its SSH endpoint, so only Lambda takes one.
+SSH_USER_DEFAULTS = {"lambda": LAMBDA_SSH_USER}
+SSH_USER_RE = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")  # a POSIX login name, as useradd takes it
 
 
 class ProviderSettings(msgspec.Struct, forbid_unknown_fields=True):
     api_key: Annotated[str, Meta(min_length=1, max_length=500)]
     base_url: Annotated[str, Meta(max_length=500)] | None = None
     image: Annotated[str, Meta(max_length=500)] | None = None
+    ssh_user: Annotated[str, Meta(max_length=100)] | None = None
 
 
 class ProviderConfig(msgspec.Struct):
@@ -42,22 +49,32 @@ class ProviderConfig(msgspec.Struct):
     base_url: str | None
     image: str | None
     updated_at: str | None
+    ssh_user: str | None = None  # Lambda: the login name on its instances; None for the others
     warning: str | None = None  # PUT only: the key was kept without the provider confirming it
     object: str = "provider"
 
 
 def to_api(name: str, row: dict | None, warning: str | None = None) -> ProviderConfig:
+    default_user = SSH_USER_DEFAULTS.get(name)
     if row is None:
         return ProviderConfig(
-            provider=name, configured=False, key_hint=None, base_url=None, image=None, updated_at=None
+            provider=name,
+            configured=False,
+            key_hint=None,
+            base_url=None,
+            image=None,
+            updated_at=None,
+            ssh_user=default_user,
         )
+    options = row.get("options") or {}
     return ProviderConfig(
         provider=name,
         configured=True,
         key_hint=key_hint(row["api_key"]),
         base_url=row["base_url"],
-        image=(row.get("options") or {}).get("image"),
+        image=options.get("image"),
         updated_at=row["updated_at"],
+        ssh_user=(options.get("ssh_user") or default_user) if default_user else None,
         warning=warning,
     )
 
@@ -77,6 +94,27 @@ def _single_token(value: str, param: str) -> str:
     value = value.strip()
     if not value or any(c.isspace() for c in value):
         raise bad_request("invalid_value", f"{param} must be a single token without spaces.", param)
+    return value
+
+
+def _ssh_user(name: str, value: str | None) -> str | None:
+    """The login name for `name`'s instances, if it takes one (Lambda); None keeps the default."""
+    value = (value or "").strip()
+    if not value:
+        return None
+    if name not in SSH_USER_DEFAULTS:
+        raise bad_request(
+            "invalid_value",
+            f"ssh_user applies to Lambda only: {TITLES[name]} reports the SSH user of each instance itself.",
+            "ssh_user",
+        )
+    if not SSH_USER_RE.fullmatch(value):
+        raise bad_request(
+            "invalid_value",
+            "ssh_user must be a login name (lower-case letters, digits, '_', '-', '.', at most 32, "
+            "not starting with a digit), such as ubuntu.",
+            "ssh_user",
+        )
     return value
 
 
@@ -106,14 +144,16 @@ def list_(store: Store) -> list[ProviderConfig]:
 
 
 def put(store: Store, name: str, body: ProviderSettings) -> ProviderConfig:
-    """Check the key with the provider, then store it (with base_url and image); see the module
+    """Check the key with the provider, then store it (with base_url, image and, for Lambda,
+    ssh_user; a PUT replaces all of them); see the module
     docstring for a provider that cannot be reached. Providers' cached quotes are keyed on the
     row's updated_at, so the new key is used from the next call on."""
     known(name)
     key = _single_token(body.api_key, "api_key")
     base_url = _base_url(body.base_url)
     image = _single_token(body.image, "image") if body.image and body.image.strip() else None
-    options = {"image": image} if image else None
+    ssh_user = _ssh_user(name, body.ssh_user)
+    options = {k: v for k, v in (("image", image), ("ssh_user", ssh_user)) if v} or None
     warning = _check_key(name, key, base_url, options)
     return to_api(name, store.put_integration(name, key, base_url, options), warning)
 

@@ -216,8 +216,12 @@ class Http:
             kwargs["timeout"] = timeout_s
         patience = self.max_retry_wait_s if max_retry_wait_s is None else max_retry_wait_s
         for attempt in range(MAX_RETRIES + 1):
+            if self.client.is_closed:  # the box is shutting down (Providers.close): no more calls
+                raise self.error("transient", f"{method} {path} not sent: the box is shutting down")
             try:
                 response = self.client.request(method, path, **kwargs)
+            except RuntimeError as err:  # closed between the check and the call
+                raise self.error("transient", f"{method} {path} not sent: {err}") from None
             except httpx.TimeoutException:
                 raise self.error("transient", f"{method} {path} timed out") from None
             except httpx.HTTPError as err:
@@ -375,6 +379,18 @@ class Providers:
         """Every type at every count of every configured provider, in stock or not (the dashboard's
         quote table and GET /v1/gpu/availability), cheapest first."""
         return self._gather(("quotes",), None, lambda a: a.quote(None, None))
+
+    def close(self) -> None:
+        """Close every adapter's HTTP client (at the box's shutdown). A call still in flight ends
+        as a transient ProviderError, which the remote executor retries rather than failing a job
+        (a shutdown is not a job's end); an adapter asked for afterwards is built anew."""
+        with self._lock:
+            held, self._adapters = list(self._adapters.values()), {}
+        for _, adapter in held:
+            try:
+                adapter.close()
+            except Exception:  # noqa: BLE001 - one client failing to close must not keep the others open
+                log.exception("closing the %s adapter", getattr(adapter, "name", "?"))
 
     def last_errors(self) -> dict[str, str]:
         """provider -> why its last query failed (cleared by its next success)."""

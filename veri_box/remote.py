@@ -279,6 +279,7 @@ class _Run:
     launch_done: threading.Event = field(default_factory=_set_event)  # no launch call in flight
     released: bool = False
     killed: bool = False  # SIGKILL sent: an end without an exit code is ours
+    ssh_error: str | None = None  # the last failed SSH attempt, "user@host:port: why"
 
     @property
     def done(self) -> bool:
@@ -559,9 +560,13 @@ class RemoteExecutor:
                 raise
             instance = self.store.get_instance(run.state["instance"]) or {}
             where = self._where(instance)
+            # A login refused for the whole deadline is most often the wrong SSH user (Lambda's
+            # ssh_user setting) or an image without sshd: say what SSH last answered.
+            last = f" The last SSH attempt, {run.ssh_error}." if run.ssh_error and not instance.get("ready_at") else ""
             raise Failed(
                 "provisioning_timeout",
-                f"{where} was not training within {limit:g} s of launch (--provisioning-timeout-s); it was terminated.",
+                f"{where} was not training within {limit:g} s of launch (--provisioning-timeout-s); "
+                f"it was terminated.{last}",
             ) from None
 
     async def _provision(self, run: _Run) -> None:
@@ -723,6 +728,7 @@ class RemoteExecutor:
                     raise Failed("provider_error", f"{where}: {err}; the box refuses to connect.") from None
                 except ssh.CONNECTION_ERRORS as err:
                     log.debug("%s: SSH to %s not yet: %s", run.job_id, where, err)
+                    run.ssh_error = f"{user}@{status.ssh_host}:{port}: {ssh.describe(err)}"
                 else:
                     fields: dict[str, Any] = {"ssh_host": status.ssh_host, "ssh_port": port, "ssh_user": user}
                     if not instance["host_key"]:

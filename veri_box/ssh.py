@@ -121,6 +121,15 @@ async def connect(
     return conn, pinned or host_key_line(server_key)  # type: ignore[arg-type]
 
 
+def describe(err: BaseException) -> str:
+    """What a failed connection said, in a line (asyncssh's errors carry a reason; a refused
+    login is the one to recognise: the user or the key is wrong)."""
+    if isinstance(err, asyncssh.PermissionDenied):
+        return "the login was refused (permission denied: wrong user, or the box's key is not authorized)"
+    reason = getattr(err, "reason", None) or str(err) or type(err).__name__
+    return reason.strip().splitlines()[0] if reason.strip() else type(err).__name__
+
+
 def command(script: str, env: dict[str, str], *args: str) -> str:
     """The command line that runs `script` in /bin/sh with exactly `env` (and $1... = args),
     whatever the login shell sets up first."""
