@@ -32,6 +32,7 @@ JOB_FIELDS = {
     "current_loss",
     "updated_at",
     "memory_estimate_gb",
+    "created_by",
 }
 
 

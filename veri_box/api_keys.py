@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import litestar
 import msgspec
@@ -11,10 +11,13 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from msgspec import Meta
 
-from . import __version__
-from .errors import not_found
+from . import __version__, quotas
+from .auth import ADMIN, MEMBER, caller
+from .errors import ApiError, bad_request, conflict, not_found
 from .schemas import After, Deleted, ListOf, ReadLimit
 from .store import Store
+
+Role = Literal["admin", "member"]
 
 
 class ApiKey(msgspec.Struct):
@@ -24,6 +27,7 @@ class ApiKey(msgspec.Struct):
     created_at: str
     last_used_at: str | None
     object: str = "api_key"
+    role: str = MEMBER  # admin: keys, settings, quotas, any object; member: its own objects, reads
 
 
 class NewApiKey(ApiKey):
@@ -42,10 +46,27 @@ class Me(msgspec.Struct):
     workspace: dict[str, str]  # `veri whoami` prints it as "NAME (KIND)": the key's name
     box_version: str
     object: str = "me"
+    role: str = MEMBER
+    quotas: quotas.Limits | None = None  # the limits that apply to this key (its own, else the lab's)
+    usage: quotas.Usage | None = None  # this calendar month (UTC) and now
 
 
 class CreateApiKey(msgspec.Struct, forbid_unknown_fields=True):
     name: Annotated[str, Meta(min_length=1, max_length=200)]
+    role: Role = MEMBER
+
+
+class Reassign(msgspec.Struct, forbid_unknown_fields=True):
+    to: Annotated[str, Meta(min_length=1, max_length=64)]  # the id of the live key that takes them
+
+
+class Reassigned(msgspec.Struct):
+    id: str  # the key whose objects moved
+    to: str
+    jobs: int
+    datasets: int
+    reward_functions: int
+    object: str = "reassignment"
 
 
 def to_api(row: dict) -> ApiKey:
@@ -55,15 +76,20 @@ def to_api(row: dict) -> ApiKey:
         key_prefix=row["key_prefix"],
         created_at=row["created_at"],
         last_used_at=row["last_used_at"],
+        role=row.get("role") or MEMBER,
     )
 
 
 # -- service functions (the API's controller and the dashboard both call these) ---------------
 
 
-def create(store: Store, name: str) -> NewApiKey:
-    """A new key; the returned struct is the only place its secret ever appears."""
-    row, key = store.create_api_key(name.strip() or name)
+def create(store: Store, name: str, role: str = MEMBER) -> NewApiKey:
+    """A new key; the returned struct is the only place its secret ever appears. Only admins
+    reach this (the route's rule): a member who could mint keys could multiply the per-key
+    quotas, so members ask an admin for another key."""
+    if role not in (ADMIN, MEMBER):
+        raise bad_request("invalid_value", "role must be 'admin' or 'member'.", "role")
+    row, key = store.create_api_key(name.strip() or name, role)
     return NewApiKey(**msgspec.structs.asdict(to_api(row)), key=key)
 
 
@@ -84,12 +110,36 @@ def me(store: Store, key_id: str) -> Me:
         plan="self-hosted",
         workspace={"id": row["id"], "name": row["name"], "kind": "veri-box API key"},
         box_version=__version__,
+        role=row.get("role") or MEMBER,
+        quotas=quotas.effective(store, key_id),
+        usage=quotas.usage(store, key_id),
     )
 
 
 def revoke(store: Store, key_id: str) -> None:
+    """Revoke a key; its objects keep naming it (an admin may reassign them). The last admin key
+    cannot go: nobody would be left to manage the box."""
+    row = store.get_api_key(key_id)
+    if row is None:
+        raise not_found("api key", key_id)
+    if row.get("role") == ADMIN and store.count_admin_keys() <= 1:
+        raise conflict(
+            "last_admin",
+            "This is the box's last admin key; create another admin key first "
+            "(`veri-box keys create --admin`), then revoke this one.",
+        )
     if not store.revoke_api_key(key_id):
         raise not_found("api key", key_id)
+
+
+def reassign(store: Store, key_id: str, to: str) -> Reassigned:
+    """Move every job, dataset and reward function of `key_id` (live or revoked) to the live key `to`."""
+    if store.any_api_key(key_id) is None:
+        raise not_found("api key", key_id)
+    if store.get_api_key(to) is None:
+        raise ApiError(404, "api_key_not_found", f"No live api key with id '{to}' to take the objects.", "to")
+    moved = store.reassign(key_id, to)
+    return Reassigned(id=key_id, to=to, **moved)
 
 
 # -- controller --------------------------------------------------------------------------------
@@ -99,22 +149,29 @@ class ApiKeyController(Controller):
     path = "/v1/api_keys"
     tags = ["api keys"]
 
-    @litestar.post("/", status_code=200, sync_to_thread=True)
+    @litestar.post("/", status_code=200, sync_to_thread=True, opt={"rule": "admin"})
     def create(self, store: NamedDependency[Store], data: JSONBody[CreateApiKey]) -> NewApiKey:
-        return create(store, data.name)
+        """Admins only: `role` is member unless it says admin."""
+        return create(store, data.name, data.role)
 
     @litestar.get("/", sync_to_thread=True)
     def list_(self, store: NamedDependency[Store], limit: ReadLimit = 20, after: After = None) -> ListOf[ApiKey]:
         rows, more = list_(store, limit, after)
         return ListOf(data=[to_api(r) for r in rows], has_more=more)
 
-    @litestar.delete("/{key_id:str}", status_code=200, sync_to_thread=True)
+    @litestar.delete("/{key_id:str}", status_code=200, sync_to_thread=True, opt={"rule": "admin"})
     def revoke(self, store: NamedDependency[Store], key_id: FromPath[str]) -> Deleted:
         revoke(store, key_id)
         return Deleted(id=key_id, object="api_key")
 
+    @litestar.post("/{key_id:str}/reassign", status_code=200, sync_to_thread=True, opt={"rule": "admin"})
+    def reassign(self, store: NamedDependency[Store], key_id: FromPath[str], data: JSONBody[Reassign]) -> Reassigned:
+        """Give every object of a key (a revoked one's too) to another live key."""
+        return reassign(store, key_id, data.to)
+
 
 @litestar.get("/v1/me", tags=["api keys"], sync_to_thread=True)
 def whoami(request: Request, store: NamedDependency[Store]) -> Me:
-    """The API key of this request: its id and name (what `veri whoami` shows)."""
-    return me(store, request.scope["state"]["api_key_id"])
+    """The API key of this request: its id, name, role, the quotas that apply and its usage this month."""
+    who = caller(request)
+    return me(store, who.id if who else request.scope["state"]["api_key_id"])

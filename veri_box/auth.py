@@ -5,14 +5,132 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
+import msgspec
 from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 from litestar.types import Guard
 
 from .errors import ApiError
+from .sessions import current
 from .store import Store
+
+ADMIN, MEMBER = "admin", "member"
+ROLES = (ADMIN, MEMBER)
+# What a route declares in opt={"rule": ...} (see ROLES in docs/api.md): who may call it.
+RULES = ("admin", "member", "owner", "public")
+# opt={"rule": "owner", "owns": KIND}: the table of KIND and the path parameter naming the object.
+OWNED = {
+    "job": ("jobs", "job_id"),
+    "dataset": ("datasets", "dataset_id"),
+    "reward_function": ("reward_functions", "rf_id"),
+}
+UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+_CALLER = "caller"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The key behind a request, from its Bearer header or its dashboard session."""
+
+    id: str
+    name: str
+    role: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == ADMIN
+
+    @classmethod
+    def of(cls, row: dict) -> Caller:
+        return cls(row["id"], row["name"], row.get("role") or MEMBER)
+
+
+class Owner(msgspec.Struct):
+    """`created_by` of an object: the key that made it (its name stays after the key is revoked)."""
+
+    id: str
+    name: str | None
+
+
+def owner(row: dict) -> Owner | None:
+    """The Owner of a stored row (None: made before roles existed)."""
+    return Owner(row["created_by"], row.get("created_by_name")) if row.get("created_by") else None
+
+
+def caller_id(connection: ASGIConnection) -> str | None:
+    who = caller(connection)
+    return who.id if who else None
+
+
+def caller(connection: ASGIConnection) -> Caller | None:
+    """Who is asking (set by the API's key guard or, on the dashboard, by the rule guard)."""
+    return connection.scope.get("state", {}).get(_CALLER)
+
+
+def forbidden(message: str) -> ApiError:
+    return ApiError(403, "forbidden", message)
+
+
+def check_owner(who: Caller, created_by: str | None, what: str, owner_name: str | None = None) -> None:
+    """Owner-or-admin, for handlers that check an object themselves (the rule guard does it for
+    routes that declare `owns`)."""
+    if who.is_admin or (created_by is not None and created_by == who.id):
+        return
+    owner = f"the key '{owner_name}'" if owner_name else ("another key" if created_by else "no key (made before roles)")
+    raise forbidden(
+        f"This {what} belongs to {owner}; only the key that made it or an admin may change it "
+        f"(your key '{who.name}' is a {who.role})."
+    )
+
+
+def rule_guard(store: Store) -> Guard:
+    """Enforces each route's `opt["rule"]`, after the key (API) or session (dashboard) guard.
+    A write route that declares no rule is refused for every key: failing closed means a new
+    route nobody thought about cannot become a hole (tests/test_sharing.py names it)."""
+
+    def enforce_rule(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+        rule = handler.opt.get("rule")
+        method = connection.scope.get("method", "GET")
+        who = caller(connection)
+        session = current(connection)
+        if who is None and session is not None:
+            # The dashboard: the session's key, with its role (pages show what the role may do).
+            row = store.get_api_key(session.key_id)
+            if row is not None:
+                who = Caller.of(row)
+                connection.scope.setdefault("state", {})[_CALLER] = who
+        if rule == "public" or (rule is None and method not in UNSAFE_METHODS):
+            return
+        if rule not in RULES:
+            raise forbidden(
+                f"{method} {connection.url.path} declares no access rule, so veri-box refuses it for every key "
+                "(a bug in veri-box: please report it)."
+            )
+        if who is None:  # the key was revoked since the session guard looked
+            raise ApiError(401, "invalid_api_key", "This API key is not valid or has been revoked.")
+        if rule == "member" or who.is_admin:
+            return
+        if rule == "admin":
+            raise forbidden(
+                f"Only an admin key may do this ({method} {connection.url.path}); your key '{who.name}' is a member. "
+                "Ask an admin of this box."
+            )
+        kind = handler.opt.get("owns")
+        table, param = OWNED.get(kind, (None, None))
+        object_id = connection.path_params.get(param) if param else None
+        if object_id is None:
+            raise forbidden(
+                f"{method} {connection.url.path} names no object to own (a bug in veri-box: please report it)."
+            )
+        exists, created_by = store.owner_of(table, str(object_id))
+        if not exists:
+            return  # the handler answers 404
+        check_owner(who, created_by, kind.replace("_", " "), store.key_names([created_by]).get(created_by))
+
+    return enforce_rule
 
 
 def api_key_guard(store: Store) -> Guard:
@@ -33,7 +151,9 @@ def api_key_guard(store: Store) -> Guard:
         key = store.authenticate(token.strip())
         if key is None:
             raise ApiError(401, "invalid_api_key", "This API key is not valid or has been revoked.")
-        connection.scope.setdefault("state", {})["api_key_id"] = key["id"]
+        state = connection.scope.setdefault("state", {})
+        state["api_key_id"] = key["id"]
+        state[_CALLER] = Caller.of(key)
 
     return require_api_key
 

@@ -59,12 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Create an API key and print it alone on stdout; it is shown only once.",
     )
     create.add_argument("--name", required=True, help="A label for the key, e.g. who or what uses it.")
+    create.add_argument(
+        "--admin",
+        action="store_true",
+        help="Make an admin key (keys, settings, quotas, any object); without it a member key, "
+        "except the box's first key, which is always an admin.",
+    )
     _add_data_dir(create)
     create.set_defaults(func=cmd_keys_create)
     list_ = key_commands.add_parser(
         "list",
         help="List live keys (never the secrets).",
-        description="List live API keys: id, name, prefix, created, last used.",
+        description="List live API keys: id, name, role, prefix, created, last used.",
     )
     _add_data_dir(list_)
     list_.set_defaults(func=cmd_keys_list)
@@ -121,8 +127,12 @@ def _store(args: argparse.Namespace, existing: bool = True):
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
-    _, key = _store(args, existing=False).create_api_key(args.name)
+    store = _store(args, existing=False)
+    # A box without an admin (a new one) gets one: otherwise nobody could manage keys or settings.
+    admin = args.admin or store.count_admin_keys() == 0
+    _, key = store.create_api_key(args.name, "admin" if admin else "member")
     print(key)
+    print(f"Created an {'admin' if admin else 'member'} key.", file=sys.stderr)
     return 0
 
 
@@ -131,9 +141,12 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     if not rows:
         print("No API keys. Create one with: veri-box keys create --name NAME", file=sys.stderr)
         return 0
-    print(f"{'ID':<18}{'NAME':<24}{'PREFIX':<10}{'CREATED':<26}LAST USED")
+    print(f"{'ID':<18}{'NAME':<24}{'ROLE':<8}{'PREFIX':<10}{'CREATED':<26}LAST USED")
     for r in rows:
-        print(f"{r['id']:<18}{r['name'][:23]:<24}{r['key_prefix']:<10}{r['created_at']:<26}{r['last_used_at'] or '-'}")
+        print(
+            f"{r['id']:<18}{r['name'][:23]:<24}{r['role']:<8}{r['key_prefix']:<10}{r['created_at']:<26}"
+            f"{r['last_used_at'] or '-'}"
+        )
     return 0
 
 
@@ -194,7 +207,8 @@ def _first_run(key: str, settings: Settings) -> str:
         "        from veri_sdk import Client\n"
         f'        client = Client(api_key="{key[:7]}...", base_url="{url}")\n'
         f"  - curl: -H 'Authorization: Bearer {key[:7]}...' {url}/v1/training_jobs\n"
-        "Make more keys with `veri-box keys create --name NAME`.\n"
+        "This first key is an admin. Make member keys for your lab with `veri-box keys create --name NAME`\n"
+        "(or on the dashboard's Settings page), and more admins with `--admin`.\n"
     )
 
 
@@ -225,7 +239,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     demo.record_url(settings.data_dir, settings.base_url)
     store = box.store
     if store.count_api_keys() == 0:
-        _, key = store.create_api_key("first key")
+        _, key = store.create_api_key("first key", "admin")
         print(_first_run(key, settings), flush=True)
     print(
         f"veri-box {settings.base_url}  data: {settings.data_dir}  devices: {box.inventory.describe()}  "

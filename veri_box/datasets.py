@@ -10,13 +10,14 @@ from typing import Annotated, Any, BinaryIO
 
 import litestar
 import msgspec
-from litestar import Controller
+from litestar import Controller, Request
 from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
 from litestar.params import Body, FromPath, Parameter
 
 from . import dataset_files, paths
+from .auth import Owner, caller_id, owner
 from .errors import bad_request, conflict, not_found
 from .schemas import After, Deleted, ListOf, ReadLimit
 from .settings import Settings
@@ -37,6 +38,7 @@ class Dataset(msgspec.Struct):
     source_type: str = "upload"
     source_uri: str | None = None
     huggingface_dataset: str | None = None
+    created_by: Owner | None = None  # the key that uploaded it (null: before roles existed)
 
 
 class DatasetUpload(msgspec.Struct):
@@ -60,6 +62,7 @@ def to_api(row: dict) -> Dataset:
         columns=row["columns"],
         bytes=row["bytes"],
         created_at=row["created_at"],
+        created_by=owner(row),
     )
 
 
@@ -97,7 +100,9 @@ def cleanup_leftovers(data_dir: Path) -> int:
     return len(leftovers)
 
 
-def store_upload(store: Store, settings: Settings, name: str, filename: str, upload: Path, size: int) -> dict:
+def store_upload(
+    store: Store, settings: Settings, name: str, filename: str, upload: Path, size: int, created_by: str | None = None
+) -> dict:
     """Inspect the upload into a staging directory and publish it with one rename, so a
     failure at any point leaves nothing behind."""
     dataset_id = new_id("ds_")
@@ -124,6 +129,7 @@ def store_upload(store: Store, settings: Settings, name: str, filename: str, upl
         "filename": filename,
         "path": inspected.stored_path,
         "created_at": now(),
+        "created_by": created_by,
     }
     try:
         return store.insert_dataset(row)
@@ -142,7 +148,9 @@ def get(store: Store, dataset_id: str) -> dict:
     return row
 
 
-async def create(store: Store, settings: Settings, upload: UploadFile, name: str | None = None) -> dict:
+async def create(
+    store: Store, settings: Settings, upload: UploadFile, name: str | None = None, created_by: str | None = None
+) -> dict:
     """Spool an upload (within the box's size limit), inspect it row by row and store it; the
     upload is closed either way."""
     try:
@@ -160,7 +168,9 @@ async def create(store: Store, settings: Settings, upload: UploadFile, name: str
                 size = await _spool(upload, out, settings.max_upload_bytes)
             if size == 0:
                 raise bad_request("empty_file", "The uploaded file is empty.", "file")
-            return await asyncio.to_thread(store_upload, store, settings, name, filename, Path(spooled), size)
+            return await asyncio.to_thread(
+                store_upload, store, settings, name, filename, Path(spooled), size, created_by
+            )
         finally:
             Path(spooled).unlink(missing_ok=True)
     finally:
@@ -196,15 +206,16 @@ class DatasetController(Controller):
     path = "/v1/datasets"
     tags = ["datasets"]
 
-    @litestar.post("/", status_code=200)
+    @litestar.post("/", status_code=200, opt={"rule": "member"})
     async def create(
         self,
+        request: Request,
         store: NamedDependency[Store],
         settings: NamedDependency[Settings],
         data: Annotated[DatasetUpload, Body(media_type=RequestEncodingType.MULTI_PART)],
     ) -> Dataset:
         """Upload JSONL, Parquet, or a .zip of videos with metadata.jsonl; validated row by row."""
-        return to_api(await create(store, settings, data.file, data.name))
+        return to_api(await create(store, settings, data.file, data.name, caller_id(request)))
 
     @litestar.get("/", sync_to_thread=True)
     def list_(self, store: NamedDependency[Store], limit: ReadLimit = 20, after: After = None) -> ListOf[Dataset]:
@@ -227,7 +238,9 @@ class DatasetController(Controller):
         """A page of the dataset's rows, for previews."""
         return rows(store, settings, dataset_id, offset, limit)
 
-    @litestar.delete("/{dataset_id:str}", status_code=200, sync_to_thread=True)
+    @litestar.delete(
+        "/{dataset_id:str}", status_code=200, sync_to_thread=True, opt={"rule": "owner", "owns": "dataset"}
+    )
     def remove(
         self, store: NamedDependency[Store], settings: NamedDependency[Settings], dataset_id: FromPath[str]
     ) -> Deleted:

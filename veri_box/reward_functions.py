@@ -13,7 +13,7 @@ from typing import Annotated
 import anyio
 import litestar
 import msgspec
-from litestar import Controller, Response
+from litestar import Controller, Request, Response
 from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
@@ -21,6 +21,7 @@ from litestar.params import Body, FromPath
 
 from . import paths
 from . import store as store_mod
+from .auth import Owner, caller_id, owner
 from .errors import bad_request, conflict, not_found
 from .schemas import After, Deleted, ListOf, ReadLimit
 from .settings import Settings
@@ -91,6 +92,7 @@ class RewardFunction(msgspec.Struct):
     sha256: str
     created_at: str
     object: str = "reward_function"
+    created_by: Owner | None = None  # the key that uploaded it (null: before roles existed)
 
 
 def to_api(row: dict) -> RewardFunction:
@@ -101,6 +103,7 @@ def to_api(row: dict) -> RewardFunction:
         entrypoint=row["entrypoint"],
         sha256=row["sha256"],
         created_at=row["created_at"],
+        created_by=owner(row),
     )
 
 
@@ -157,7 +160,15 @@ def get(store: Store, rf_id: str) -> dict:
     return row
 
 
-def create(store: Store, settings: Settings, name: str, filename: str, raw: bytes, fmt: str = "trl") -> dict:
+def create(
+    store: Store,
+    settings: Settings,
+    name: str,
+    filename: str,
+    raw: bytes,
+    fmt: str = "trl",
+    created_by: str | None = None,
+) -> dict:
     """Check an uploaded .py file (name, format, encoding, entrypoint) and store it."""
     name = name.strip()
     if not name or len(name) > 200:
@@ -167,7 +178,7 @@ def create(store: Store, settings: Settings, name: str, filename: str, raw: byte
     if not filename.endswith(".py"):
         raise bad_request("invalid_file_type", "Upload the reward function as a .py file.", "file")
     row = prepare(settings, name, decode_source(raw), fmt)
-    return store.insert_reward_function(row)
+    return store.insert_reward_function({**row, "created_by": created_by})
 
 
 def source(store: Store, settings: Settings, rf_id: str) -> bytes:
@@ -195,16 +206,17 @@ class RewardFunctionController(Controller):
     path = "/v1/reward_functions"
     tags = ["reward functions"]
 
-    @litestar.post("/", status_code=200, request_max_body_size=2 * MAX_SOURCE_BYTES)
+    @litestar.post("/", status_code=200, request_max_body_size=2 * MAX_SOURCE_BYTES, opt={"rule": "member"})
     async def create(
         self,
+        request: Request,
         store: NamedDependency[Store],
         settings: NamedDependency[Settings],
         data: Annotated[RewardFunctionUpload, Body(media_type=RequestEncodingType.MULTI_PART)],
     ) -> RewardFunction:
         raw = await data.file.read()
         row = await anyio.to_thread.run_sync(
-            create, store, settings, data.name, data.file.filename or "", raw, data.format
+            create, store, settings, data.name, data.file.filename or "", raw, data.format, caller_id(request)
         )
         return to_api(row)
 
@@ -226,7 +238,9 @@ class RewardFunctionController(Controller):
     ) -> Response[bytes]:
         return Response(source(store, settings, rf_id), media_type="text/x-python; charset=utf-8")
 
-    @litestar.delete("/{rf_id:str}", status_code=200, sync_to_thread=True)
+    @litestar.delete(
+        "/{rf_id:str}", status_code=200, sync_to_thread=True, opt={"rule": "owner", "owns": "reward_function"}
+    )
     def remove(
         self, store: NamedDependency[Store], settings: NamedDependency[Settings], rf_id: FromPath[str]
     ) -> Deleted:

@@ -444,7 +444,9 @@ def run_inline(store: Store, settings: Settings, body: InlineRewardTestRequest) 
 # the router matches before `/{rf_id}`.
 
 
-@litestar.post("/v1/reward_functions/test", status_code=200, sync_to_thread=True, tags=["reward functions"])
+@litestar.post(
+    "/v1/reward_functions/test", status_code=200, sync_to_thread=True, tags=["reward functions"], opt={"rule": "member"}
+)
 def inline_test(
     store: NamedDependency[Store], settings: NamedDependency[Settings], data: JSONBody[InlineRewardTestRequest]
 ) -> RewardTest:
@@ -452,7 +454,13 @@ def inline_test(
     return run_inline(store, settings, data)
 
 
-@litestar.post("/v1/reward_functions/{rf_id:str}/test", status_code=200, sync_to_thread=True, tags=["reward functions"])
+@litestar.post(
+    "/v1/reward_functions/{rf_id:str}/test",
+    status_code=200,
+    sync_to_thread=True,
+    tags=["reward functions"],
+    opt={"rule": "member"},
+)
 def stored_test(
     store: NamedDependency[Store],
     settings: NamedDependency[Settings],

@@ -16,6 +16,7 @@ from ..auth import rule_guard
 from ..sessions import Sessions, login_guard, reading_guard
 from ..settings import Settings
 from ..store import Store
+from . import audit as audit_pages
 from . import compare, job_form, job_page, jobs, library, login
 from . import settings as settings_pages
 from .rendering import STATIC, dashboard_errors
@@ -47,6 +48,11 @@ def routers(settings: Settings, sessions: Sessions, store: Store) -> list[Router
             job_page.job_log_text,
             job_page.job_rollouts,
             job_page.job_artifacts,
+            job_page.hf_push_panel,
+            job_page.push_to_hub,
+            job_page.merge_panel,
+            job_page.merge_job,
+            job_page.delete_job,
             library.datasets_page,
             # Its body limit is the box's upload limit, as for the API's dataset uploads.
             post(
@@ -64,6 +70,7 @@ def routers(settings: Settings, sessions: Sessions, store: Store) -> list[Router
             library.delete_reward_function,
             library.reward_test_form,
             library.run_reward_test,
+            audit_pages.audit_page,
             settings_pages.settings_page,
             settings_pages.devices_panel,
             settings_pages.create_api_key,

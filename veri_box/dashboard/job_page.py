@@ -16,14 +16,14 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery
 from litestar.response import ServerSentEvent, ServerSentEventMessage, Stream
 
-from .. import artifacts, health, jobs, logs, merges, metrics, paths, sessions, statuses
+from .. import artifacts, health, hub, jobs, logs, merges, metrics, paths, sessions, statuses
 from ..auth import Signer
 from ..errors import ApiError
 from ..runner import Runner
 from ..settings import Settings
 from ..statuses import JobStatus
 from ..store import Store
-from .rendering import relative, render
+from .rendering import convert, error_context, relative, render, text_fields
 
 EVENTS_SHOWN = 200
 ROLLOUTS_PER_STEP = 1000
@@ -65,6 +65,7 @@ def job_page(
         "job.html",
         **_summary_context(store, job),
         **_artifacts_context(store, settings, signer, job),
+        hf=_hf_context(store, job),
         default_keys=DEFAULT_CHART_KEYS,
         health_alerts=health.alerts(store, job_id),
     )
@@ -249,7 +250,8 @@ def _artifacts_context(store: Store, settings: Settings, signer: Signer, job: di
                 "files": [{"path": f.path, "bytes": f.bytes, "url": relative(f.url, settings)} for f in ckpt.files],
             }
         )
-    return {"model": model, "checkpoints": checkpoints, **_merge_context(store, settings, signer, job), **_disk_context(settings, job)}
+    merge = _merge_context(store, settings, signer, job)
+    return {"model": model, "checkpoints": checkpoints, **merge, **_disk_context(settings, job)}
 
 
 def _merge_context(store: Store, settings: Settings, signer: Signer, job: dict) -> dict:
@@ -320,3 +322,38 @@ def delete_job(store: NamedDependency[Store], settings: NamedDependency[Settings
     # The API's DELETE: the same 409 job_active while it runs; gone, the page has nothing to show.
     jobs.delete(store, settings, job_id)
     return Response(b"", status_code=200, headers={"HX-Redirect": "/jobs"})
+
+
+# -- the push to the Hugging Face Hub (hub.py) -------------------------------------------------
+
+
+def _hf_context(store: Store, job: dict) -> dict:
+    integration = hub.get(store)
+    return {"push": hub.state(job), "configured": integration.configured, "username": integration.username}
+
+
+@get("/jobs/{job_id:str}/hf_push", include_in_schema=False, sync_to_thread=True)
+def hf_push_panel(request: Request, store: NamedDependency[Store], job_id: FromPath[str]) -> Response:
+    job = jobs.get(store, job_id)
+    return render(request, "_hf_push.html", job=job, hf=_hf_context(store, job))
+
+
+@post("/jobs/{job_id:str}/push", include_in_schema=False, opt={"rule": "owner", "owns": "job"})
+async def push_to_hub(
+    request: Request, store: NamedDependency[Store], box: NamedDependency[Any], job_id: FromPath[str]
+) -> Response:
+    """The API's push (POST /v1/training_jobs/{job_id}/push): the same checks, errors shown in the panel."""
+    form = await text_fields(request)
+    error, message = None, None
+    try:
+        body = convert(
+            {"repo": form.get("repo") or "", "artifact": form.get("artifact") or "", "private": "private" in form},
+            hub.HfPush,
+        )
+        await anyio.to_thread.run_sync(hub.push_later, box, job_id, body)
+        message = f"Pushing to {body.repo}…"
+    except ApiError as exc:
+        error = error_context(exc)
+    job = await anyio.to_thread.run_sync(jobs.get, store, job_id)
+    context = await anyio.to_thread.run_sync(_hf_context, store, job)
+    return render(request, "_hf_push.html", job=job, hf=context, error=error, message=message)

@@ -15,6 +15,7 @@ from litestar.response import File
 
 from .. import dataset_files, datasets, paths, reward_tests
 from .. import reward_functions as rf_mod
+from ..auth import caller_id
 from ..errors import ApiError, bad_request
 from ..settings import Settings
 from ..store import Store
@@ -42,7 +43,7 @@ async def upload_dataset(
     try:
         if not isinstance(upload, UploadFile) or not upload.filename:
             raise bad_request("missing_field", "Choose a file to upload.", "file")
-        dataset = await datasets.create(store, settings, upload, name)
+        dataset = await datasets.create(store, settings, upload, name, caller_id(request))
         message = (
             f"Uploaded {dataset['name']}: {dataset['num_rows']} rows, format {dataset['format']} ({dataset['id']})."
         )
@@ -102,7 +103,12 @@ def dataset_file(
     )
 
 
-@post("/datasets/{dataset_id:str}/delete", include_in_schema=False, sync_to_thread=True)
+@post(
+    "/datasets/{dataset_id:str}/delete",
+    include_in_schema=False,
+    sync_to_thread=True,
+    opt={"rule": "owner", "owns": "dataset"},
+)
 def delete_dataset(
     request: Request, store: NamedDependency[Store], settings: NamedDependency[Settings], dataset_id: FromPath[str]
 ) -> Response:
@@ -131,7 +137,7 @@ def reward_functions_page(
     return render(request, "reward_functions.html", message=None, error=None, **_reward_functions_context(store, after))
 
 
-@post("/reward-functions", include_in_schema=False)
+@post("/reward-functions", include_in_schema=False, opt={"rule": "member"})
 async def upload_reward_function(
     request: Request, store: NamedDependency[Store], settings: NamedDependency[Settings]
 ) -> Response:
@@ -144,7 +150,13 @@ async def upload_reward_function(
         raw = await upload.read()
         created = await anyio.to_thread.run_sync(
             lambda: rf_mod.create(
-                store, settings, str(form.get("name") or ""), upload.filename, raw, str(form.get("format") or "trl")
+                store,
+                settings,
+                str(form.get("name") or ""),
+                upload.filename,
+                raw,
+                str(form.get("format") or "trl"),
+                caller_id(request),
             )
         )
         message = f"Uploaded {created['name']}: calls {created['entrypoint']}() ({created['id']})."
@@ -164,7 +176,12 @@ def reward_function_source(
     return render(request, "_reward_source.html", rf=row, source=source)
 
 
-@post("/reward-functions/{rf_id:str}/delete", include_in_schema=False, sync_to_thread=True)
+@post(
+    "/reward-functions/{rf_id:str}/delete",
+    include_in_schema=False,
+    sync_to_thread=True,
+    opt={"rule": "owner", "owns": "reward_function"},
+)
 def delete_reward_function(
     request: Request, store: NamedDependency[Store], settings: NamedDependency[Settings], rf_id: FromPath[str]
 ) -> Response:
@@ -234,7 +251,7 @@ def _test_request(form: dict[str, str]) -> reward_tests.RewardTestRequest:
     return convert(fields, reward_tests.RewardTestRequest)
 
 
-@post("/reward-functions/test", include_in_schema=False)
+@post("/reward-functions/test", include_in_schema=False, opt={"rule": "member"})
 async def run_reward_test(
     request: Request, store: NamedDependency[Store], settings: NamedDependency[Settings]
 ) -> Response:

@@ -61,7 +61,7 @@ def login_page(
     return response
 
 
-@post("/login", include_in_schema=False, status_code=303)
+@post("/login", include_in_schema=False, status_code=303, opt={"rule": "public"})
 async def login(
     request: Request,
     store: NamedDependency[Store],
@@ -93,7 +93,7 @@ async def login(
     return response
 
 
-@post("/logout", include_in_schema=False, status_code=303)
+@post("/logout", include_in_schema=False, status_code=303, opt={"rule": "member"})
 async def logout(
     request: Request, settings: NamedDependency[Settings], sessions: NamedDependency[Sessions]
 ) -> Response:

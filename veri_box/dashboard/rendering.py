@@ -18,6 +18,7 @@ from litestar import Request, Response
 from litestar.response import Redirect
 
 from .. import __version__, devices, jobs, statuses
+from ..auth import caller
 from ..devices import Inventory
 from ..errors import error_body, split_validation_error, to_api_error, validation_error
 from ..sessions import CsrfFailed, NotLoggedIn, current
@@ -133,11 +134,12 @@ def render(
     request: Request, name: str, status_code: int = 200, headers: dict[str, str] | None = None, **context: Any
 ) -> Response:
     session = current(request)
+    who = caller(request)  # the session's key and role: pages hide what a member may not do
     page = _env.get_template(name).render(
         request_path=request.url.path,
         session=session,
         csrf=session.csrf if session else "",
-        **context,
+        **{"caller": who, "is_admin": bool(who and who.is_admin), **context},
     )
     return Response(
         page,

@@ -77,7 +77,7 @@ def devices_panel(
     return render(request, "_devices.html", **_settings_context(store, inventory, settings))
 
 
-@post("/settings/api-keys", include_in_schema=False)
+@post("/settings/api-keys", include_in_schema=False, opt={"rule": "admin"})
 async def create_api_key(
     request: Request,
     store: NamedDependency[Store],
@@ -87,14 +87,15 @@ async def create_api_key(
     form = await text_fields(request)
     new_key, error = None, None
     try:
-        body = convert({"name": (form.get("name") or "").strip()}, CreateApiKey)
-        new_key = await anyio.to_thread.run_sync(api_keys.create, store, body.name)
+        fields = {"name": (form.get("name") or "").strip(), "role": form.get("role") or "member"}
+        body = convert(fields, CreateApiKey)
+        new_key = await anyio.to_thread.run_sync(api_keys.create, store, body.name, body.role)
     except ApiError as exc:
         error = error_context(exc)
     return _panel(request, "_api_keys.html", store, inventory, settings, new_key=new_key, error=error)
 
 
-@post("/settings/api-keys/{key_id:str}/revoke", include_in_schema=False, sync_to_thread=True)
+@post("/settings/api-keys/{key_id:str}/revoke", include_in_schema=False, sync_to_thread=True, opt={"rule": "admin"})
 def revoke_api_key(
     request: Request,
     store: NamedDependency[Store],
@@ -110,7 +111,7 @@ def revoke_api_key(
     return _panel(request, "_api_keys.html", store, inventory, settings, message=f"Revoked key {key_id}.")
 
 
-@post("/settings/openreward", include_in_schema=False)
+@post("/settings/openreward", include_in_schema=False, opt={"rule": "admin"})
 async def save_openreward(
     request: Request,
     store: NamedDependency[Store],
@@ -131,7 +132,7 @@ async def save_openreward(
     return _panel(request, "_integration.html", store, inventory, settings, error=error, message=message)
 
 
-@post("/settings/openreward/delete", include_in_schema=False, sync_to_thread=True)
+@post("/settings/openreward/delete", include_in_schema=False, sync_to_thread=True, opt={"rule": "admin"})
 def delete_openreward(
     request: Request,
     store: NamedDependency[Store],
@@ -151,7 +152,7 @@ def provider_quotes(request: Request, placement: NamedDependency[Placement]) -> 
     return render(request, "_provider_quotes.html", quotes=quotes, statuses=statuses, configured=configured)
 
 
-@post("/settings/providers/{name:str}", include_in_schema=False)
+@post("/settings/providers/{name:str}", include_in_schema=False, opt={"rule": "admin"})
 async def save_provider(
     request: Request,
     store: NamedDependency[Store],
@@ -177,7 +178,7 @@ async def save_provider(
     return _panel(request, "_providers.html", store, inventory, settings, error=error, message=message)
 
 
-@post("/settings/providers/{name:str}/delete", include_in_schema=False, sync_to_thread=True)
+@post("/settings/providers/{name:str}/delete", include_in_schema=False, sync_to_thread=True, opt={"rule": "admin"})
 def delete_provider(
     request: Request,
     store: NamedDependency[Store],
