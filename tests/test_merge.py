@@ -46,9 +46,7 @@ def tiny_model(tmp_path_factory) -> Path:
 def lora_job(box: Api, base_model: str, **hp) -> str:
     dataset = box.dataset([{"prompt": p} for p in demo.PROMPTS])
     rf = box.reward_function(demo.REWARD, name="letter_a")
-    return box.job(base_model=base_model, dataset_id=dataset, reward_function_id=rf, hyperparameters={**HP, **hp})[
-        "id"
-    ]
+    return box.job(base_model=base_model, dataset_id=dataset, reward_function_id=rf, hyperparameters={**HP, **hp})["id"]
 
 
 def wait_merge(box: Api, job_id: str, timeout: float = 300) -> dict:
@@ -149,7 +147,10 @@ def test_lora_job_merges_and_both_outputs_load_off_the_box(box, tiny_model, tmp_
     assert box.delete(f"/v1/training_jobs/{job_id}").status_code == 204
     assert not (box.settings.data_dir / "jobs" / job_id).exists()
     laptop_hf = tmp_path / "laptop" / "hf"
-    shutil.copytree(Path(os.environ["HF_HUB_CACHE"]) / f"models--{HUB_ID.replace('/', '--')}", laptop_hf / "hub" / f"models--{HUB_ID.replace('/', '--')}")
+    shutil.copytree(
+        Path(os.environ["HF_HUB_CACHE"]) / f"models--{HUB_ID.replace('/', '--')}",
+        laptop_hf / "hub" / f"models--{HUB_ID.replace('/', '--')}",
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env.update(HF_HOME=str(laptop_hf), HF_HUB_OFFLINE="1")
     done = subprocess.run(

@@ -34,7 +34,9 @@ def merge(job_dir: Path, adapter: Path, models_dir: str, target: Path) -> None:
 
     config = read_config(job_dir)
     if not (adapter / model_card.ADAPTER_CONFIG).is_file():
-        raise TrainerError("merge_failed", f"Job {config.job_id} left no LoRA adapter ({adapter} has no adapter_config.json).")
+        raise TrainerError(
+            "merge_failed", f"Job {config.job_id} left no LoRA adapter ({adapter} has no adapter_config.json)."
+        )
     base_path = models.resolve(config.base_model, models_dir)
     log(f"merging the LoRA of job {config.job_id} into {config.base_model} (from {base_path}) on CPU")
     try:

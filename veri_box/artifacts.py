@@ -18,6 +18,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, Parameter
 from litestar.response import File
 
+from trainers import model_card  # stdlib only: the card's snippet, shown by the server too
 from trainers.trackers import TENSORBOARD_DIR
 
 from . import paths
@@ -121,6 +122,14 @@ def dir_size(path: Path) -> int:
 def job_size(settings: Settings, job_id: str) -> int:
     """What a job takes on disk: what DELETE /v1/training_jobs/{id} frees."""
     return dir_size(paths.job_dir(settings.data_dir, job_id))
+
+
+def load_snippet(job: dict, merged: bool = False) -> str:
+    """How to load the job's model (or its merged model): the snippet its model card holds, so
+    the job page, `veri-box demo` and the card say the same."""
+    lora_rank = (job["hyperparameters"] or {}).get("lora_rank")
+    kind = "merged" if merged else model_card.output_kind(job["method"], lora_rank)
+    return model_card.load_snippet(kind, job["base_model"])
 
 
 def free_disk(settings: Settings) -> int:

@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 
 from . import paths
+from .artifacts import load_snippet
 from .statuses import TERMINAL, JobStatus
 
 PROMPTS = [
@@ -256,4 +257,7 @@ def _follow(http: httpx.Client, job_id: str, timeout_s: float, key: str) -> int:
         if "video_url" in sample:
             print(f"Validation video, step {sample['step']}, {sample['prompt']!r}: {sample['video_url']}")
     print(f"Done. Download the LoRA: GET /v1/training_jobs/{job_id}/model")
+    # The job page and the model card show the same snippet (artifacts.load_snippet).
+    print("Load it, with path/to/model the unpacked model.tar.gz (or its folder on the Hub):")
+    print(load_snippet(job), end="", flush=True)
     return 0

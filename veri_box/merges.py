@@ -241,12 +241,16 @@ def state(settings: Settings, store: Store, signer: Signer, job: dict) -> Merge:
         return Merge(job["id"], "completed", None, sum(f.bytes for f in files), files)
     if _running(settings, job["id"]) is not None:
         return Merge(job["id"], "merging", None, None, [])
-    last = next((e for e in reversed(store.list_events(job["id"], 100_000)) if e["event_type"].startswith("merge_")), None)
+    last = next(
+        (e for e in reversed(store.list_events(job["id"], 100_000)) if e["event_type"].startswith("merge_")), None
+    )
     if last is None:
         return Merge(job["id"], "not_merged", None, None, [])
     if last["event_type"] == FAILED:
         meta = last["metadata"]
-        return Merge(job["id"], "failed", MergeError(meta.get("code", "merge_failed"), meta.get("message", "")), None, [])
+        return Merge(
+            job["id"], "failed", MergeError(meta.get("code", "merge_failed"), meta.get("message", "")), None, []
+        )
     # merge_started with no end, and no merge running here: the server stopped during it.
     error = MergeError("merge_interrupted", "The server stopped during the merge; start it again.")
     return Merge(job["id"], "failed", error, None, [])

@@ -9,9 +9,10 @@ from litestar import Request, Response, get
 from litestar.di import NamedDependency
 from litestar.params import FromQuery
 
-from .. import devices, statuses
+from .. import artifacts, devices, statuses
 from ..devices import Inventory
 from ..jobs import METHODS
+from ..settings import Settings
 from ..store import Store
 from .rendering import PAGE_SIZE, render
 
@@ -23,7 +24,9 @@ def _job_filters(status: str | None, method: str | None, q: str | None) -> tuple
     return (status if status in statuses.ALL else None, method if method in METHODS else None, search)
 
 
-def _jobs_table(store: Store, status: str | None, method: str | None, q: str | None, after: str | None) -> dict:
+def _jobs_table(
+    store: Store, status: str | None, method: str | None, q: str | None, after: str | None, settings: Settings
+) -> dict:
     rows, more = store.list_jobs(PAGE_SIZE, after, status, method, search=q)
     # "Now" for the list: a GRPO job's latest reward; any job's latest loss is on its row.
     rewards = store.latest_metric_values([r["id"] for r in rows if r["method"] == "grpo"], "reward")
@@ -40,6 +43,9 @@ def _jobs_table(store: Store, status: str | None, method: str | None, q: str | N
         "method": method,
         "q": q,
         "after": after,
+        # What each job takes on disk and what is left: the cue to delete finished jobs.
+        "sizes": {r["id"]: artifacts.job_size(settings, r["id"]) for r in rows},
+        "free_disk": artifacts.free_disk(settings),
     }
 
 
@@ -47,6 +53,7 @@ def _jobs_table(store: Store, status: str | None, method: str | None, q: str | N
 def jobs_page(
     request: Request,
     store: NamedDependency[Store],
+    settings: NamedDependency[Settings],
     inventory: NamedDependency[Inventory],
     status: FromQuery[str | None] = None,
     method: FromQuery[str | None] = None,
@@ -55,7 +62,7 @@ def jobs_page(
     compare_with: FromQuery[str | None] = None,
 ) -> Response:
     status, method, q = _job_filters(status, method, q)
-    table = _jobs_table(store, status, method, q, after)
+    table = _jobs_table(store, status, method, q, after, settings)
     empty = not table["jobs"] and not status and not method and not q and not after and not store.any_job()
     base = store.get_job(compare_with) if compare_with else None
     return render(
@@ -73,10 +80,11 @@ def jobs_page(
 def jobs_table(
     request: Request,
     store: NamedDependency[Store],
+    settings: NamedDependency[Settings],
     status: FromQuery[str | None] = None,
     method: FromQuery[str | None] = None,
     q: FromQuery[str | None] = None,
     after: FromQuery[str | None] = None,
 ) -> Response:
     status, method, q = _job_filters(status, method, q)
-    return render(request, "_job_table.html", **_jobs_table(store, status, method, q, after))
+    return render(request, "_job_table.html", **_jobs_table(store, status, method, q, after, settings))
