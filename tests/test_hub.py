@@ -319,13 +319,92 @@ def test_a_failed_push_is_recorded_and_the_job_stays_completed(live, hub):
     assert job["hf_push"]["error"] == failed["reason"] and GOOD not in failed["reason"]
     assert not hub.repos["alice/tiny-grpo"].files and hub.repos["alice/tiny-grpo"].private is False
 
+    # The job page shows the failure and offers "Push to Hub".
+    from test_dashboard import Browser
+
+    web = Browser(live)
+    page = web.get(f"/jobs/{job_id}").text
+    assert 'data-hf-push="failed"' in page and "The Hub is having a bad day" in page
+    assert 'id="hf-push-button"' in page and 'value="alice/tiny-grpo"' in page
+
     # A namespace the token may not write to fails the push with the Hub's 403, named.
     del hub.fail["commit"]
     r = live.post(f"/v1/training_jobs/{job_id}/push", json={"repo": "someone-else/m", "artifact": "adapter"})
     assert r.status_code == 200
     job = push_ended(live, job_id)
     assert job["hf_push"]["status"] == "failed" and "someone-else" in job["hf_push"]["error"]
-    # Once the Hub works, the same job pushes fine.
-    r = live.post(f"/v1/training_jobs/{job_id}/push", json={"repo": "alice/tiny-grpo", "artifact": "adapter"})
+
+    # The dashboard's form: a malformed repo is the API's 400 in the panel; a good one pushes.
+    bad = web.post(f"/jobs/{job_id}/push", data={"repo": "no-namespace", "artifact": "adapter", "private": "true"})
+    assert 'data-code="invalid_value"' in bad.text and "namespace/name" in bad.text
+    r = web.post(f"/jobs/{job_id}/push", data={"repo": "alice/tiny-grpo", "artifact": "adapter", "private": "true"})
+    assert r.status_code == 200 and 'data-hf-push="pushing"' in r.text, r.text
     assert push_ended(live, job_id)["hf_push"]["status"] == "completed"
+    panel = web.get(f"/jobs/{job_id}/hf_push").text
+    assert 'data-hf-push="completed"' in panel and f'href="{hub.url}/alice/tiny-grpo"' in panel
     assert "adapter_model.safetensors" in hub.repos["alice/tiny-grpo"].files
+    assert hub.repos["alice/tiny-grpo"].private is False  # a repo keeps the visibility it was created with
+
+
+# -- the official client against a real `veri-box serve` ---------------------------------------------
+
+
+def test_the_official_client_sets_the_token_and_a_job_pushes_from_a_real_server(tmp_path, hub):
+    """veri-sdk 0.2.45's integrations.set/get/delete_huggingface and `veri hf`, and hf_push on
+    create, against `veri-box serve --hf-endpoint <stand-in>`: a full fine-tune (the test trainer's
+    model folder) pushed as artifact "merged", its repo URL in the SDK's hf_repo_url."""
+    import os
+    import subprocess
+    import sys
+
+    from serving import FAKE_TRAINERS, KEY, Server
+    from veri_sdk import Client
+
+    server = Server(
+        tmp_path / "data", tmp_path / "serve.log", "--gpus", "none", "--trainers", FAKE_TRAINERS,
+        "--hf-endpoint", hub.url,
+    )
+    key = KEY.search(server.start()).group(0)
+    try:
+        env = {**os.environ, "VERI_API_URL": server.url, "VERI_API_KEY": key, "NO_COLOR": "1", "COLUMNS": "200",
+               "VERI_CONFIG_PATH": str(tmp_path / "veri.toml")}
+        veri = [str(Path(sys.executable).parent / "veri"), "hf"]
+        refused = subprocess.run([*veri, "set", "--token", BAD], capture_output=True, text=True, env=env, timeout=60)
+        assert refused.returncode != 0 and "hf_token_invalid" in refused.stdout + refused.stderr
+        done = subprocess.run([*veri, "set", "--token", GOOD], capture_output=True, text=True, env=env, timeout=60)
+        assert done.returncode == 0 and "alice" in done.stdout, done.stdout + done.stderr
+        status = subprocess.run([*veri, "status"], capture_output=True, text=True, env=env, timeout=60)
+        assert "alice" in status.stdout and GOOD not in status.stdout
+
+        client = Client(api_key=key, base_url=server.url)
+        assert client.integrations.get_huggingface()["username"] == "alice"
+        dataset = client.datasets.upload(str(_jsonl(tmp_path)), name="d")
+        job = client.training_jobs.create(
+            "fake:steps=2", dataset.id, "pushed", gpu_type="cpu", gpu_count=1,
+            reward_source="def reward(completions, **kwargs):\n    return [1.0 for _ in completions]\n",
+            hf_push={"repo": "alice/fake-full", "artifact": "merged"},
+        )
+        assert job.hf_repo_url is None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and client.training_jobs.get(job.id).status != "failed":
+            if client.training_jobs.get(job.id).hf_repo_url is not None:
+                break
+            time.sleep(0.3)
+        pushed = client.training_jobs.get(job.id)
+        assert pushed.status == "completed", pushed.error
+        assert pushed.hf_repo_url == f"{hub.url}/alice/fake-full"
+        assert set(hub.repos["alice/fake-full"].files) == {"config.json", "model.bin"}
+        assert "model.bin" in hub.repos["alice/fake-full"].lfs_paths  # binary content: the LFS path
+
+        assert client.integrations.delete_huggingface()["configured"] is False
+        assert client.integrations.get_huggingface() == {**client.integrations.get_huggingface(), "configured": False}
+    finally:
+        server.stop()
+    assert GOOD not in server.output()
+
+
+def _jsonl(tmp_path: Path) -> Path:
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"prompt": "hi"}\n')
+    return path
+

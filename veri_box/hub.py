@@ -117,8 +117,11 @@ def _hf():
 
 def _reason(exc: BaseException, token: str | None = None) -> str:
     """A failure in a sentence or a few lines: the Hub's message, never the token."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    text = text.split(" For more information check:")[0]
+    # huggingface_hub's errors: the status line, a link to MDN's page of the status, then the
+    # Hub's own message; the link says nothing the status does not.
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    kept = [line for line in lines if not line.startswith("For more information check:")]
+    text = " ".join(" ".join(kept).split()) or type(exc).__name__
     if token:
         text = text.replace(token, "hf_***")
     return text[:REASON_CHARS]
