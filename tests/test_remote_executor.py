@@ -258,6 +258,12 @@ def test_a_job_runs_on_a_rented_instance_and_its_files_are_mirrored_home(world):
     assert Path(remote_config.dataset.path).read_bytes() == Path(config.dataset.path).read_bytes()
     assert all(Path(rf.path).is_file() and rf.path.startswith(str(remote_dir)) for rf in remote_config.reward_functions)
     assert json.loads((remote_dir / "env.json").read_text())["CUDA_VISIBLE_DEVICES"] == "0"
+    # Only the code the trainer needs went: the trainers package and the one test module, not
+    # the rest of tests/ (its fixtures, stand-ins, other fake trainers).
+    (code,) = (Path(w.remote_root) / "code").iterdir()
+    uploaded = {p.relative_to(code).as_posix() for p in code.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    assert "trainers/grpo.py" in uploaded and "trainers/progress.py" in uploaded, uploaded
+    assert {p for p in uploaded if not p.startswith("trainers/")} == {"tests/fake_trainer.py"}, uploaded
 
     instance = w.store.get_instance(instance["id"])
     seen_events = events(w, job["id"])
@@ -285,6 +291,44 @@ def test_a_job_runs_on_a_rented_instance_and_its_files_are_mirrored_home(world):
         for path in root.rglob("*"):
             if path.is_file() and not path.name.startswith("veri-box.db"):
                 assert runpod.api_key.encode() not in path.read_bytes(), path
+
+
+def test_the_upload_set_is_the_trainer_module_and_what_it_imports_of_its_package(tmp_path, monkeypatch):
+    package = tmp_path / "lab"
+    files = {
+        "__init__.py": "",
+        "unused.py": "x = 1\n",
+        "notes.txt": "not code\n",
+        "util.py": "import json\nfrom lab.deep import leaf\n",
+        "deep/__init__.py": "",
+        "deep/leaf.py": "import trainers.progress\n",
+        "train/__init__.py": "",
+        "train/main.py": "from ..util import helper\nfrom . import sibling\nimport lab.missing\n",
+        "train/sibling.py": "from lab import util\n",
+        "train/other.py": "",
+    }
+    for name, text in files.items():
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
+        (package / name).write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = remote.code_files("lab.train.main")
+    names = [name for _, name in found]
+    assert [n for n in names if not n.startswith("trainers/")] == [
+        "lab/__init__.py",
+        "lab/deep/__init__.py",
+        "lab/deep/leaf.py",
+        "lab/train/__init__.py",
+        "lab/train/main.py",
+        "lab/train/sibling.py",
+        "lab/util.py",
+    ]
+    assert "trainers/contract.py" in names and all(path.is_file() for path, _ in found)
+    # The digest follows the content: a changed file is new code on the instance.
+    before = remote.tree_digest(found)
+    (package / "util.py").write_text("import json\nfrom lab.deep import leaf\nchanged = True\n")
+    assert remote.tree_digest(remote.code_files("lab.train.main")) != before
+    with pytest.raises(OSError, match="lab.nope"):
+        remote.code_files("lab.nope")
 
 
 def test_no_capacity_falls_through_to_the_next_offer(world):

@@ -28,7 +28,7 @@ files, nothing else.
 
 On the instance (ROOT is ~/veri-box unless the executor is given another):
 
-    ROOT/code/DIGEST/trainers/...   the trainer packages, by content (a re-upload is a no-op)
+    ROOT/code/DIGEST/trainers/...   the trainer's code (code_files), by content (a re-upload is a no-op)
     ROOT/venvs/DIGEST/              a venv for one set of pinned requirements (DIGEST.txt), .ready
     ROOT/models/                    the built-in tiny models, built by trainers on first use
     ROOT/jobs/JOB_ID/               config.json, run.sh, dataset/, reward_functions/, resume/,
@@ -37,6 +37,7 @@ On the instance (ROOT is ~/veri-box unless the executor is given another):
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import concurrent.futures
 import dataclasses
@@ -195,30 +196,84 @@ def digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def code_packages(module: str | None) -> list[Path]:
-    """The package folders an instance needs for `python -m module`: `trainers`, and the module's
-    own top-level package when it is another one (a custom trainer from --trainers)."""
-    names = ["trainers"]
+def _package_dir(name: str, module: str | None) -> Path:
+    """The folder of the top-level package `name`, found without importing it."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise OSError(f"package {name} (of trainer {module}) is not importable on this box")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _module_file(package_dir: Path, name: str) -> Path | None:
+    """The file of module `name` (dotted, starting with the package's own name) under its package."""
+    parts = name.split(".")[1:]
+    base = package_dir.joinpath(*parts) if parts else package_dir
+    for candidate in (base.with_suffix(".py") if parts else None, base / "__init__.py"):
+        if candidate is not None and candidate.is_file():
+            return candidate
+    return None
+
+
+def _imports(path: Path, name: str) -> set[str]:
+    """The absolute names a module's import statements name (relative ones resolved; each
+    `from M import x` also as M.x, which is a module when x is one)."""
+    tree = ast.parse(path.read_bytes(), str(path))
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                parts = parts[: len(parts) - (node.level - 1)] if node.level > 1 else parts
+                base = ".".join([*parts, *([node.module] if node.module else [])])
+            else:
+                base = node.module or ""
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+def code_files(module: str | None) -> list[tuple[Path, str]]:
+    """(local file, its path on the instance's PYTHONPATH) for what `python -m module` needs there:
+    the whole `trainers` package (the box's trainers; they also import one another by name, as
+    the built-in models are), and for a trainer in another package (a custom one from
+    --trainers) only its own file, the modules of that package it imports (read from its
+    import statements, transitively) and their packages' __init__.py: never the rest of that
+    package (for tests.fake_trainer, not the whole tests/ folder)."""
+    trainers_dir = _package_dir("trainers", module)
+    files = {
+        path: f"trainers/{path.relative_to(trainers_dir).as_posix()}"
+        for path in sorted(trainers_dir.rglob("*"))
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix not in (".pyc", ".pyo")
+    }
     top = (module or "").split(".")[0]
-    if top and top not in names:
-        names.append(top)
-    folders = []
-    for name in names:
-        spec = importlib.util.find_spec(name)
-        if spec is None or not spec.submodule_search_locations:
-            raise OSError(f"package {name} (of trainer {module}) is not importable on this box")
-        folders.append(Path(next(iter(spec.submodule_search_locations))))
-    return folders
-
-
-def tree_digest(folders: list[Path]) -> str:
-    h = hashlib.sha256()
-    for folder in folders:
-        for path in sorted(folder.rglob("*")):
-            if "__pycache__" in path.parts or not path.is_file():
+    if top and top != "trainers":
+        package_dir = _package_dir(top, module)
+        if _module_file(package_dir, module) is None:
+            raise OSError(f"trainer module {module} is not in {package_dir}")
+        todo, seen = [module], set()
+        while todo:
+            name = todo.pop()
+            if name in seen or name.split(".")[0] != top:
                 continue
-            h.update(f"{folder.name}/{path.relative_to(folder).as_posix()}\0".encode())
-            h.update(path.read_bytes())
+            seen.add(name)
+            path = _module_file(package_dir, name)
+            if path is None:
+                continue  # a name imported from a module (M.x), or not a module of this package
+            files[path] = f"{top}/{path.relative_to(package_dir).as_posix()}"
+            parts = name.split(".")
+            todo.extend(".".join(parts[:n]) for n in range(1, len(parts)))  # its packages' __init__.py
+            todo.extend(_imports(path, name))
+    return sorted(files.items(), key=lambda item: item[1])
+
+
+def tree_digest(files: list[tuple[Path, str]]) -> str:
+    h = hashlib.sha256()
+    for path, name in files:
+        h.update(f"{name}\0".encode())
+        h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -764,13 +819,13 @@ class RemoteExecutor:
     async def _upload(self, run: _Run, remote: Remote) -> str:
         """The trainer's packages, the pinned requirements and the job directory, in one stream."""
         config = run.config
-        folders = await asyncio.to_thread(code_packages, config.trainer)
-        code_digest = await asyncio.to_thread(tree_digest, folders)
+        files = await asyncio.to_thread(code_files, config.trainer)
+        code_digest = await asyncio.to_thread(tree_digest, files)
         pins = requirements_text(self._pins)
         job_dir = Path(config.job_dir)
         remote_job = remote.job(run.job_id)
         relative = f"jobs/{run.job_id}"
-        members: list[tuple[Path | bytes, str]] = [(f, f"code/{code_digest}/{f.name}") for f in folders]
+        members: list[tuple[Path | bytes, str]] = [(path, f"code/{code_digest}/{name}") for path, name in files]
         members.append((pins.encode(), f"venvs/{digest(pins)}.txt"))
         members.append(
             (json.dumps(self._remote_config(config, remote).to_dict(), indent=2).encode(), f"{relative}/{CONFIG_FILE}")
