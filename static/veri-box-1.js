@@ -93,6 +93,13 @@
     syncPicks();
   });
   document.addEventListener("htmx:afterSwap", syncPicks);
+  // The ticked boxes would also submit themselves one by one (the form's way without script):
+  // the picked ids go as one list, in the order they were ticked.
+  document.addEventListener("submit", function (e) {
+    if (e.target.id !== "compare-form" || !picked.length) return;
+    e.preventDefault();
+    location.href = "/compare?jobs=" + picked.map(encodeURIComponent).join(",");
+  });
   // "Compare with…" on a job's page opens the list with that job picked.
   var compareWith = new URLSearchParams(location.search).get("compare_with");
   if (compareWith) picked.push(compareWith);
@@ -114,11 +121,13 @@
   var STEP_INCRS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1e3, 2e3, 5e3, 1e4, 2e4, 5e4, 1e5, 2e5, 5e5, 1e6, 1e7, 1e8];
   var COLORS = ["#2457c5", "#c2410c", "#15803d", "#7c3aed", "#b91c1c", "#0e7490", "#a16207", "#be185d"];
   function tick(v) {
+    if (v === null || v === undefined) return "";  // a log axis leaves some ticks unlabelled
     if (v === 0) return "0";
     var a = Math.abs(v);
     return a < 1e-3 || a >= 1e6 ? v.toExponential(1) : String(+v.toPrecision(4));
   }
   function clock(s) {
+    if (s === null || s === undefined) return "";
     if (s < 60) return String(+s.toPrecision(3)) + "s";
     if (s < 3600) return Math.floor(s / 60) + "m" + (s % 60 >= 1 ? String(Math.round(s % 60)).padStart(2, "0") + "s" : "");
     return Math.floor(s / 3600) + "h" + String(Math.floor((s % 3600) / 60)).padStart(2, "0") + "m";
@@ -389,11 +398,11 @@
         if (!data || !data.x.length) return;
         var xs = data.x.slice();
         if (options.x === "time") {
+          // A job that logs no step_time has no clock to put beside the others: left out.
           var tl = timeline(s.series);
-          if (tl) {
-            var prev = -Infinity;
-            xs = xs.map(function (step) { var t = Math.max(timeAt(tl, step), prev + 1e-6); prev = t; return t; });
-          }
+          if (!tl) return;
+          var prev = -Infinity;
+          xs = xs.map(function (step) { var t = Math.max(timeAt(tl, step), prev + 1e-6); prev = t; return t; });
         }
         var raw = options.log ? data.y.map(function (v) { return v > 0 ? v : null; }) : data.y.slice();
         var table = [xs, raw];
@@ -474,12 +483,21 @@
       });
       box.dataset.points = String(points);
       box.dataset.jobs = String(built.meta.length);
+      var xs = built.data[0] || [];
+      box.dataset.xMax = xs.length ? String(+xs[xs.length - 1].toPrecision(6)) : "";
       box.dataset.last = lasts.join(",");
     }
 
     function renderCharts(rebuild) {
       var keys = wanted().filter(hasData);
+      if (options.x === "time") keys = keys.filter(function (k) { return chartData(k).meta.length; });
       if (note) note.hidden = keys.length > 0;
+      var untimed = sources.filter(function (s) { return !timeline(s.series); }).map(function (s) { return s.name; });
+      var timeNote = root.querySelector(".time-note");
+      if (timeNote) {
+        timeNote.hidden = options.x !== "time" || !untimed.length;
+        timeNote.textContent = "Not on the wall-time axis (no step_time logged): " + untimed.join(", ");
+      }
       var current = Object.keys(charts);
       if (rebuild || current.join("\n") !== keys.join("\n")) {
         current.forEach(function (k) { charts[k].root.parentNode.remove(); charts[k].destroy(); });

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
-from serving import KEY, REPO, Server
+from serving import FAKE_TRAINERS, KEY, REPO, Server
 
 from veri_box import demo
 
@@ -51,24 +51,38 @@ def server(tmp_path: Path):
 
 
 class Shots:
-    """Screenshots named in the order they were taken, kept after the test."""
+    """Screenshots named in the order they were taken, kept after the test. With a prefix,
+    only that test's earlier shots are replaced (both tests share the directory)."""
 
-    def __init__(self, page, directory: Path):
+    def __init__(self, page, directory: Path, prefix: str = ""):
         self.page = page
         self.directory = directory
-        shutil.rmtree(directory, ignore_errors=True)
-        directory.mkdir(parents=True)
+        self.prefix = prefix
+        if prefix:
+            directory.mkdir(parents=True, exist_ok=True)
+            for old in directory.glob(f"{prefix}*.png"):
+                old.unlink()
+        else:
+            for old in directory.glob("[0-9]*.png") if directory.is_dir() else []:
+                old.unlink()
+            directory.mkdir(parents=True, exist_ok=True)
         self.count = 0
 
     def __call__(self, name: str) -> None:
         self.count += 1
-        self.page.screenshot(path=str(self.directory / f"{self.count:02d}-{name}.png"), full_page=True)
+        self.page.screenshot(path=str(self.directory / f"{self.prefix}{self.count:02d}-{name}.png"), full_page=True)
 
 
 def no_horizontal_scroll(page) -> None:
     width = page.evaluate("document.documentElement.scrollWidth")
     viewport = page.evaluate("document.documentElement.clientWidth")
-    assert width <= viewport, f"{page.url}: {width}px wide in a {viewport}px window"
+    if width > viewport:  # name the elements that stick out, to fix them without guessing
+        wide = page.evaluate(
+            """w => [...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > w + 1)
+                .slice(0, 8).map(e => e.tagName + (e.id ? '#' + e.id : '') + '.' + e.className)""",
+            viewport,
+        )
+        raise AssertionError(f"{page.url}: {width}px wide in a {viewport}px window; sticking out: {wide}")
 
 
 def test_the_whole_product_in_the_browser(server, tiny_model, tmp_path):
@@ -275,3 +289,215 @@ def _walk_through(page, shot, server: Server, tiny_model: Path, tmp_path: Path) 
 
     page.click("text=Log out")
     expect(page).to_have_url(re.compile(r"/login$"))
+
+
+# -- comparing runs, chart settings, dark mode, a phone, a health alert ------------------------
+
+PHONE = {"width": 390, "height": 844}
+
+
+def _fake_jobs(server: Server, tmp_path: Path) -> list[dict]:
+    """Two finished runs of the stdlib test trainer that differ in learning rate, each with a
+    step_time per step (so the wall-time axis has a clock)."""
+    import httpx
+
+    from veri_box import paths
+    from veri_box.store import Store
+
+    http = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {server.key}"}, timeout=30)
+    body = "".join(json.dumps({"prompt": p, "answer": "a"}) + "\n" for p in demo.PROMPTS).encode()
+    dataset = http.post("/v1/datasets", data={"name": "p"}, files={"file": ("p.jsonl", body)}).json()["id"]
+    rf = http.post("/v1/reward_functions", data={"name": "a"}, files={"file": ("a.py", demo.REWARD.encode())}).json()
+    jobs = []
+    for name, lr in (("lr-small", 1e-5), ("lr-big", 1e-3)):
+        r = http.post(
+            "/v1/training_jobs",
+            json={
+                "base_model": "fake:steps=40,step_s=0.01",
+                "dataset_id": dataset,
+                "reward_function_id": rf["id"],
+                "output_name": name,
+                "gpu": {"type": "cpu", "count": 1},
+                "hyperparameters": {"learning_rate": lr, "max_steps": 40},
+            },
+        )
+        assert r.status_code == 200, r.text
+        jobs.append(r.json())
+    for job in jobs:
+        for _ in range(300):
+            if http.get(f"/v1/training_jobs/{job['id']}").json()["status"] == "completed":
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"{job['id']} did not complete:\n{server.output()[-3000:]}")
+    store = Store(paths.db(server.data_dir))
+    for i, job in enumerate(jobs):
+        store.add_metrics(job["id"], [(s, {"step_time": 0.5 * (i + 1)}) for s in range(1, 41)])
+    http.close()
+    return jobs
+
+
+def test_compare_smoothing_dark_mode_phone_width_and_a_health_alert(tmp_path):
+    box = Server(
+        tmp_path / "data", tmp_path / "serve.log", "--gpus", "none", "--cpu-slots", "2", "--trainers", FAKE_TRAINERS
+    )
+    box.key = KEY.search(box.start()).group(0)
+    console_errors: list[str] = []
+    try:
+        small, big = _fake_jobs(box, tmp_path)
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            page = context.new_page()
+            page.set_default_timeout(30_000)
+            page.on("console", lambda m: console_errors.append(f"{page.url}: {m.text}") if m.type == "error" else None)
+            page.on("pageerror", lambda e: console_errors.append(f"{page.url}: {e}"))
+            shot = Shots(page, ARTIFACTS, prefix="compare-")
+            try:
+                _compare_walk(page, shot, box, small, big)
+            except Exception:
+                shot("failure")
+                (ARTIFACTS / "compare-serve.log").write_text(box.output()[-20000:])
+                raise
+            finally:
+                browser.close()
+    finally:
+        box.stop()
+    assert console_errors == []
+
+
+def _compare_walk(page, shot, server: Server, small: dict, big: dict) -> None:
+    expect = sync_api.expect
+    page.goto(server.url + "/login")
+    page.fill("[name=api_key]", server.key)
+    page.click("button[type=submit]")
+    expect(page).to_have_url(re.compile(r"/jobs$"))
+
+    # -- search, then pick two jobs in the list and compare them ---------------------------------
+    page.fill("#job-search", "lr-big")
+    page.press("#job-search", "Enter")
+    expect(page.locator("#job-table tbody tr")).to_have_count(1)
+    page.fill("#job-search", "")
+    page.press("#job-search", "Enter")
+    expect(page.locator("#job-table tbody tr")).to_have_count(2)
+    page.check(f"#row-{small['id']} input.pick-job")
+    page.check(f"#row-{big['id']} input.pick-job")
+    page.wait_for_timeout(2500)  # the table refreshes itself; the picks survive it
+    expect(page.locator(f"#row-{small['id']} input.pick-job")).to_be_checked()
+    expect(page.locator("#compare-form button")).to_have_text("Compare 2 jobs")
+    shot("jobs-picked")
+    page.click("#compare-form button")
+    expect(page).to_have_url(re.compile(rf"/compare\?jobs={small['id']},{big['id']}$"))
+
+    charts = page.locator("#compare-charts")
+    expect(charts).to_have_attribute("data-final", "true")
+    expect(page.locator("#compare-legend")).to_contain_text("lr-small")
+    expect(page.locator("#compare-legend")).to_contain_text("lr-big")
+    assert page.locator("#hp-diff tbody tr").evaluate_all("rows => rows.map(r => r.dataset.key)") == ["learning_rate"]
+    reward = page.locator("#compare-charts .chart[data-key=reward]")
+    expect(reward).to_have_attribute("data-jobs", "2")  # both jobs on one chart
+    expect(reward).to_have_attribute("data-points", "80")
+    expect(reward.locator(".u-legend")).to_contain_text("lr-small")
+    expect(reward.locator(".u-legend")).to_contain_text("lr-big")
+    raw_last = reward.get_attribute("data-last")
+    assert raw_last == "1,1", raw_last  # the fake trainer's reward climbs to 1
+
+    # -- the smoothing slider changes what is plotted; raw stays behind, faint ----------------------
+    page.locator("#compare-charts .smoothing").fill("0.9")
+    expect(charts).to_have_attribute("data-smoothing", "0.9")
+    expect(reward).not_to_have_attribute("data-last", raw_last)
+    smoothed = [float(v) for v in reward.get_attribute("data-last").split(",")]
+    assert all(0.5 < v < 1 for v in smoothed), smoothed  # an EMA of a ramp trails it
+    assert reward.locator(".u-legend .u-series.raw").count() == 2
+
+    # -- the metric picker: grouped, searchable; log y and the wall-time axis -------------------------
+    page.click("#compare-charts .key-picker summary")
+    page.fill("#compare-charts .key-search", "los")
+    expect(page.locator("#compare-charts .key-picker-body label:visible")).to_have_count(1)
+    page.check("#compare-charts .key-picker-body input[value=loss]")
+    expect(page.locator("#compare-charts .chart[data-key=loss]")).to_have_attribute("data-jobs", "2")
+    page.check("#compare-charts .log-y")
+    expect(charts).to_have_attribute("data-log", "true")
+    page.select_option("#compare-charts .x-axis", "time")
+    expect(charts).to_have_attribute("data-x", "time")
+    expect(reward).to_have_attribute("data-jobs", "2")
+    # 40 steps of 0.5 s and of 1 s: the slower job's line ends at 40 s
+    expect(reward).to_have_attribute("data-x-max", "40")
+    shot("compare-smoothed-log-time")
+    # the settings are remembered
+    page.reload()
+    expect(charts).to_have_attribute("data-final", "true")
+    expect(charts).to_have_attribute("data-smoothing", "0.9")
+    expect(charts).to_have_attribute("data-x", "time")
+    expect(page.locator("#compare-charts .chart[data-key=loss]")).to_have_count(1)
+    page.click("#compare-charts .reset-charts")
+    expect(charts).to_have_attribute("data-x", "step")
+    expect(page.locator("#compare-charts .chart[data-key=loss]")).to_have_count(0)
+    expect(reward).to_have_attribute("data-x-max", "40")  # step 40
+
+    # -- dark mode: the toggle, remembered; and the system's choice without one ------------------------
+    background = "getComputedStyle(document.documentElement).backgroundColor"
+    light = page.evaluate(background)
+    page.click("#theme-toggle")
+    expect(page.locator("html")).to_have_attribute("data-theme", "dark")
+    dark = page.evaluate(background)
+    assert dark != light and sum(map(int, re.findall(r"\d+", dark)[:3])) < 120, dark
+    expect(page.locator("#compare-charts .chart[data-key=reward]")).to_have_attribute("data-jobs", "2")
+    shot("compare-dark")
+    page.goto(f"{server.url}/jobs/{small['id']}")
+    assert page.evaluate(background) == dark
+    shot("job-dark")
+    page.click("#theme-toggle")
+    assert page.evaluate(background) == light
+    page.evaluate("localStorage.removeItem('veri-box.theme')")
+    page.emulate_media(color_scheme="dark")
+    page.reload()
+    assert page.evaluate(background) == dark  # follows the system
+    page.emulate_media(color_scheme="light")
+    page.reload()
+    assert page.evaluate(background) == light
+
+    # -- "compare with…" from a job's page --------------------------------------------------------
+    page.click(".compare-with")
+    expect(page).to_have_url(re.compile(rf"/jobs\?compare_with={small['id']}$"))
+    expect(page.locator(f"#row-{small['id']} input.pick-job")).to_be_checked()
+    page.check(f"#row-{big['id']} input.pick-job")
+    page.click("#compare-form button")
+    expect(page.locator("#compare-legend li")).to_have_count(2)
+
+    # -- a phone: the jobs list, a job and the comparison fit its width ------------------------------
+    page.set_viewport_size(PHONE)
+    page.goto(server.url + "/jobs")
+    expect(page.locator("#job-table tbody tr")).to_have_count(2)
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    shot("jobs-390px")
+    page.goto(f"{server.url}/compare?jobs={small['id']},{big['id']}")
+    expect(page.locator("#compare-charts")).to_have_attribute("data-final", "true")
+    no_horizontal_scroll(page)
+    shot("compare-390px")
+    page.set_viewport_size({"width": 1280, "height": 900})
+
+    # -- a health alert (helper G's banner) shows on the job's page ------------------------------------
+    if not (REPO / "templates" / "_health_alerts.html").exists():
+        pytest.skip("the health alert banner (templates/_health_alerts.html) has not landed")
+    from veri_box import paths
+    from veri_box.store import Store
+
+    alert = {
+        "alert": "zero_variance",
+        "message": "90% of groups had zero reward variance for 20 steps.",
+        "advice": "Raise rollouts_per_prompt or make the reward less all-or-nothing.",
+        "step": 30,
+    }
+    Store(paths.db(server.data_dir)).add_event(small["id"], "health_alert", alert)
+    page.goto(f"{server.url}/jobs/{small['id']}")
+    banner = page.locator(".health-alert[data-alert=zero_variance]")
+    expect(banner).to_be_visible()
+    expect(banner).to_contain_text(alert["message"])
+    expect(banner).to_contain_text(alert["advice"])
+    expect(page.locator("#health-alerts")).to_contain_text("30")
+    shot("job-health-alert")
+    page.set_viewport_size(PHONE)
+    page.wait_for_timeout(500)  # the charts follow a resize after a short pause
+    no_horizontal_scroll(page)
+    shot("job-health-alert-390px")
