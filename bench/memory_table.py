@@ -11,8 +11,23 @@ in `bench/results/*/` (`memory_fit.jsonl` rows, `gpu_check.json`'s video shapes)
 point per report and run; `MEASURED` holds figures measured elsewhere, with where they came
 from. tests/test_memory.py holds the estimator within 20% of every measured point.
 
-No GPU run has been reported yet (bench/results/ has no report), so every point is still
-unmeasured: the table prints the estimates a first GPU run will be compared with.
+While no GPU run is reported (no bench/results/*/ report with bf16 rows or video shapes) and
+`MEASURED` is empty, every point is unmeasured: the table prints the estimates a first GPU run
+will be compared with, and tests/test_memory.py skips its table test, saying so.
+
+How to fill the table on a machine with an NVIDIA GPU (its setup: bench/README.md, "GPU check";
+about 9 minutes for both phases):
+
+    OUT=/tmp/gpu_check_out python3 bench/gpu_check.py --phases grpo,video   # writes $OUT
+    mkdir -p bench/results/2026-12-02-H100-80GB       # YYYY-MM-DD-GPUTYPE, GET /v1/gpu/availability's name
+    cp /tmp/gpu_check_out/{gpu_check.json,gpu_check.md,memory_fit.jsonl} bench/results/2026-12-02-H100-80GB/
+    .venv/bin/python bench/memory_table.py            # measured vs estimated; exit 1 if any is off by > 20%
+    .venv/bin/python -m pytest -q tests/test_memory.py  # one table test per measured point, no skip
+
+`grpo` measures the three 0.5B-shaped points (the box's trainer and the bare TRL script each, so
+two figures per point), `video` the CogVideoX-2b step and the 5b one when its budget allows. A
+figure measured some other way goes into `MEASURED` with its source. Commit the report folder;
+when a point is off by more than 20%, correct the estimator (veri_box/memory.py), not the table.
 
 What the two kinds of measurement see, and so what each point compares:
 - gpu_check's GRPO peaks are nvidia-smi's memory.used over the idle reading: the CUDA context and

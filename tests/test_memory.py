@@ -18,6 +18,12 @@ import memory_table  # noqa: E402
 
 QWEN3 = {**QWEN3_4B, "parameters": models.lm_parameters(QWEN3_4B)}
 MEASURED = memory_table.measured()
+NOT_MEASURED = (
+    "no GPU memory figure to hold the estimator to yet: bench/results/ has no bench/gpu_check.py report "
+    "(memory_fit.jsonl bf16 rows, gpu_check.json video shapes) and memory_table.MEASURED is empty; "
+    "on a GPU, run bench/gpu_check.py --phases grpo,video and copy its $OUT to bench/results/DATE-GPUTYPE/ "
+    "(bench/memory_table.py's docstring)"
+)
 
 
 # -- the measured table ----------------------------------------------------------------------------
@@ -26,7 +32,7 @@ MEASURED = memory_table.measured()
 @pytest.mark.parametrize(
     "figure",
     MEASURED
-    or [pytest.param(None, marks=pytest.mark.skip(reason="no GPU measurement reported yet (bench/results/ is empty)"))],
+    or [pytest.param(None, marks=pytest.mark.skip(reason=NOT_MEASURED))],
     ids=lambda f: f and f"{f['point']}@{f['source']}",
 )
 def test_the_estimate_is_within_20_percent_of_every_measured_point(figure):
