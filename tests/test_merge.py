@@ -19,7 +19,8 @@ import pytest
 from conftest import Api, finished
 
 from trainers import model_card
-from veri_box import demo
+from veri_box import demo, merges, sandbox
+from veri_box.errors import ApiError
 
 HUB_ID = "veri-test/tiny-chat"
 HP = {**{k: v for k, v in demo.HYPERPARAMETERS.items() if k != "max_steps"}, "max_steps": 3, "seed": 0}
@@ -116,19 +117,44 @@ def test_lora_job_merges_and_both_outputs_load_off_the_box(box, tiny_model, tmp_
     assert str(snapshot) not in (adapter / "README.md").read_text()
 
     assert box.get(f"/v1/training_jobs/{job_id}/merge").json()["status"] == "not_merged"
+    job_dir = box.settings.data_dir / "jobs" / job_id
+    if sandbox.resolve(box.settings.sandbox) == sandbox.Mode.BWRAP:  # the child runs as a trainer does
+        command, env = merges._command(box.settings, box.store.get_job(job_id), job_dir / merges.WORK_DIR)
+        assert (
+            "bwrap" in command[4]
+            and ["--ro-bind", str(job_dir), str(job_dir)]
+            == command[command.index(str(job_dir)) - 1 : command.index(str(job_dir)) + 2]
+        )
+        assert "OPENREWARD" not in json.dumps(env) and env["CUDA_VISIBLE_DEVICES"] == ""
+
+    # A merge that fails (the adapter's weights gone) says why and leaves nothing half-written;
+    # ensure_merged (the Hub push's call) raises it.
+    weights = job_dir / "output" / "adapter_model.safetensors"
+    weights.rename(tmp_path / "weights")
+    with pytest.raises(ApiError) as failed:
+        merges.ensure_merged(box.box, job_id)
+    assert failed.value.code == "merge_failed" and "exit code 1" in failed.value.message
+    state = box.get(f"/v1/training_jobs/{job_id}/merge").json()
+    assert (state["status"], state["error"]["code"]) == ("failed", "merge_failed")
+    assert not (job_dir / "merged").exists() and not (job_dir / merges.WORK_DIR).exists()
+    (tmp_path / "weights").rename(weights)
+
     started = box.post(f"/v1/training_jobs/{job_id}/merge")
     assert started.status_code == 200, started.text
     assert started.json()["status"] == "merging"
     again = box.post(f"/v1/training_jobs/{job_id}/merge")
     assert (again.status_code, again.json()["error"]["code"]) == (409, "merge_in_progress")
+    # The Hub push asking meanwhile waits for this merge rather than starting a second one.
+    assert merges.ensure_merged(box.box, job_id) == job_dir / "merged"
     merge = wait_merge(box, job_id)
-    assert merge["status"] == "completed", (merge, (box.settings.data_dir / "jobs" / job_id / "merge.log").read_text())
+    assert merge["status"] == "completed", (merge, (job_dir / "merge.log").read_text())
+    assert "merging the LoRA" in (job_dir / "merge.log").read_text()
     names = {f["path"] for f in merge["files"]}
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md"} <= names
     assert not any("adapter" in n for n in names)
     assert merge["size_bytes"] == sum(f["bytes"] for f in merge["files"])
     events = [e["event_type"] for e in box.get(f"/v1/training_jobs/{job_id}/events?limit=1000").json()["items"]]
-    assert events[-2:] == ["merge_started", "merge_completed"]
+    assert events[-4:] == ["merge_started", "merge_failed", "merge_started", "merge_completed"]
     # Merging again is a no-op answering the merged model; the merged files are listed with the model's.
     assert box.post(f"/v1/training_jobs/{job_id}/merge").json()["status"] == "completed"
     from veri_box import artifacts
