@@ -207,3 +207,27 @@ def test_pages_carry_the_theme_toggle_and_the_chart_controls(api, web):
     assert 'data-method="grpo"' in page
     for control in ('id="smoothing"', 'id="log-y"', 'id="x-axis"', 'id="key-search"'):
         assert control in page
+
+
+def test_the_job_page_saves_tags_and_a_note_and_shows_the_apis_refusal(api, web):
+    job = _jobs(api, 1e-5)[0]
+    page = web.get(f"/jobs/{job['id']}").text
+    assert 'id="job-labels"' in page and f'hx-post="/jobs/{job["id"]}/labels"' in page
+    r = web.post(f"/jobs/{job['id']}/labels", data={"tags": "baseline, lr-sweep,, baseline", "note": " keep "})
+    assert r.status_code == 200 and "Saved." in r.text
+    assert 'value="baseline, lr-sweep"' in r.text
+    stored = api.get(f"/v1/training_jobs/{job['id']}").json()
+    assert stored["tags"] == ["baseline", "lr-sweep"] and stored["note"] == "keep"
+    # the API's own refusal, with what was typed kept in the form and nothing stored
+    r = web.post(f"/jobs/{job['id']}/labels", data={"tags": "x" * 51, "note": "changed"})
+    assert 'data-code="invalid_value"' in r.text and "tags[0]" in r.text and "changed" in r.text
+    stored = api.get(f"/v1/training_jobs/{job['id']}").json()
+    assert stored["tags"] == ["baseline", "lr-sweep"] and stored["note"] == "keep"
+    # an empty form clears both
+    web.post(f"/jobs/{job['id']}/labels", data={"tags": "", "note": ""})
+    stored = api.get(f"/v1/training_jobs/{job['id']}").json()
+    assert stored["tags"] == [] and stored["note"] is None
+    # without the form's token it is refused
+    r = api.client.post(f"/jobs/{job['id']}/labels", data={"tags": "x"}, headers={"HX-Request": "true"})
+    assert "csrf_failed" in r.text
+    assert api.get(f"/v1/training_jobs/{job['id']}").json()["tags"] == []

@@ -37,6 +37,7 @@ def routers(settings: Settings, sessions: Sessions, store: Store) -> list[Router
             jobs.jobs_page,
             jobs.jobs_table,
             compare.compare_page,
+            jobs.save_labels,
             job_form.new_job_page,
             job_form.create_job,
             job_form.start_demo,

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-from litestar import Request, Response, get
+import anyio
+from litestar import Request, Response, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromQuery
+from litestar.params import FromPath, FromQuery
 
 from .. import artifacts, devices, statuses
 from ..devices import Inventory
-from ..jobs import METHODS
+from ..errors import ApiError
+from ..jobs import METHODS, UpdateJob, update_labels
+from ..jobs import get as get_job
 from ..settings import Settings
 from ..store import Store
-from .rendering import PAGE_SIZE, render
+from .rendering import PAGE_SIZE, convert, error_context, render, text_fields
 
 MAX_SEARCH = 200
 
@@ -88,3 +91,21 @@ def jobs_table(
 ) -> Response:
     status, method, q = _job_filters(status, method, q)
     return render(request, "_job_table.html", **_jobs_table(store, status, method, q, after, settings))
+
+
+@post("/jobs/{job_id:str}/labels", include_in_schema=False, opt={"rule": "owner", "owns": "job"})
+async def save_labels(request: Request, store: NamedDependency[Store], job_id: FromPath[str]) -> Response:
+    """The job page's tags and note form: the API's PATCH, with its checks and its errors."""
+    form = await text_fields(request)
+    tags = [t.strip() for t in (form.get("tags") or "").split(",") if t.strip()]
+    error, message = None, None
+    try:
+        body = convert({"tags": tags, "note": form.get("note") or None}, UpdateJob)
+        job = await anyio.to_thread.run_sync(update_labels, store, job_id, body)
+        message = "Saved."
+    except ApiError as exc:
+        error = error_context(exc)
+        job = await anyio.to_thread.run_sync(get_job, store, job_id)
+        # Show what was typed, with the error, rather than the stored values.
+        job = {**job, "tags": tags, "note": form.get("note") or None}
+    return render(request, "_job_labels.html", job=job, error=error, message=message)
