@@ -220,6 +220,7 @@ SERVER_KEYS = {
     "models_dir",
     "checkpoints_dir",
     "resume_from",
+    "wandb",
 }
 
 

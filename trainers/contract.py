@@ -73,6 +73,17 @@ class OpenRewardConfig:
 
 
 @dataclass(frozen=True)
+class WandbConfig:
+    """The box's W&B integration, set when it has one (trainers/trackers.py)."""
+
+    api_key: str
+    project: str
+    entity: str | None = None
+    base_url: str | None = None  # a self-hosted W&B server; None is W&B's cloud
+    mode: str = "online"  # or "offline": the run stays in JOB_DIR/wandb/ until `wandb sync`
+
+
+@dataclass(frozen=True)
 class Devices:
     type: str  # "cpu" or a GPU type
     count: int
@@ -101,6 +112,8 @@ class JobConfig:
     # job's own directory, since the sandbox shows a trainer no other job's files. None (the
     # default, also for config.json files of servers before resume) starts from base_model.
     resume_from: str | None = None
+    # W&B, when the box has the integration: every job logs to it (trainers/trackers.py).
+    wandb: WandbConfig | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> JobConfig:
@@ -109,6 +122,7 @@ class JobConfig:
         if not isinstance(entries, list):
             raise ConfigError(f"{CONFIG_FILE}: reward_functions must be a list, not {type(entries).__name__}")
         openreward = values["openreward"]
+        wandb = values.get("wandb")
         return cls(
             **{
                 **values,
@@ -118,6 +132,7 @@ class JobConfig:
                 ],
                 "openreward": None if openreward is None else _part(OpenRewardConfig, openreward, "openreward"),
                 "devices": _part(Devices, values["devices"], "devices"),
+                "wandb": None if wandb is None else _part(WandbConfig, wandb, "wandb"),
             }
         )
 

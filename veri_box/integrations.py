@@ -148,15 +148,6 @@ def wandb_to_api(row: dict | None) -> WandbIntegration:
     )
 
 
-def wandb_row(store: Store) -> dict | None:
-    """The stored W&B integration with its options resolved (for job_config), None without one."""
-    row = store.get_integration(WANDB)
-    if row is None:
-        return None
-    shown = wandb_to_api(row)
-    return {**row, "project": shown.project, "entity": shown.entity, "mode": shown.mode}
-
-
 def get_wandb(store: Store) -> WandbIntegration:
     return wandb_to_api(store.get_integration(WANDB))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
-from trainers.contract import DatasetConfig, Devices, JobConfig, OpenRewardConfig, RewardFunctionConfig
+from trainers.contract import DatasetConfig, Devices, JobConfig, OpenRewardConfig, RewardFunctionConfig, WandbConfig
 
 from . import openreward, paths
 
@@ -42,6 +42,20 @@ def _openreward(integration: dict) -> OpenRewardConfig:
     )
 
 
+def _wandb(integration: dict) -> WandbConfig:
+    """The W&B key travels as OpenReward's does: in config.json, which only the job's own
+    sandbox can read (the server never hands out a link to it). integrations.put_wandb always
+    stores a project and a mode."""
+    options = integration["options"] or {}
+    return WandbConfig(
+        api_key=integration["api_key"],
+        project=options["project"],
+        entity=options.get("entity"),
+        base_url=integration["base_url"],
+        mode=options.get("mode", "online"),
+    )
+
+
 def build(
     job: dict,
     dataset: dict,
@@ -51,10 +65,12 @@ def build(
     trainer: str | None,
     indices: list[int],
     checkpoint: dict | None = None,
+    wandb: dict | None = None,
 ) -> JobConfig:
     """`reward_functions` are the stored rows of the job's reward functions in the job's order,
     each with its `weight`; `integration` is the OpenReward row for jobs with environments;
-    `checkpoint` the row of the checkpoint a resumed job starts from."""
+    `checkpoint` the row of the checkpoint a resumed job starts from; `wandb` the W&B integration
+    row when the box has one: every job then logs to it."""
     job_dir = paths.job_dir(data_dir, job["id"])
     return JobConfig(
         job_id=job["id"],
@@ -89,4 +105,5 @@ def build(
         models_dir=str(paths.models_dir(data_dir)),
         checkpoints_dir=str(paths.checkpoints_dir(data_dir, job["id"])),
         resume_from=str(resume_copy(data_dir, job["id"], checkpoint)) if checkpoint else None,
+        wandb=_wandb(wandb) if wandb else None,
     )

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
+from urllib.parse import urlparse
 
 from .statuses import JobStatus
 from .store import now
@@ -31,6 +32,7 @@ MAX_SAMPLE_BYTES = 64 * 1024
 MAX_EVENT_BYTES = 16 * 1024
 MAX_MESSAGE_CHARS = 16 * 1024
 MAX_CODE_CHARS = 100
+MAX_URL_CHARS = 2000
 TRUNCATED = " [truncated]"
 
 
@@ -111,6 +113,15 @@ def safe_relative_path(path: str) -> str | None:
     return pure.as_posix()
 
 
+def tracker_url(value: Any) -> str | None:
+    """A tracker's run page as the trainer reported it, if it is a plain http(s) URL: the
+    dashboard makes it a link, so a javascript: or data: URL from a reward function never is."""
+    if not isinstance(value, str) or len(value) > MAX_URL_CHARS or any(c.isspace() or ord(c) < 32 for c in value):
+        return None
+    parsed = urlparse(value)
+    return value if parsed.scheme in ("http", "https") and parsed.netloc else None
+
+
 @dataclass
 class Batch:
     """The records of one read of progress.jsonl, sorted into what the store keeps."""
@@ -176,6 +187,9 @@ class Batch:
         if name == JobStatus.RUNNING:
             total = _step(record.get("total_steps"))
             self.running = {"at": stamp, "total_steps": total, "metadata": metadata}
+            url = tracker_url(metadata.get("wandb_run_url"))
+            if url:
+                self.fields["wandb_run_url"] = url
         elif name != JobStatus.COMPLETED:  # the runner records completion itself, once packaged
             self.events.append((name, metadata, stamp))
 

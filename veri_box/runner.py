@@ -22,7 +22,7 @@ import msgspec
 
 from trainers.contract import JobConfig, write_config
 
-from . import health, integrations, job_config, paths, progress, quotas, system_metrics
+from . import health, job_config, paths, progress, quotas, system_metrics
 from .executors import Executor, LocalExecutor
 from .placement import LOCAL, SLURM, Placement, Route
 from .settings import Settings
@@ -247,7 +247,7 @@ class Runner:
             checkpoint = self.store.get_checkpoint(job["resume_from"])
             if checkpoint is None:
                 raise KeyError(f"checkpoint {job['resume_from']} is gone")
-        wandb = integrations.wandb_row(self.store)  # every job logs to W&B once it is set
+        wandb = self.store.get_integration("wandb")  # every job logs to W&B once it is set
         config = job_config.build(job, dataset, rewards, integration, data_dir, module, indices, checkpoint, wandb)
         paths.job_dir(data_dir, job["id"]).mkdir(parents=True, exist_ok=True)
         for rf in rewards:

@@ -5,7 +5,7 @@ its own job directory (the only place it can write, with a private /tmp); nothin
 data directory (no database, so no secrets, no other job or dataset), none of the server's
 processes (a PID namespace of its own, the trainer its init: when the trainer ends the kernel
 ends everything it started, setsid or not), none of the server's environment, and no network
-unless the job talks to OpenReward environments.
+unless the job talks to OpenReward environments or logs to W&B (online).
 
 `command` is a function of the job's config, the server's environment and the `Host` facts (it
 looks only at whether the paths it would bind exist): the argv prefix and the environment out.
@@ -216,8 +216,8 @@ def command(config: JobConfig, environ: dict[str, str], host: Host) -> tuple[lis
     # of its PID namespace, so when it exits the kernel kills whatever it left behind (bwrap's
     # own init would wait for those). --die-with-parent: if bwrap is killed, so is the trainer.
     args = [host.bwrap, "--unshare-all", "--die-with-parent", "--as-pid-1", "--cap-drop", "ALL"]
-    if config.environments:
-        args.append("--share-net")  # OpenReward environments are a web service
+    if config.environments or (config.wandb and config.wandb.mode != "offline"):
+        args.append("--share-net")  # OpenReward environments and W&B are web services
     args += ["--hostname", "veri-box-job", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm"]
     args += ["--tmpfs", "/tmp"]
     for path, target in host.system:

@@ -1,0 +1,274 @@
+"""Experiment trackers: the W&B integration's settings through the API, and real tiny jobs that
+log to W&B (the `wandb` library in offline mode, its run read back from its own .wandb file) and
+to TensorBoard (the event files read back with TensorBoard's own reader), in the sandbox."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import Api, finished
+from test_grpo import grpo_job
+
+from trainers import trackers
+from veri_box import paths
+
+KEY = "0123456789abcdef0123456789abcdef01234567"  # W&B's keys are 40 characters
+ROUTE = "/v1/settings/integrations/wandb"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    from trainers.tiny import build_tiny_lm
+
+    return build_tiny_lm(tmp_path_factory.mktemp("tiny") / "model", seed=0)
+
+
+# ---- reading what the trackers wrote, with the trackers' own formats ---------------------------
+
+
+def wandb_records(job_dir: Path) -> list:
+    """The records of the job's offline W&B run, parsed with wandb's own protobuf schema. The
+    .wandb file is W&B's LevelDB-style log: a 7-byte header, then 32 KiB blocks of chunks (crc32,
+    length, type; a record is one FULL chunk or FIRST, MIDDLE..., LAST)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    (run_file,) = job_dir.glob("wandb/offline-run-*/run-*.wandb")
+    raw = run_file.read_bytes()
+    assert raw[:4] == b":W&B"
+    records, pos, chunks, block = [], 7, b"", 32 * 1024
+    while pos + 7 <= len(raw):
+        if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", raw[pos : pos + 7])
+        chunks += raw[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # FULL or LAST
+            record = pb.Record()
+            record.ParseFromString(chunks)
+            records.append(record)
+            chunks = b""
+    return records
+
+
+def wandb_run(job_dir: Path) -> dict:
+    """The run as W&B will know it once synced: its identity, config, and history by step."""
+    run, config, history = None, {}, {}
+    for record in wandb_records(job_dir):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            run = record.run
+            config.update({i.key: json.loads(i.value_json) for i in record.run.config.update})
+        elif kind == "config":
+            config.update({i.key: json.loads(i.value_json) for i in record.config.update})
+        elif kind == "history":
+            row = {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in record.history.item}
+            history.setdefault(row["_step"], {}).update(row)
+    assert run is not None
+    return {"id": run.run_id, "name": run.display_name, "project": run.project, "entity": run.entity}, config, history
+
+
+def tensorboard_events(job_dir: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(job_dir / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    return events
+
+
+# ---- the settings routes -----------------------------------------------------------------------
+
+
+def test_wandb_settings_as_the_official_client_sends_them_never_return_the_key(api: Api):
+    assert api.get(ROUTE).json()["configured"] is False
+    # client.integrations.set_wandb(api_key=...) sends project: null: the client's default project.
+    r = api.put(ROUTE, json={"api_key": KEY, "project": None})
+    assert r.status_code == 200, r.text
+    assert r.json()["configured"] is True and r.json()["project"] == "veri-training"
+    r = api.put(ROUTE, json={"api_key": KEY, "project": "my-runs", "entity": "my-team", "mode": "offline"})
+    assert r.status_code == 200, r.text
+    shown = api.get(ROUTE).json()
+    assert {k: shown[k] for k in ("configured", "project", "entity", "mode")} == {
+        "configured": True,
+        "project": "my-runs",
+        "entity": "my-team",
+        "mode": "offline",
+    }
+    assert shown["key_hint"] == "..." + KEY[-4:]
+    for response in (r, api.get(ROUTE)):
+        assert KEY not in response.text
+    # OpenReward is its own integration: untouched by W&B.
+    assert api.get("/v1/settings/integrations/openreward").json()["configured"] is False
+
+    r = api.delete(ROUTE)
+    assert r.status_code == 200 and r.json()["configured"] is False and r.json()["project"] is None
+    assert api.get(ROUTE).json()["configured"] is False
+    assert api.store.get_integration("wandb") is None
+
+
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"project": "p"}, "api_key"),
+        ({"api_key": ""}, "api_key"),
+        ({"api_key": "two words"}, "api_key"),
+        ({"api_key": KEY, "project": "a/b"}, "project"),
+        ({"api_key": KEY, "project": "x" * 129}, "project"),
+        ({"api_key": KEY, "entity": "team:x"}, "entity"),
+        ({"api_key": KEY, "base_url": "ftp://wandb.example"}, "base_url"),
+        ({"api_key": KEY, "mode": "sideways"}, "mode"),
+        ({"api_key": KEY, "api_token": KEY}, None),
+    ],
+)
+def test_bad_wandb_settings_are_400s_and_keep_what_was_there(api: Api, body, param):
+    assert api.put(ROUTE, json={"api_key": KEY, "project": "kept"}).status_code == 200
+    r = api.put(ROUTE, json=body)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["code"] in ("invalid_value", "missing_field", "invalid_request", "unknown_field"), error
+    if param:
+        assert error["param"] == param, error
+    assert KEY not in r.text
+    assert api.get(ROUTE).json()["project"] == "kept"
+
+
+# ---- real jobs -------------------------------------------------------------------------------
+
+
+def test_grpo_job_logs_metrics_rollouts_and_config_to_wandb_and_tensorboard(box: Api, tiny_model: Path):
+    r = box.put(ROUTE, json={"api_key": KEY, "project": "veri-box-tests", "entity": "veri-team", "mode": "offline"})
+    assert r.status_code == 200, r.text
+    job_id = grpo_job(box, tiny_model, max_steps=12)
+    job = finished(box, job_id)
+    log = box.get(f"/v1/training_jobs/{job_id}/logs/full").text
+    assert job["status"] == "completed", (job["error"], log[-3000:])
+    job_dir = paths.job_dir(box.settings.data_dir, job_id)
+    # The run has the job id as its id: its page is known before `wandb sync` uploads it.
+    assert job["wandb_run_url"] == f"https://wandb.ai/veri-team/veri-box-tests/runs/{job_id}"
+    assert f"W&B run {job_id} in project veri-box-tests (offline)" in log
+    assert "stopped logging" not in log and "warning: W&B" not in log and "TensorBoard event" not in log, log[-3000:]
+
+    metrics = box.get(f"/v1/training_jobs/{job_id}/metrics?max_points=1000").json()
+    # The trainer's metrics (system/... are the box's own samples of the machine, not the trainer's).
+    keys = {k for k in metrics["available_keys"] if not k.startswith("system/")}
+    assert {"loss", "reward", "kl", "rewards/a_ratio/mean", "step_time"} <= keys
+    reward = {p["step"]: p["values"]["reward"] for p in metrics["metrics"] if "reward" in p["values"]}
+    assert sorted(reward) == list(range(1, 13))
+
+    run, config, history = wandb_run(job_dir)
+    assert run == {"id": job_id, "name": job_id, "project": "veri-box-tests", "entity": "veri-team"}
+    assert config["job_id"] == job_id and config["method"] == "grpo" and config["base_model"] == str(tiny_model)
+    assert config["learning_rate"] == job["hyperparameters"]["learning_rate"]
+    assert config["max_steps"] == 12 and config["reward_functions"] == {"a_ratio": 1.0}
+    assert all(step in history for step in range(1, 13))
+    assert {step: history[step]["reward"] for step in range(1, 13)} == pytest.approx(reward)
+    assert keys <= set(history[12])  # every metric the box has, W&B has
+    # The rollout table at the first step, every ROLLOUT_EVERY (10) steps, and at the last.
+    # The rollout table at the first step with rollouts, then after ROLLOUT_EVERY steps or more,
+    # and at the last (TRL reuses one generation for several steps: not every step has rollouts).
+    sampled = sorted({s["step"] for s in box.get(f"/v1/training_jobs/{job_id}/samples?limit=1000").json()["data"]})
+    expected = [sampled[0]]
+    for step in sampled:
+        if step - expected[-1] >= trackers.ROLLOUT_EVERY or (step == sampled[-1] and step != expected[-1]):
+            expected.append(step)
+    assert len(expected) >= 2 and expected[-1] == 12
+    assert sorted(step for step, row in history.items() if "rollouts/path" in row) == expected
+    table = json.loads((next(job_dir.glob("wandb/offline-run-*/files")) / history[12]["rollouts/path"]).read_text())
+    assert table["columns"] == ["step", "group", "prompt", "completion", "reward", "advantage"]
+    samples = box.get(f"/v1/training_jobs/{job_id}/samples?step=12&limit=100").json()["data"]
+    assert len(table["data"]) == len(samples) == 32
+    assert {row[3] for row in table["data"]} == {s["completion"] for s in samples}
+
+    events = tensorboard_events(job_dir)
+    assert keys <= set(events.Tags()["scalars"])
+    assert {e.step: e.value for e in events.Scalars("reward")} == pytest.approx(reward)
+    assert {"job/text_summary", "rollouts/text_summary"} <= set(events.Tags()["tensors"])
+
+    # The event files are the job's files: listed with signed links that download them.
+    listing = box.get(f"/v1/training_jobs/{job_id}/tensorboard").json()
+    assert listing["object"] == "tensorboard" and listing["logdir"] == f"jobs/{job_id}/tensorboard"
+    (event_file,) = listing["files"]
+    assert event_file["path"].startswith("events.out.tfevents.")
+    body = box.client.get(event_file["url"].removeprefix(box.settings.base_url))
+    assert body.status_code == 200 and body.content == (job_dir / "tensorboard" / event_file["path"]).read_bytes()
+
+    # The key reached the trainer through config.json alone: no file W&B or the trainer wrote holds it.
+    holding = [p for p in job_dir.rglob("*") if p.is_file() and KEY.encode() in p.read_bytes()]
+    assert holding == [job_dir / "config.json"]
+    assert KEY not in box.get(f"/v1/training_jobs/{job_id}").text
+
+
+def test_a_job_without_wandb_still_writes_tensorboard(box: Api, tiny_model: Path):
+    job_id = grpo_job(box, tiny_model, max_steps=2)
+    job = finished(box, job_id)
+    assert job["status"] == "completed", job["error"]
+    assert job["wandb_run_url"] is None
+    job_dir = paths.job_dir(box.settings.data_dir, job_id)
+    assert not (job_dir / "wandb").exists()
+    events = tensorboard_events(job_dir)
+    assert [e.step for e in events.Scalars("loss")] == [1, 2]
+    assert box.get("/v1/training_jobs/job_nope/tensorboard").status_code == 404
+
+
+def test_video_job_logs_to_wandb_and_tensorboard(box: Api, tmp_path: Path):
+    from test_video import upload_clips, video_job
+
+    from trainers.tiny_video import build_tiny_video_pipeline
+
+    pipeline = build_tiny_video_pipeline(tmp_path / "pipeline", seed=0)
+    assert box.put(ROUTE, json={"api_key": KEY, "project": "videos", "mode": "offline"}).status_code == 200
+    dataset = upload_clips(box, n=2, frames=12)["id"]
+    r = video_job(box, pipeline, dataset, num_epochs=2, validation_steps=4, save_steps=4)
+    assert r.status_code == 200, r.text
+    job = finished(box, r.json()["id"])
+    log = box.get(f"/v1/training_jobs/{job['id']}/logs/full").text
+    assert job["status"] == "completed", (job["error"], log[-3000:])
+    assert job["wandb_run_url"] is None  # offline, and no entity: no address to give yet
+    job_dir = paths.job_dir(box.settings.data_dir, job["id"])
+
+    metrics = box.get(f"/v1/training_jobs/{job['id']}/metrics").json()
+    keys = {k for k in metrics["available_keys"] if not k.startswith("system/")}
+    assert {"loss", "learning_rate"} <= keys
+    run, config, history = wandb_run(job_dir)
+    assert run["id"] == job["id"] and config["method"] == "sft_video_gen" and config["num_frames"] == 9
+    assert keys <= set(history[4])
+    assert "validation/path" in history[4]  # the validation clip, as a W&B video
+    assert keys <= set(tensorboard_events(job_dir).Tags()["scalars"])
+
+
+def test_a_missing_tensorboard_is_one_warning_and_training_goes_on(tmp_path: Path):
+    """The trainer's hook with the tensorboard package gone (as on a machine without it): one
+    warning in the log, and progress.jsonl gets every record as before."""
+    script = f"""
+import sys
+sys.modules["tensorboard"] = None  # import tensorboard now raises ImportError
+sys.path.insert(0, {str(REPO)!r})
+from trainers.contract import DatasetConfig, Devices, JobConfig
+from trainers.progress import Progress
+from trainers import trackers
+job_dir = {str(tmp_path)!r}
+config = JobConfig(
+    job_id="job_x", method="grpo", trainer=None, base_model="m", output_name="o",
+    dataset=DatasetConfig("ds", "prompt_only", ["prompt"], 1, "/nowhere"), reward_functions=[],
+    environments=None, openreward=None, hyperparameters={{}}, seed=0, devices=Devices("cpu", 1, []),
+    job_dir=job_dir, output_dir=job_dir + "/output", models_dir="/nowhere", checkpoints_dir=job_dir + "/c",
+)
+progress = trackers.attach(config, Progress(job_dir))
+progress.started(total_steps=2)
+for step in (1, 2):
+    progress.metrics(step, {{"loss": 1.0 / step}})
+    progress.sample(step, prompt="p", completion="c", reward=1.0, advantage=0.0, group=0)
+progress.completed(steps=2)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("warning: no TensorBoard event files") == 1, done.stdout
+    records = [json.loads(line) for line in (tmp_path / "progress.jsonl").read_text().splitlines()]
+    assert [r["type"] for r in records] == ["event", "metrics", "sample", "metrics", "sample", "event"]
+    assert not (tmp_path / "tensorboard").exists()
