@@ -81,7 +81,9 @@ def _walk_through(page, dataset: str, rf: str, server: Server) -> None:
     # A full fine-tune of a 4B model on the 24 GB card: refused before submit, with the fix.
     page.select_option("#dataset_id", dataset)
     page.select_option("#gpu_type", CARD)
-    page.fill("#base_model", "Qwen/Qwen3-4B")
+    page.click("details.models-here summary")  # the models table: "Use" fills the field
+    page.click("button[data-model='Qwen/Qwen3-4B']")
+    expect(page.locator("#base_model")).to_have_value("Qwen/Qwen3-4B")
     expect(panel.locator("[data-verdict]")).to_have_attribute("data-verdict", "will_not_fit")
     expect(panel).to_contain_text(f"one {CARD} has 24 GB")
     fix = panel.locator(".memory-fix").inner_text()
