@@ -281,8 +281,8 @@ def test_a_completed_lora_job_is_pushed_and_loads_from_what_the_hub_received(liv
     assert "adapter_model.safetensors" in repo.lfs_paths and "adapter_config.json" not in repo.lfs_paths
     assert (output / "adapter_model.safetensors").read_bytes() == repo.files["adapter_model.safetensors"]
     assert {"preupload", "lfs_batch", "lfs_upload", "lfs_verify", "commit"} <= set(hub.routes_called())
-    if (output / "README.md").is_file():  # helper E's model card, pushed as it is
-        assert repo.files["README.md"] == (output / "README.md").read_bytes()
+    card = repo.files["README.md"].decode()  # the model card the trainer wrote, pushed as it is
+    assert card == (output / "README.md").read_text() and "veri-box/tiny-lm" in card
 
     # A user's copy of the repo, off the box's paths, loads with PEFT onto the base model.
     copy = Path(shutil.copytree(hub.repo_dir("alice/tiny-grpo"), tmp_path / "elsewhere" / "tiny-grpo"))
@@ -295,8 +295,9 @@ def test_a_completed_lora_job_is_pushed_and_loads_from_what_the_hub_received(liv
     tokenizer = AutoTokenizer.from_pretrained(copy)
     out = model.generate(**tokenizer("Say aaa:", return_tensors="pt"), max_new_tokens=4, do_sample=False)
     assert out.shape[1] > len(tokenizer("Say aaa:")["input_ids"])
-    if config["base_model_name_or_path"] == "veri-box/tiny-lm":  # E's portable adapter config
-        assert str(live.settings.data_dir) not in (copy / "adapter_config.json").read_text()
+    # The adapter names its base as the job did, not a path on this box.
+    assert config["base_model_name_or_path"] == "veri-box/tiny-lm"
+    assert str(live.settings.data_dir) not in (copy / "adapter_config.json").read_text()
 
     # Pushed again later to another repo (the job's push now names that one).
     r = live.post(f"/v1/training_jobs/{job_id}/push", json={"repo": "veri-lab/tiny-grpo", "artifact": "adapter"})
@@ -304,6 +305,21 @@ def test_a_completed_lora_job_is_pushed_and_loads_from_what_the_hub_received(liv
     again = push_ended(live, job_id)["hf_push"]
     assert (again["status"], again["repo"]) == ("completed", "veri-lab/tiny-grpo")
     assert set(hub.repos["veri-lab/tiny-grpo"].files) == sent
+
+    # artifact "merged": the base with the LoRA merged in (merged first), loadable without PEFT.
+    r = live.post(f"/v1/training_jobs/{job_id}/push", json={"repo": "alice/tiny-merged", "artifact": "merged"})
+    assert r.status_code == 200, r.text
+    merged = push_ended(live, job_id, timeout=300)["hf_push"]
+    assert (merged["status"], merged["artifact"]) == ("completed", "merged"), merged
+    received = hub.repos["alice/tiny-merged"]
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= set(received.files)
+    assert "model.safetensors" in received.lfs_paths and not any(p.startswith("adapter_") for p in received.files)
+    kinds = [e["event_type"] for e in events(live, job_id)]
+    assert "merge_completed" in kinds and kinds[-1] == "hf_push_completed"
+    whole = AutoModelForCausalLM.from_pretrained(
+        shutil.copytree(hub.repo_dir("alice/tiny-merged"), tmp_path / "elsewhere" / "tiny-merged")
+    )
+    assert whole.generate(**tokenizer("Say aaa:", return_tensors="pt"), max_new_tokens=4).shape[1] > 3
 
 
 def test_a_failed_push_is_recorded_and_the_job_stays_completed(live, hub):
