@@ -205,3 +205,10 @@ def test_a_job_from_the_form_keeps_its_written_reward_source(tmp_path, monkeypat
         job = web.api.get(r.headers["HX-Redirect"].replace("/jobs/", "/v1/training_jobs/")).json()
         source = web.api.get(f"/v1/reward_functions/{job['reward_function_id']}/source")
         assert source.status_code == 200 and 'c.strip() == "4"' in source.text
+
+
+def test_the_panel_names_a_device_count_the_api_would_refuse(web):
+    text = panel(web, gpu_count="0")
+    assert 'data-code="invalid_value"' in text and "<code>gpu.count</code>" in text and ">= 1" in text
+    two = panel(web, base_model="Qwen/Qwen3-0.6B", hp__lora_rank="16", gpu_count="2")
+    assert 'data-state="estimate"' in two  # counted even beyond the box's one card: the API names that at submit

@@ -19,7 +19,7 @@ from .. import dataset_files, datasets, devices, hyperparameters, jobs, memory, 
 from .. import reward_functions as rf_mod
 from ..auth import caller_id
 from ..devices import Inventory
-from ..errors import ApiError, bad_request
+from ..errors import ApiError
 from ..integrations import OPENREWARD
 from ..placement import Placement
 from ..settings import Settings
@@ -176,7 +176,9 @@ def _model_suggestions(settings: Settings, store: Store, method: str) -> list[di
     listed = models.list_models(settings, store)
     fitting = [m for m in listed if method in m.methods]
     others = [m for m in listed if method not in m.methods]
-    return [{"id": m.id, "label": model_label(m), "fits": m in fitting, "methods": m.methods} for m in fitting + others]
+    return [
+        {"id": m.id, "label": model_label(m), "fits": method in m.methods, "methods": m.methods} for m in fitting + others
+    ]
 
 
 def _new_job_context(store: Store, settings: Settings, inventory: Inventory, form: dict, clone_of: str | None) -> dict:
@@ -204,6 +206,12 @@ def _new_job_context(store: Store, settings: Settings, inventory: Inventory, for
     }
 
 
+class _GpuOnly(msgspec.Struct):
+    """The body's `gpu`, decoded as CreateJob decodes it, so its errors name `gpu.count`."""
+
+    gpu: jobs.GpuRequest
+
+
 def memory_preview(form: dict[str, Any], store: Store, settings: Settings, placement: Placement) -> dict:
     """What the form's memory panel shows for its current values, by submit's own steps: the
     model as models.check finds it, the hyperparameters as hyperparameters.resolve completes
@@ -215,10 +223,8 @@ def memory_preview(form: dict[str, Any], store: Store, settings: Settings, place
     gpu_type = body["gpu"]["type"]
     if not body["base_model"] or not gpu_type:
         return {"state": "waiting", "need": "a base model" if not body["base_model"] else "a device type"}
-    count = body["gpu"].get("count", 1)
     try:
-        if not isinstance(count, int) or count < 1:
-            raise bad_request("invalid_value", "gpu.count must be a whole number of at least 1.", "gpu.count")
+        count = convert({"gpu": body["gpu"]}, _GpuOnly).gpu.count or 1  # the API's bounds and words
         found = models.check(body["base_model"], method, settings, store)
         hp = hyperparameters.resolve(method, body.get("hyperparameters"))
     except ApiError as exc:
