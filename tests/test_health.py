@@ -8,11 +8,12 @@ its loss finite and its KL steady; see the notes in the tests)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 from conftest import finished, run_until
 from test_dashboard import Browser
-from test_grpo import grpo_job, tiny_model  # noqa: F401 - the module-scoped tiny model fixture
+from test_grpo import grpo_job
 
 from veri_box import demo, health
 from veri_box.health import HealthSettings, JobHealth
@@ -21,6 +22,13 @@ CONSTANT = "def reward(completions, **kwargs):\n    return [1.0 for c in complet
 # Pays more the shorter the answer: the tiny model learns to end at once (mean length -> 1 token).
 SHORT = "def reward(completions, **kwargs):\n    return [1.0 / (1 + len(c)) for c in completions]\n"
 ALERT_FIELDS = {"alert", "message", "advice", "step"}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    from trainers.tiny import build_tiny_lm
+
+    return build_tiny_lm(tmp_path_factory.mktemp("tiny") / "model", seed=0)
 
 
 def alerts_of(api, job_id: str) -> list[dict]:
@@ -76,7 +84,8 @@ def test_the_demo_job_raises_no_alert_and_records_throughput(box, tiny_model):
     assert alerts_of(box, job_id) == []
     metrics = box.get(f"/v1/training_jobs/{job_id}/metrics?max_points=1000").json()
     assert {"throughput/tokens_per_s", "timing/generation_s", "timing/reward_s"} <= set(metrics["available_keys"])
-    rates = [p["values"]["throughput/tokens_per_s"] for p in metrics["metrics"] if "throughput/tokens_per_s" in p["values"]]
+    rates = [p["values"].get("throughput/tokens_per_s") for p in metrics["metrics"]]
+    rates = [r for r in rates if r is not None]
     assert len(rates) == 30 and all(r > 0 for r in rates)
 
 
@@ -122,9 +131,12 @@ def test_health_settings_are_validated_and_echoed(api):
         assert r.status_code == 400, r.text
         error = r.json()["error"]
         assert (error["code"], error["param"]) == (code, param), error
-    assert "known: on_alert" in api.post(
-        "/v1/training_jobs", json={**body, "hyperparameters": {"health": {"nope": 1}}}
-    ).json()["error"]["message"]
+    assert (
+        "known: on_alert"
+        in api.post("/v1/training_jobs", json={**body, "hyperparameters": {"health": {"nope": 1}}}).json()["error"][
+            "message"
+        ]
+    )
     assert len(api.store.jobs_with_status("queued")) == before  # nothing half-written
 
 
