@@ -178,7 +178,7 @@ def _handler(hub: HubStandIn) -> type[BaseHTTPRequestHandler]:
                 self._error(401, "Invalid credentials in Authorization header")
                 return None
             if namespace != user and namespace not in hub.orgs.get(user, []):
-                self._error(403, f"You don't have the rights to create a model under the namespace \"{namespace}\"")
+                self._error(403, f'You don\'t have the rights to create a model under the namespace "{namespace}"')
                 return None
             return user
 

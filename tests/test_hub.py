@@ -132,10 +132,20 @@ def test_hf_push_is_stored_on_the_job_and_shown_waiting(api):
 @pytest.mark.parametrize(
     "hf_push, hyperparameters, method, code, param",
     [
-        ({"repo": "alice/m", "artifact": "adapter"}, {"lora_rank": None, "lora_alpha": None}, "grpo",
-         "hf_push_incompatible", "hf_push.artifact"),
-        ({"repo": "alice/m", "artifact": "merged"}, {"num_frames": 9}, "sft_video_gen", "hf_push_incompatible",
-         "hf_push.artifact"),
+        (
+            {"repo": "alice/m", "artifact": "adapter"},
+            {"lora_rank": None, "lora_alpha": None},
+            "grpo",
+            "hf_push_incompatible",
+            "hf_push.artifact",
+        ),
+        (
+            {"repo": "alice/m", "artifact": "merged"},
+            {"num_frames": 9},
+            "sft_video_gen",
+            "hf_push_incompatible",
+            "hf_push.artifact",
+        ),
         ({"repo": "no-namespace", "artifact": "adapter"}, LORA, "grpo", "invalid_value", "hf_push.repo"),
         ({"repo": "alice/has space", "artifact": "adapter"}, LORA, "grpo", "invalid_value", "hf_push.repo"),
         ({"repo": "alice/a..b", "artifact": "adapter"}, LORA, "grpo", "invalid_value", "hf_push.repo"),
@@ -199,6 +209,35 @@ def test_push_later_needs_a_completed_job(api):
     assert r.status_code == 404
 
 
+def test_at_start_up_an_interrupted_push_fails_and_a_missed_one_starts(api, hub):
+    """What the server's start (hub.recover, after the runner's) does with pushes a stopped
+    server left: one it was running is failed with "push again"; a job that completed while no
+    server ran is pushed now."""
+    from veri_box import hub as hub_service
+    from veri_box.store import now
+
+    connect(api)
+    asked = {"repo": "alice/cut-short", "artifact": "adapter", "private": True}
+    cut = api.job(hf_push=asked, hyperparameters=LORA)["id"]
+    api.store.start_hf_push(cut, asked, {"status": "pushing", "updated_at": now()}, asked)
+    missed = api.job(hf_push={"repo": "alice/missed", "artifact": "adapter"}, hyperparameters=LORA)["id"]
+    output = api.settings.data_dir / "jobs" / missed / "output"  # as a trainer left it
+    output.mkdir(parents=True)
+    (output / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    (output / "adapter_model.safetensors").write_bytes(b"\0" * 4096)
+    api.store.transition_job(missed, "completed", allowed_from=["queued"], completed_at=now())
+
+    hub_service.recover(api.box)
+    failed = api.get(f"/v1/training_jobs/{cut}").json()["hf_push"]
+    assert failed["status"] == "failed" and "server stopped" in failed["error"] and f"/{cut}/push" in failed["error"]
+    assert [e["event_type"] for e in events(api, cut)][-1] == "hf_push_failed"
+    deadline = time.monotonic() + 60
+    while api.store.get_job(missed)["hf_push_state"]["status"] == "pushing" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert api.get(f"/v1/training_jobs/{missed}").json()["hf_push"]["status"] == "completed"
+    assert set(hub.repos["alice/missed"].files) == {"adapter_config.json", "adapter_model.safetensors"}
+
+
 # -- real pushes of a real tiny job ----------------------------------------------------------------
 
 
@@ -237,7 +276,9 @@ def events(api: Api, job_id: str) -> list[dict]:
 
 def push_ended(api: Api, job_id: str, timeout: float = 120) -> dict:
     run_until(
-        api, lambda: (api.store.get_job(job_id)["hf_push_state"] or {}).get("status") in ("completed", "failed"), timeout
+        api,
+        lambda: (api.store.get_job(job_id)["hf_push_state"] or {}).get("status") in ("completed", "failed"),
+        timeout,
     )
     return api.get(f"/v1/training_jobs/{job_id}").json()
 
@@ -377,13 +418,25 @@ def test_the_official_client_sets_the_token_and_a_job_pushes_from_a_real_server(
     from veri_sdk import Client
 
     server = Server(
-        tmp_path / "data", tmp_path / "serve.log", "--gpus", "none", "--trainers", FAKE_TRAINERS,
-        "--hf-endpoint", hub.url,
+        tmp_path / "data",
+        tmp_path / "serve.log",
+        "--gpus",
+        "none",
+        "--trainers",
+        FAKE_TRAINERS,
+        "--hf-endpoint",
+        hub.url,
     )
     key = KEY.search(server.start()).group(0)
     try:
-        env = {**os.environ, "VERI_API_URL": server.url, "VERI_API_KEY": key, "NO_COLOR": "1", "COLUMNS": "200",
-               "VERI_CONFIG_PATH": str(tmp_path / "veri.toml")}
+        env = {
+            **os.environ,
+            "VERI_API_URL": server.url,
+            "VERI_API_KEY": key,
+            "NO_COLOR": "1",
+            "COLUMNS": "200",
+            "VERI_CONFIG_PATH": str(tmp_path / "veri.toml"),
+        }
         veri = [str(Path(sys.executable).parent / "veri"), "hf"]
         refused = subprocess.run([*veri, "set", "--token", BAD], capture_output=True, text=True, env=env, timeout=60)
         assert refused.returncode != 0 and "hf_token_invalid" in refused.stdout + refused.stderr
@@ -396,7 +449,11 @@ def test_the_official_client_sets_the_token_and_a_job_pushes_from_a_real_server(
         assert client.integrations.get_huggingface()["username"] == "alice"
         dataset = client.datasets.upload(str(_jsonl(tmp_path)), name="d")
         job = client.training_jobs.create(
-            "fake:steps=2", dataset.id, "pushed", gpu_type="cpu", gpu_count=1,
+            "fake:steps=2",
+            dataset.id,
+            "pushed",
+            gpu_type="cpu",
+            gpu_count=1,
             reward_source="def reward(completions, **kwargs):\n    return [1.0 for _ in completions]\n",
             hf_push={"repo": "alice/fake-full", "artifact": "merged"},
         )
@@ -423,4 +480,3 @@ def _jsonl(tmp_path: Path) -> Path:
     path = tmp_path / "d.jsonl"
     path.write_text('{"prompt": "hi"}\n')
     return path
-

@@ -534,7 +534,7 @@ def delete(store: Store, settings: Settings, job_id: str) -> None:
     if job["devices"] is not None:
         raise ApiError(409, "job_active", f"Job {job_id}'s trainer is still stopping; delete it in a few seconds.")
     if hub.pushing(job):
-        raise ApiError(409, "hf_push_in_progress", f"Job {job_id} is being pushed to the Hub; delete it once that ends.")
+        raise ApiError(409, "hf_push_in_progress", f"Job {job_id} is being pushed to the Hub; delete it after that.")
     job_dir = paths.job_dir(settings.data_dir, job_id)
     doomed = job_dir.with_name(f".deleted-{job_id}")
     if job_dir.exists():
