@@ -96,22 +96,28 @@ def audit_middleware(store: Store):
             if scope["type"] != "http" or scope.get("method") not in UNSAFE_METHODS:
                 await app(scope, receive, send)
                 return
-            answer = {"status": 500, "body": b"", "json": False}
+            answer = {"status": 500, "body": b"", "json": False, "recorded": False}
 
             async def capture(message: Message) -> None:
                 if message["type"] == "http.response.start":
                     answer["status"] = message["status"]
                     headers = dict(message.get("headers") or [])
                     answer["json"] = headers.get(b"content-type", b"").startswith(b"application/json")
-                elif message["type"] == "http.response.body" and answer["json"]:
-                    if len(answer["body"]) < _BODY_LIMIT:
+                elif message["type"] == "http.response.body":
+                    if answer["json"] and len(answer["body"]) < _BODY_LIMIT:
                         answer["body"] += message.get("body", b"")
+                    if not message.get("more_body", False):
+                        # Recorded before the client has the whole answer: by the time it sends its
+                        # next request, this write is in the trail (and the trail keeps their order).
+                        answer["recorded"] = True
+                        await _record(store, scope, answer)
                 await send(message)
 
             try:
                 await app(scope, receive, capture)
             finally:
-                await _record(store, scope, answer)
+                if not answer["recorded"]:  # no answer was sent (the client went away)
+                    await _record(store, scope, answer)
 
         return audited
 
