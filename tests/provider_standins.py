@@ -97,6 +97,7 @@ class StandIn:
         # bin), a home per instance with that folder first on PATH, as a provider's PyTorch image
         # puts its python3 there.
         self.image_bin: str | None = None
+        self.own_home = False  # True: a home per instance (HOME), also without an image_bin
         self.ssh_user: str | None = None  # the login name instances accept (None: the test user)
         self.delay_s = 0.0  # test hook: every answer comes this much later (a slow provider)
         self.instances: dict[str, Instance] = {}
@@ -226,10 +227,10 @@ class StandIn:
         booting the image of `image_bin` if set (a home of its own, that folder first on PATH)."""
         directory = self.directory / f"instance-{name}-{secrets.token_hex(3)}"
         env = None
-        if self.image_bin:
+        if self.image_bin or self.own_home:
             home = directory / "home"
             home.mkdir(parents=True)
-            env = {"HOME": str(home), "PATH": f"{self.image_bin}:{IMAGE_PATH}"}
+            env = {"HOME": str(home), "PATH": f"{self.image_bin}:{IMAGE_PATH}" if self.image_bin else IMAGE_PATH}
         server = Sshd.start(directory, host=host, port=port, env=env, user=self.ssh_user)
         for key in public_keys:
             if key.strip():

@@ -10,6 +10,7 @@ own interpreter), so bootstrap takes the cached-venv path without a network.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ import pytest
 from conftest import Api
 from litestar.testing import TestClient
 from provider_standins import PrimeStandIn, RunPodGpu, RunPodStandIn
-from serving import FAKE_TRAINERS, REPO, descendants
+from serving import FAKE_TRAINERS, REPO, descendants, free_port
 from sshd import Sshd
 
 from trainers.contract import read_config
@@ -329,6 +330,76 @@ def test_the_upload_set_is_the_trainer_module_and_what_it_imports_of_its_package
     assert remote.tree_digest(remote.code_files("lab.train.main")) != before
     with pytest.raises(OSError, match="lab.nope"):
         remote.code_files("lab.nope")
+
+
+def hub_cache(root: Path, repo_id: str, revision: str, files: dict[str, bytes]) -> Path:
+    """A Hugging Face cache holding `repo_id` at `revision` as huggingface_hub lays it out: the
+    snapshot's files are links into the repo's blobs, refs/main names the revision."""
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / revision
+    for name, data in files.items():
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+        (snapshot / name).symlink_to(os.path.relpath(blob, (snapshot / name).parent))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    return snapshot
+
+
+def test_a_hub_model_the_instance_cannot_download_is_uploaded_into_its_cache(world, tmp_path, monkeypatch):
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    files = {"config.json": b'{"model_type": "llama"}', "weights/model.safetensors": b"w" * 5000}
+    snapshot = hub_cache(tmp_path / "hf-cache", "veri-test/tiny", revision, files)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    w = world(hf_endpoint=f"http://127.0.0.1:{free_port()}")  # the instance cannot reach this Hub
+    runpod = w.provider("runpod")
+    runpod.own_home = True
+    executor = w.executor()
+    job, config = w.job("veri-test/tiny")
+    job = w.start(executor, job, config)
+    assert until_done(executor, job) == 0
+    seen = events(w, job["id"])
+    assert seen["model_ready"]["source"] == "uploaded" and seen["model_ready"]["seconds"] >= 0, seen
+
+    # In the instance's own cache, as the Hub would have left it: the trainer, offline, asks for
+    # the repo's main and gets the box's revision.
+    (home,) = runpod.directory.glob("instance-*/home")
+    cached = home / ".cache/huggingface/hub/models--veri-test--tiny"
+    assert (cached / "refs" / "main").read_text() == revision
+    for name, data in files.items():
+        assert (cached / "snapshots" / revision / name).read_bytes() == data
+    assert read_config(remote_job_dir(w, job["id"])).base_model == "veri-test/tiny"  # an id, as given
+    env = json.loads((remote_job_dir(w, job["id"]) / "env.json").read_text())
+    assert env["argv"] and snapshot.is_dir()
+
+
+def test_a_model_folder_of_the_box_is_uploaded_without_what_its_links_lead_to_outside(world, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for a rented machine")
+    folder = tmp_path / "my-model"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "sub" / "weights.bin").write_bytes(b"x" * 100)
+    (folder / "alias.bin").symlink_to(folder / "sub" / "weights.bin")  # inside: uploaded as a file
+    (folder / "leak.txt").symlink_to(secret)  # outside: left out
+    w = world()
+    w.provider("runpod")
+    executor = w.executor()
+    job, config = w.job(str(folder))
+    job = w.start(executor, job, config)
+    assert until_done(executor, job) == 0
+    assert events(w, job["id"])["model_ready"]["source"] == "uploaded"
+    remote_model = Path(read_config(remote_job_dir(w, job["id"])).base_model)
+    assert remote_model.name == "my-model" and remote_model.is_relative_to(w.remote_root), remote_model
+    assert sorted(p.relative_to(remote_model).as_posix() for p in remote_model.rglob("*") if p.is_file()) == [
+        "alias.bin",
+        "config.json",
+        "sub/weights.bin",
+    ]
+    assert (remote_model / "alias.bin").read_bytes() == b"x" * 100 and not (remote_model / "alias.bin").is_symlink()
+    assert not any(b"not for a rented machine" in p.read_bytes() for p in Path(w.remote_root).rglob("*") if p.is_file())
 
 
 def test_no_capacity_falls_through_to_the_next_offer(world):

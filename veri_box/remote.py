@@ -45,6 +45,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
 import posixpath
 import threading
 import time
@@ -59,7 +60,7 @@ import msgspec
 from trainers.contract import CONFIG_FILE, JobConfig, read_config
 from trainers.progress import PROGRESS_FILE
 
-from . import job_config, paths, ssh
+from . import job_config, models, paths, ssh
 from .inventory import CPU
 from .progress import READ_PER_TICK, safe_relative_path
 from .providers import TITLES, Offer, ProviderError, Providers
@@ -76,6 +77,9 @@ CALL_TIMEOUT_S = 20.0  # a runner-thread call (cancel, release) waits this long 
 BOOTSTRAP_TIMEOUT_S = 3600.0  # pip installing the training stack (provisioning's deadline still applies)
 TERMINATE_RETRIES = 10
 REMOTE_ROOT = "veri-box"  # under the instance user's home
+# The instance's Hugging Face model cache, under its home: where huggingface_hub looks with HOME
+# set and no HF_* variable (every command, the trainer too, runs under `env -i`).
+HF_CACHE = ".cache/huggingface/hub"
 
 # The training stack the box's trainers import, pinned on the instance at the box's own versions.
 STACK = (
@@ -164,6 +168,23 @@ rm -rf "$2" && "$1" -m venv --system-site-packages "$2" || exit 1
 "$2/bin/python" -m pip install --disable-pip-version-check --no-input -r "$3" >"$2.log" 2>&1 ||
     { tail -n 30 "$2.log" >&2; exit 1; }
 touch "$2/.ready"
+"""
+
+
+# $1 the instance's python, $2 DOWNLOAD_PY, $3 the repo id, $4 the revision (a commit), $5 the
+# cache. The instance downloads the model from the Hub at the revision the box has, then names
+# that revision `main`: the trainer resolves a Hub id offline as the box's trainer does
+# (trainers.models.resolve asks the cache for main), so it loads exactly the box's weights.
+MODEL_SH = '"$1" -c "$2" "$3" "$4" "$5"'
+DOWNLOAD_PY = """\
+import pathlib, sys
+from huggingface_hub import snapshot_download
+repo, revision, cache = sys.argv[1:4]
+path = snapshot_download(repo, revision=revision, cache_dir=cache)
+ref = pathlib.Path(path).parent.parent / "refs" / "main"
+ref.parent.mkdir(parents=True, exist_ok=True)
+ref.write_text(revision)
+print("veri-box-path=" + path)
 """
 
 
@@ -277,6 +298,41 @@ def tree_digest(files: list[tuple[Path, str]]) -> str:
     return h.hexdigest()[:16]
 
 
+def model_on_box(base_model: str) -> tuple[str, Path] | None:
+    """Where the model a job names is on this box, when the instance needs a copy of it:
+    ("hub", its snapshot in the box's Hugging Face cache) or ("local", a folder). None for the
+    built-in models (the trainer builds them on the instance) and for names the box does not
+    have (a custom trainer's own base_model, such as the test trainer's "fake:...")."""
+    name = base_model.strip()
+    if name in models.BUILT_IN:
+        return None
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return "local", local
+    if name.startswith(("/", "~", ".")):
+        return None
+    snapshot = models._snapshot(name, models.hf_cache_dir())
+    return ("hub", snapshot) if snapshot else None
+
+
+def folder_members(folder: Path, inside: Path, prefix: str) -> list[tuple[Path, str]]:
+    """The files of `folder` as tar members under `prefix`, links resolved (a Hub snapshot's
+    files are links into the repo's blobs) but only to files inside `inside`: a link leading
+    elsewhere on the box is left out, never uploaded to a rented machine."""
+    inside = inside.resolve()
+    members = []
+    for top, dirs, names in os.walk(folder):
+        dirs.sort()
+        for name in sorted(names):
+            path = Path(top) / name
+            target = path.resolve()
+            if not target.is_file() or not target.is_relative_to(inside):
+                log.warning("not uploading %s: it leads outside %s", path, inside)
+                continue
+            members.append((target, f"{prefix}/{path.relative_to(folder).as_posix()}"))
+    return members
+
+
 def _exit_code(text: str) -> int | None:
     """The wrapper's $?: 128 + N for a trainer killed by signal N, read back as -N."""
     try:
@@ -335,6 +391,7 @@ class _Run:
     released: bool = False
     killed: bool = False  # SIGKILL sent: an end without an exit code is ours
     ssh_error: str | None = None  # the last failed SSH attempt, "user@host:port: why"
+    model: tuple[str, Path] | None = None  # model_on_box(base_model), found at upload
 
     @property
     def done(self) -> bool:
@@ -639,6 +696,7 @@ class RemoteExecutor:
         self.store.add_event(
             run.job_id, "bootstrap_done", {"seconds": round(time.monotonic() - started, 2), "python": how}
         )
+        await self._provide_model(run, remote, instance)
         pid, pid_started = await self._start_trainer(run, remote, code_digest)
         run.remote = remote
         run.state["trainer"] = {
@@ -819,6 +877,7 @@ class RemoteExecutor:
     async def _upload(self, run: _Run, remote: Remote) -> str:
         """The trainer's packages, the pinned requirements and the job directory, in one stream."""
         config = run.config
+        run.model = await asyncio.to_thread(model_on_box, config.base_model)
         files = await asyncio.to_thread(code_files, config.trainer)
         code_digest = await asyncio.to_thread(tree_digest, files)
         pins = requirements_text(self._pins)
@@ -828,7 +887,10 @@ class RemoteExecutor:
         members: list[tuple[Path | bytes, str]] = [(path, f"code/{code_digest}/{name}") for path, name in files]
         members.append((pins.encode(), f"venvs/{digest(pins)}.txt"))
         members.append(
-            (json.dumps(self._remote_config(config, remote).to_dict(), indent=2).encode(), f"{relative}/{CONFIG_FILE}")
+            (
+                json.dumps(self._remote_config(config, remote, run.model).to_dict(), indent=2).encode(),
+                f"{relative}/{CONFIG_FILE}",
+            )
         )
         members.append((RUN_SH.encode(), f"{relative}/run.sh"))
         for name in (paths.JOB_REWARD_FUNCTIONS_DIR, job_config.RESUME_DIR):
@@ -840,16 +902,21 @@ class RemoteExecutor:
         log.info("%s: uploaded code %s and the job to %s", run.job_id, code_digest, remote_job)
         return code_digest
 
-    def _remote_config(self, config: JobConfig, remote: Remote) -> JobConfig:
+    def _remote_config(self, config: JobConfig, remote: Remote, model: tuple[str, Path] | None = None) -> JobConfig:
         """config.json as the trainer on the instance reads it: every path under the remote job
-        dir (the job's own files keep their places relative to it)."""
+        dir (the job's own files keep their places relative to it), and a model folder of this
+        box at its copy on the instance (a Hub id stays as it is: the instance has it cached)."""
         job = remote.job(config.job_id)
+        base_model = config.base_model
+        if model is not None and model[0] == "local":
+            base_model = self._local_model(remote, model[1])
 
         def moved(local: str) -> str:
             return f"{job}/{Path(local).relative_to(config.job_dir).as_posix()}"
 
         return dataclasses.replace(
             config,
+            base_model=base_model,
             job_dir=job,
             output_dir=f"{job}/{paths.OUTPUT_DIR}",
             checkpoints_dir=f"{job}/{paths.CHECKPOINTS_DIR}",
@@ -858,6 +925,61 @@ class RemoteExecutor:
             reward_functions=[dataclasses.replace(rf, path=moved(rf.path)) for rf in config.reward_functions],
             resume_from=moved(config.resume_from) if config.resume_from else None,
         )
+
+    def _local_model(self, remote: Remote, folder: Path) -> str:
+        return f"{remote.root}/models/local/{digest(str(folder.resolve()))}/{folder.name}"
+
+    async def _provide_model(self, run: _Run, remote: Remote, instance: dict) -> None:
+        """Put the job's model on the instance, unless the trainer builds it there (the built-in
+        ones). A Hub id: the instance downloads it from the Hub (--hf-endpoint) at the revision
+        the box has; if it cannot (no internet, a gated or private repo: the box sends no Hub
+        token to a rented machine), the box uploads its own copy into the instance's cache. A
+        folder of this box: uploaded. Event model_ready: {source, seconds}."""
+        if run.model is None:
+            return
+        kind, folder = run.model
+        started = time.monotonic()
+        where = self._where(instance)
+        cache = f"{remote.home}/{HF_CACHE}"
+        if kind == "hub":
+            revision = folder.name
+            env = {**remote.env, "HF_ENDPOINT": self.settings.hf_endpoint, "HF_HUB_DISABLE_TELEMETRY": "1"}
+            result = await ssh.run(
+                run.conn,
+                MODEL_SH,
+                env,
+                remote.python,
+                DOWNLOAD_PY,
+                run.config.base_model,
+                revision,
+                cache,
+                timeout=BOOTSTRAP_TIMEOUT_S,
+            )
+            if result.exit_status == 0 and ssh.marked(result.stdout).get("path"):
+                source = "hub"
+            else:
+                why = ssh._text(result.stderr).splitlines()[-1:] or [f"exit status {result.exit_status}"]
+                log.warning(
+                    "%s: %s could not download %s from %s (%s); uploading the box's copy",
+                    run.job_id,
+                    where,
+                    run.config.base_model,
+                    self.settings.hf_endpoint,
+                    why[0],
+                )
+                repo = folder.parent.parent  # models--ORG--NAME
+                members = folder_members(folder, repo, f"{repo.name}/snapshots/{revision}")
+                members.append((revision.encode(), f"{repo.name}/refs/main"))
+                await ssh.put_tree(run.conn, remote.env, members, cache)
+                source = "uploaded"
+        else:
+            target = self._local_model(remote, folder)
+            members = folder_members(folder, folder, posixpath.basename(target))
+            await ssh.put_tree(run.conn, remote.env, members, posixpath.dirname(target))
+            source = "uploaded"
+        seconds = round(time.monotonic() - started, 2)
+        self.store.add_event(run.job_id, "model_ready", {"source": source, "seconds": seconds})
+        log.info("%s: model %s on %s (%s, %.1f s)", run.job_id, run.config.base_model, where, source, seconds)
 
     async def _bootstrap(self, run: _Run, remote: Remote, instance: dict) -> tuple[str, str]:
         """(python, how): the instance's own python if it has the box's training stack, else the
@@ -902,6 +1024,10 @@ class RemoteExecutor:
         env = {
             **remote.env,
             "PYTHONUNBUFFERED": "1",
+            # As on the box: the trainer itself never downloads. The model is on the instance
+            # already (_provide_model), so a missing one fails at once with model_not_found
+            # instead of a download in the middle of a paid, provisioned run.
+            "HF_HUB_OFFLINE": "1",
             "PYTHONPATH": remote.code(code_digest),
             "CUDA_VISIBLE_DEVICES": ""
             if config.devices.type == CPU
