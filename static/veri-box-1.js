@@ -393,6 +393,10 @@
     // smoothed ones. Jobs are logged at different steps (or times): uPlot.join aligns them.
     function chartData(key) {
       var tables = [], meta = [];
+      // A key with no value above zero (a loss that is always negative) stays linear.
+      var log = options.log && sources.some(function (s) {
+        return s.series[key] && s.series[key].y.some(function (v) { return v > 0; });
+      });
       sources.forEach(function (s) {
         var data = s.series[key];
         if (!data || !data.x.length) return;
@@ -404,14 +408,14 @@
           var prev = -Infinity;
           xs = xs.map(function (step) { var t = Math.max(timeAt(tl, step), prev + 1e-6); prev = t; return t; });
         }
-        var raw = options.log ? data.y.map(function (v) { return v > 0 ? v : null; }) : data.y.slice();
+        var raw = log ? data.y.map(function (v) { return v > 0 ? v : null; }) : data.y.slice();
         var table = [xs, raw];
         if (options.smoothing > 0) table.push(ema(raw, options.smoothing));
         tables.push(table);
         meta.push({ source: s, count: data.x.length });
       });
       var joined = tables.length === 1 ? tables[0] : uPlot.join(tables);
-      return { data: joined, meta: meta };
+      return { data: joined, meta: meta, log: log };
     }
 
     function makeChart(key, index) {
@@ -442,7 +446,7 @@
       var opts = {
         width: Math.max(box.clientWidth, 240),
         height: 200,
-        scales: { x: { time: false }, y: { distr: options.log ? 3 : 1 } },
+        scales: { x: { time: false }, y: { distr: built.log ? 3 : 1 } },
         legend: { show: true },
         cursor: { drag: { x: true, y: false }, sync: { key: "veri-box-" + root.id } },
         series: series,
@@ -483,6 +487,7 @@
       });
       box.dataset.points = String(points);
       box.dataset.jobs = String(built.meta.length);
+      box.dataset.log = String(built.log);
       var xs = built.data[0] || [];
       box.dataset.xMax = xs.length ? String(+xs[xs.length - 1].toPrecision(6)) : "";
       box.dataset.last = lasts.join(",");

@@ -332,7 +332,9 @@ def _fake_jobs(server: Server, tmp_path: Path) -> list[dict]:
             raise AssertionError(f"{job['id']} did not complete:\n{server.output()[-3000:]}")
     store = Store(paths.db(server.data_dir))
     for i, job in enumerate(jobs):
-        store.add_metrics(job["id"], [(s, {"step_time": 0.5 * (i + 1)}) for s in range(1, 41)])
+        store.add_metrics(
+            job["id"], [(s, {"step_time": 0.5 * (i + 1), "policy/objective": -0.1 * s}) for s in range(1, 41)]
+        )
     http.close()
     return jobs
 
@@ -418,6 +420,14 @@ def _compare_walk(page, shot, server: Server, small: dict, big: dict) -> None:
     expect(page.locator("#compare-charts .chart[data-key=loss]")).to_have_attribute("data-jobs", "2")
     page.check("#compare-charts .log-y")
     expect(charts).to_have_attribute("data-log", "true")
+    expect(reward).to_have_attribute("data-log", "true")
+    # grouped by prefix; a key that is never above zero stays on a linear axis
+    page.fill("#compare-charts .key-search", "objective")
+    expect(page.locator("#compare-charts .key-group[data-group='policy/*']")).to_be_visible()
+    page.check("#compare-charts .key-picker-body input[value='policy/objective']")
+    objective = page.locator("#compare-charts .chart[data-key='policy/objective']")
+    expect(objective).to_have_attribute("data-points", "80")
+    expect(objective).to_have_attribute("data-log", "false")
     page.select_option("#compare-charts .x-axis", "time")
     expect(charts).to_have_attribute("data-x", "time")
     expect(reward).to_have_attribute("data-jobs", "2")
