@@ -416,6 +416,17 @@ def test_the_dashboard_hides_what_a_member_may_not_do_and_the_server_still_refus
     r = web.post(f"/settings/api-keys/{lab.admin_id}/revoke", data={"_csrf": csrf})
     assert r.status_code == 403
     assert len(lab.admin.get("/v1/api_keys?limit=100").json()["data"]) == keys
+    # jobs name their owner; "Mine only" lists this key's; Cancel shows only to the owner (and admins)
+    hers, theirs = job(lab.alice), job(lab.bob)
+    listed = web.get("/jobs?mine=1").text
+    assert hers["id"] in listed and theirs["id"] not in listed and "by alice" in listed
+    assert theirs["id"] in web.get("/jobs").text
+    other = web.get(f"/jobs/{theirs['id']}").text
+    assert 'id="created-by"' in other and "bob" in other and 'id="cancel-job"' not in other
+    assert 'id="cancel-job"' in web.get(f"/jobs/{hers['id']}").text
+    assert 'id="cancel-job"' in admin_web.get(f"/jobs/{theirs['id']}").text
+    r = web.post(f"/jobs/{theirs['id']}/cancel", data={"_csrf": csrf})
+    assert r.status_code == 403 and status(lab.bob, theirs["id"]) != "cancelled"
     # an admin's dashboard makes member keys unless told otherwise
     r = admin_web.post("/settings/api-keys", data={"_csrf": admin_csrf, "name": "ta"}, headers={"HX-Request": "true"})
     assert "a member key" in r.text, r.text[:500]

@@ -11,6 +11,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery
 
 from .. import artifacts, devices, statuses
+from ..auth import caller_id
 from ..devices import Inventory
 from ..errors import ApiError
 from ..jobs import METHODS, UpdateJob, update_labels
@@ -28,12 +29,19 @@ def _job_filters(status: str | None, method: str | None, q: str | None) -> tuple
 
 
 def _jobs_table(
-    store: Store, status: str | None, method: str | None, q: str | None, after: str | None, settings: Settings
+    store: Store,
+    status: str | None,
+    method: str | None,
+    q: str | None,
+    after: str | None,
+    settings: Settings,
+    mine: str | None = None,
 ) -> dict:
-    rows, more = store.list_jobs(PAGE_SIZE, after, status, method, search=q)
+    """`mine`: the session key's id, to list only its jobs (the "mine" filter)."""
+    rows, more = store.list_jobs(PAGE_SIZE, after, status, method, search=q, created_by=mine)
     # "Now" for the list: a GRPO job's latest reward; any job's latest loss is on its row.
     rewards = store.latest_metric_values([r["id"] for r in rows if r["method"] == "grpo"], "reward")
-    query = {k: v for k, v in (("status", status), ("method", method), ("q", q)) if v}
+    query = {k: v for k, v in (("status", status), ("method", method), ("q", q), ("mine", "1" if mine else None)) if v}
     return {
         "jobs": rows,
         "rewards": rewards,
@@ -45,6 +53,7 @@ def _jobs_table(
         "status": status,
         "method": method,
         "q": q,
+        "mine": bool(mine),
         "after": after,
         # What each job takes on disk and what is left: the cue to delete finished jobs.
         "sizes": {r["id"]: artifacts.job_size(settings, r["id"]) for r in rows},
@@ -63,10 +72,14 @@ def jobs_page(
     q: FromQuery[str | None] = None,
     after: FromQuery[str | None] = None,
     compare_with: FromQuery[str | None] = None,
+    mine: FromQuery[str | None] = None,
 ) -> Response:
     status, method, q = _job_filters(status, method, q)
-    table = _jobs_table(store, status, method, q, after, settings)
-    empty = not table["jobs"] and not status and not method and not q and not after and not store.any_job()
+    owner = caller_id(request) if mine else None
+    table = _jobs_table(store, status, method, q, after, settings, owner)
+    empty = (
+        not table["jobs"] and not status and not method and not q and not after and not owner and not store.any_job()
+    )
     base = store.get_job(compare_with) if compare_with else None
     return render(
         request,
@@ -88,9 +101,11 @@ def jobs_table(
     method: FromQuery[str | None] = None,
     q: FromQuery[str | None] = None,
     after: FromQuery[str | None] = None,
+    mine: FromQuery[str | None] = None,
 ) -> Response:
     status, method, q = _job_filters(status, method, q)
-    return render(request, "_job_table.html", **_jobs_table(store, status, method, q, after, settings))
+    owner = caller_id(request) if mine else None
+    return render(request, "_job_table.html", **_jobs_table(store, status, method, q, after, settings, owner))
 
 
 @post("/jobs/{job_id:str}/labels", include_in_schema=False, opt={"rule": "owner", "owns": "job"})
