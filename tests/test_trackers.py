@@ -203,6 +203,11 @@ def test_grpo_job_logs_metrics_rollouts_and_config_to_wandb_and_tensorboard(box:
     assert holding == [job_dir / "config.json"]
     assert KEY not in box.get(f"/v1/training_jobs/{job_id}").text
 
+    from test_dashboard import Browser
+
+    page = Browser(box).get(f"/jobs/{job_id}").text
+    assert f'id="wandb-run" href="{job["wandb_run_url"]}"' in page and 'id="tensorboard-note"' in page
+
 
 def test_a_job_without_wandb_still_writes_tensorboard(box: Api, tiny_model: Path):
     job_id = grpo_job(box, tiny_model, max_steps=2)
@@ -272,3 +277,73 @@ progress.completed(steps=2)
     records = [json.loads(line) for line in (tmp_path / "progress.jsonl").read_text().splitlines()]
     assert [r["type"] for r in records] == ["event", "metrics", "sample", "metrics", "sample", "event"]
     assert not (tmp_path / "tensorboard").exists()
+
+
+def test_the_settings_page_sets_and_removes_wandb_without_showing_the_key(api: Api):
+    from test_dashboard import Browser
+
+    web = Browser(api)
+    page = web.get("/settings").text
+    assert 'id="wandb"' in page and 'id="integration"' in page
+    bad = web.post("/settings/wandb", data={"api_key": KEY, "project": "a/b"})
+    assert 'data-code="invalid_value"' in bad.text and "<code>project</code>" in bad.text
+    assert api.store.get_integration("wandb") is None
+    r = web.post("/settings/wandb", data={"api_key": KEY, "project": "runs", "entity": "", "mode": "offline"})
+    assert "Configured" in r.text and "..." + KEY[-4:] in r.text and KEY not in r.text and "offline" in r.text
+    assert api.get(ROUTE).json() | {"updated_at": None} == {
+        "configured": True,
+        "project": "runs",
+        "entity": None,
+        "base_url": None,
+        "mode": "offline",
+        "key_hint": "..." + KEY[-4:],
+        "updated_at": None,
+        "provider": "wandb",
+        "object": "integration",
+    }
+    assert KEY not in web.get("/settings").text
+    assert "Not configured" in web.post("/settings/wandb/delete").text
+    assert api.get(ROUTE).json()["configured"] is False
+
+
+@pytest.mark.parametrize(
+    "url, kept",
+    [
+        ("https://wandb.ai/team/p/runs/job_1", True),
+        ("http://wandb.lab:8080/team/p/runs/job_1", True),
+        ("javascript:alert(1)", False),
+        ("data:text/html,hi", False),
+        ("https://wandb.ai/a b", False),
+        ("https://" + "x" * 2000, False),
+        (42, False),
+    ],
+)
+def test_the_run_url_a_trainer_reports_is_kept_only_as_a_plain_http_link(url, kept):
+    """A reward function runs inside the trainer and could write any record: the dashboard makes
+    wandb_run_url a link, so only http(s) URLs are stored."""
+    from veri_box import progress
+
+    line = json.dumps({"type": "event", "event": "running", "total_steps": 3, "metadata": {"wandb_run_url": url}})
+    batch, _ = progress.parse((line + "\n").encode(), "job_x")
+    assert batch.fields.get("wandb_run_url") == (url if kept else None)
+    assert batch.running["total_steps"] == 3
+
+
+def test_only_an_online_wandb_job_gets_the_network_in_its_sandbox(tmp_path: Path):
+    from dataclasses import replace
+
+    from test_sandbox import fake_host, job_config
+
+    from trainers.contract import WandbConfig
+    from veri_box import sandbox
+
+    plain = job_config(tmp_path)
+    online = replace(plain, wandb=WandbConfig(api_key=KEY, project="p"))
+    offline = replace(plain, wandb=WandbConfig(api_key=KEY, project="p", mode="offline"))
+    shares = {
+        name: "--share-net" in sandbox.command(config, {}, fake_host(tmp_path))[0]
+        for name, config in (("plain", plain), ("online", online), ("offline", offline))
+    }
+    assert shares == {"plain": False, "online": True, "offline": False}
+    # The key is not in the trainer's environment either: config.json is its one way in.
+    assert all(KEY not in v for v in sandbox.command(online, {"WANDB_API_KEY": KEY}, fake_host(tmp_path))[1].values())

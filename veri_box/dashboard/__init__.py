@@ -78,6 +78,8 @@ def routers(settings: Settings, sessions: Sessions, store: Store) -> list[Router
             settings_pages.revoke_api_key,
             settings_pages.save_openreward,
             settings_pages.delete_openreward,
+            settings_pages.save_wandb,
+            settings_pages.delete_wandb,
             settings_pages.provider_quotes,
             settings_pages.save_provider,
             settings_pages.delete_provider,

@@ -13,7 +13,7 @@ from .. import api_keys, devices, integrations, provider_settings
 from ..api_keys import CreateApiKey
 from ..devices import Inventory, box_info
 from ..errors import ApiError
-from ..integrations import OpenRewardSettings
+from ..integrations import OpenRewardSettings, WandbSettings
 from ..placement import Placement
 from ..provider_settings import ProviderSettings
 from ..providers import TITLES
@@ -32,6 +32,7 @@ def _settings_context(store: Store, inventory: Inventory, settings: Settings) ->
     return {
         "keys": keys,
         "integration": integrations.get(store),
+        "wandb": integrations.get_wandb(store),
         "providers": provider_settings.list_(store),
         "provider_titles": TITLES,
         "inventory": inventory_rows(store, inventory),
@@ -141,6 +142,40 @@ def delete_openreward(
 ) -> Response:
     integrations.delete(store)
     return _panel(request, "_integration.html", store, inventory, settings, message="OpenReward key removed.")
+
+
+@post("/settings/wandb", include_in_schema=False, opt={"rule": "admin"})
+async def save_wandb(
+    request: Request,
+    store: NamedDependency[Store],
+    inventory: NamedDependency[Inventory],
+    settings: NamedDependency[Settings],
+) -> Response:
+    form = await text_fields(request)
+    error, message = None, None
+    try:
+        fields = {name: (form.get(name) or "").strip() or None for name in ("project", "entity", "base_url")}
+        body = convert(
+            {"api_key": form.get("api_key") or "", "mode": form.get("mode") or "online", **fields}, WandbSettings
+        )
+        await anyio.to_thread.run_sync(integrations.put_wandb, store, body)
+        message = "W&B key saved: new jobs log to W&B."
+    except ApiError as exc:
+        error = error_context(exc)
+    context = _settings_context(store, inventory, settings)
+    return render(request, "_integration.html", panel="wandb", error=error, message=message, **context)
+
+
+@post("/settings/wandb/delete", include_in_schema=False, sync_to_thread=True, opt={"rule": "admin"})
+def delete_wandb(
+    request: Request,
+    store: NamedDependency[Store],
+    inventory: NamedDependency[Inventory],
+    settings: NamedDependency[Settings],
+) -> Response:
+    integrations.delete_wandb(store)
+    context = _settings_context(store, inventory, settings)
+    return render(request, "_integration.html", panel="wandb", error=None, message="W&B key removed.", **context)
 
 
 @get("/settings/quotes", include_in_schema=False, sync_to_thread=True)
