@@ -212,3 +212,15 @@ def test_the_panel_names_a_device_count_the_api_would_refuse(web):
     assert 'data-code="invalid_value"' in text and "<code>gpu.count</code>" in text and ">= 1" in text
     two = panel(web, base_model="Qwen/Qwen3-0.6B", hp__lora_rank="16", gpu_count="2")
     assert 'data-state="estimate"' in two  # counted even beyond the box's one card: the API names that at submit
+
+
+def test_the_panel_estimates_a_video_job_from_its_frames(web):
+    cogvideox = {"method": "sft_video_gen", "base_model": "THUDM/CogVideoX-2b"}
+    text = panel(web, **cogvideox)
+    assert 'data-state="estimate"' in text and "CogVideoXPipeline" in text and "transformer weights" in text
+    total = float(re.search(r"<strong>([\d.]+)</strong>", text).group(1))
+    assert "(encoding)" in text  # at 49 frames T5 + VAE + transformer while encoding is the peak
+    longer = panel(web, **cogvideox, hp__num_frames="161")
+    assert "(training)" in longer and float(re.search(r"<strong>([\d.]+)</strong>", longer).group(1)) > total
+    tiny = panel(web, method="sft_video_gen", base_model="veri-box/tiny-cogvideox")
+    assert 'data-state="unchecked"' in tiny and "not estimated" in tiny
