@@ -24,7 +24,11 @@ from veri_box.devices import build_inventory
 from veri_box.settings import Settings
 
 SMALL_CARD = "RTX4090-24GB"
-ROWS = [{"prompt": "What is 2+2?", "answer": "4"}, {"prompt": "Say hi", "answer": "hi"}, {"prompt": "1+3?", "answer": "4"}]
+ROWS = [
+    {"prompt": "What is 2+2?", "answer": "4"},
+    {"prompt": "Say hi", "answer": "hi"},
+    {"prompt": "1+3?", "answer": "4"},
+]
 SCORE_FOURS = """
 def reward(completions, **kwargs):
     return [float(c.strip() == "4") for c in completions]
@@ -57,7 +61,10 @@ def web(tmp_path, monkeypatch) -> Iterator[Browser]:
 def suggestions(page: str) -> dict[str, str]:
     """The model field's datalist: value -> label."""
     datalist = re.search(r'<datalist id="models">(.*?)</datalist>', page, re.S).group(1)
-    return {html.unescape(v): html.unescape(label) for v, label in re.findall(r'<option value="([^"]*)" label="([^"]*)"', datalist)}
+    return {
+        html.unescape(v): html.unescape(label)
+        for v, label in re.findall(r'<option value="([^"]*)" label="([^"]*)"', datalist)
+    }
 
 
 def estimate_query(**fields) -> str:
@@ -99,7 +106,10 @@ def test_cached_models_are_suggested_with_architecture_size_and_parameters(web):
     offered = suggestions(web.get("/jobs/new").text)
     assert offered["Qwen/Qwen3-4B"].startswith("Qwen3ForCausalLM · 4.02 B parameters · ")
     assert offered["Qwen/Qwen3-4B"].endswith("HF cache")
-    assert offered["THUDM/CogVideoX-2b"].startswith("CogVideoXPipeline") and "(for sft_video_gen)" in offered["THUDM/CogVideoX-2b"]
+    assert (
+        offered["THUDM/CogVideoX-2b"].startswith("CogVideoXPipeline")
+        and "(for sft_video_gen)" in offered["THUDM/CogVideoX-2b"]
+    )
     page = web.get("/jobs/new").text
     assert 'data-model="Qwen/Qwen3-4B"' in page  # its "Use" button in the models table
 
@@ -174,8 +184,12 @@ def test_the_form_tests_a_chosen_or_written_reward_function_on_the_chosen_datase
     dataset = web.api.dataset(ROWS)
     rf = web.api.reward_function(SCORE_FOURS, name="fours")
     page = web.get("/jobs/new").text
-    button = re.search(rf'<button[^>]*hx-get="/reward-functions/test-form\?reward_function_id={rf}"[^>]*>Test</button>', page)
-    assert button and 'hx-include="#dataset_id"' in button.group(0) and 'hx-target="#job-reward-test"' in button.group(0)
+    button = re.search(
+        rf'<button[^>]*hx-get="/reward-functions/test-form\?reward_function_id={rf}"[^>]*>Test</button>', page
+    )
+    assert (
+        button and 'hx-include="#dataset_id"' in button.group(0) and 'hx-target="#job-reward-test"' in button.group(0)
+    )
     assert 'id="job-reward-test"' in page and page.index('id="job-reward-test"') > page.index("</form>")
     # What the button loads (htmx adds the form's dataset_id), and what its Run test shows.
     form = web.get(f"/reward-functions/test-form?reward_function_id={rf}&dataset_id={dataset}", headers=HTMX).text
@@ -183,7 +197,7 @@ def test_the_form_tests_a_chosen_or_written_reward_function_on_the_chosen_datase
     ran = web.post("/reward-functions/test", data={"reward_function_id": rf, "dataset_id": dataset, "rows": "3"})
     assert 'data-passed="true"' in ran.text and "0 / 0.6667 / 1" in ran.text, ran.text
     # The inline source: its own Test button, a form that sends the job form's #reward_source.
-    source_button = re.search(r'<button[^>]*source_selector=%23reward_source[^>]*>Test this source</button>', page)
+    source_button = re.search(r"<button[^>]*source_selector=%23reward_source[^>]*>Test this source</button>", page)
     assert source_button and 'hx-include="#dataset_id"' in source_button.group(0)
     assert '<textarea id="reward_source" name="reward_source"' in page
     broken = "def reward(completions, **kwargs):\n    return [len(c) / 0 for c in completions]\n"

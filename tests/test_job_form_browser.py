@@ -17,10 +17,20 @@ from serving import KEY, REPO, Server
 
 sync_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 ARTIFACTS = REPO / "test-artifacts" / "job-form"
 CARD = "RTX4090-24GB"
-ROWS = [{"prompt": "What is 2+2?", "answer": "4"}, {"prompt": "Say hi", "answer": "hi"}, {"prompt": "1+3?", "answer": "4"}]
+ROWS = [
+    {"prompt": "What is 2+2?", "answer": "4"},
+    {"prompt": "Say hi", "answer": "hi"},
+    {"prompt": "1+3?", "answer": "4"},
+]
 FOURS = 'def reward(completions, **kwargs):\n    return [float(c.strip() == "4") for c in completions]\n'
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)")

@@ -31,8 +31,7 @@ NOT_MEASURED = (
 
 @pytest.mark.parametrize(
     "figure",
-    MEASURED
-    or [pytest.param(None, marks=pytest.mark.skip(reason=NOT_MEASURED))],
+    MEASURED or [pytest.param(None, marks=pytest.mark.skip(reason=NOT_MEASURED))],
     ids=lambda f: f and f"{f['point']}@{f['source']}",
 )
 def test_the_estimate_is_within_20_percent_of_every_measured_point(figure):

@@ -177,7 +177,8 @@ def _model_suggestions(settings: Settings, store: Store, method: str) -> list[di
     fitting = [m for m in listed if method in m.methods]
     others = [m for m in listed if method not in m.methods]
     return [
-        {"id": m.id, "label": model_label(m), "fits": method in m.methods, "methods": m.methods} for m in fitting + others
+        {"id": m.id, "label": model_label(m), "fits": method in m.methods, "methods": m.methods}
+        for m in fitting + others
     ]
 
 
