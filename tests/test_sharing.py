@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from serving import FAKE_TRAINERS, KEY, Server, run_cli
+from test_remote_jobs import clouds, start_box  # noqa: F401  (fixtures: the provider stand-ins)
 
 from veri_box.app import create_app
 from veri_box.auth import OWNED, RULES, UNSAFE_METHODS
@@ -463,3 +464,41 @@ def test_keys_of_a_box_from_before_roles_become_admins(tmp_path: Path):
     row, _ = upgraded.create_api_key("new", "member")
     assert upgraded.get_api_key(row["id"])["role"] == "member"
     assert json.loads(json.dumps(upgraded.owned_counts("k1"))) == {"jobs": 0, "datasets": 0, "reward_functions": 0}
+
+
+# ---- monthly spend with the cloud provider stand-ins ----------------------------------------------
+
+
+def test_a_cloud_job_is_cancelled_at_its_keys_spend_limit_and_then_refused_at_submit(start_box, clouds):  # noqa: F811
+    from test_remote_jobs import FAKE_ARGS, GPU, create_job, events, instance_of
+
+    box = start_box(*FAKE_ARGS)
+    admin = box.http
+    key = admin.post("/v1/api_keys", json={"name": "student"}).json()
+    student = httpx.Client(base_url=box.server.url, headers={"Authorization": f"Bearer {key['key']}"}, timeout=60)
+    # RunPod's stand-in rents the A100 at $1.64/h: $0.002 is reached about 4 s after the launch.
+    r = admin.put(f"/v1/api_keys/{key['id']}/quotas", json={"monthly_spend_usd": 0.002})
+    assert r.status_code == 200, r.text
+    job_id = create_job(student, "fake:steps=100000,step_s=0.1")["id"]
+    instance_id = instance_of(student, job_id)["instance_id"]
+    job = wait_until(lambda: (j := student.get(f"/v1/training_jobs/{job_id}").json())["status"] == "cancelled" and j)
+    assert job, student.get(f"/v1/training_jobs/{job_id}").json()
+    reached = [e for e in events(student, job_id) if e["event_type"] == "spend_limit_reached"]
+    assert len(reached) == 1 and reached[0]["metadata"]["limit"] == "monthly_spend_usd", events(student, job_id)
+    assert wait_until(lambda: instance_id not in clouds.runpod.instances, timeout=60), "the instance was not terminated"
+    me = student.get("/v1/me").json()
+    assert me["usage"]["spend_usd"] >= 0.002
+    # The next cloud job of this key is refused at submit, naming the limit, the usage and the reset.
+    body = {"base_model": "fake:steps=1", "dataset_id": dataset(student), "output_name": "x", "gpu": GPU}
+    r = student.post("/v1/training_jobs", json={**body, "reward_source": REWARD.decode()})
+    assert r.status_code == 429, r.text
+    error = r.json()["error"]
+    assert error["code"] == "quota_exceeded" and error["param"] == "monthly_spend_usd"
+    assert me["usage"]["resets_at"] in error["message"]
+    # The box's budget: every key's cloud jobs are refused once the box has spent it.
+    assert admin.put("/v1/settings/quotas", json={"monthly_budget_usd": 0.001}).status_code == 200
+    r = admin.post("/v1/training_jobs", json={**body, "dataset_id": dataset(admin), "reward_source": REWARD.decode()})
+    assert r.status_code == 402 and r.json()["error"]["code"] == "budget_exceeded", r.text
+    # a job for the box's own cpu pool rents nothing: still accepted
+    r = submit(student, "fake:steps=1")
+    assert r.status_code == 200, r.text

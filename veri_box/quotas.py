@@ -226,16 +226,35 @@ def waiting_for(store: Store, job: dict) -> dict | None:
 
 
 def over_spend(store: Store, key_id: str | None) -> dict | None:
-    """The spend_limit_reached metadata when a key has reached its monthly spend limit."""
-    if not key_id:
+    """The spend_limit_reached metadata when a key has reached its monthly spend limit, or the
+    box its monthly budget (None: neither)."""
+    limit = effective(store, key_id).monthly_spend_usd if key_id else None
+    if limit is not None:
+        used = spend(store, key_id)
+        if used >= limit:
+            return {"reason": "spend_limit_reached", "limit": "monthly_spend_usd", "value": limit, "usage": used}
+    box = store.get_quota(BOX)
+    if box and box["monthly_spend_usd"] is not None:
+        used = spend(store, None)
+        if used >= box["monthly_spend_usd"]:
+            return {
+                "reason": "spend_limit_reached",
+                "limit": "monthly_budget_usd",
+                "value": box["monthly_spend_usd"],
+                "usage": used,
+            }
+    return None
+
+
+def cloud_refusal(store: Store, job: dict) -> tuple[str, str] | None:
+    """(code, message) when a queued job about to rent a GPU may not (its key or the box is past
+    a spend limit): the runner fails it rather than launch (a job that waited, or bursts)."""
+    over = over_spend(store, job.get("created_by"))
+    if over is None:
         return None
-    limit = effective(store, key_id).monthly_spend_usd
-    if limit is None:
-        return None
-    used = spend(store, key_id)
-    if used < limit:
-        return None
-    return {"reason": "spend_limit_reached", "limit": "monthly_spend_usd", "value": limit, "usage": used}
+    status = 402 if over["limit"] == "monthly_budget_usd" else 429
+    error = _refuse(over["limit"], over["value"], over["usage"], month_bounds()[1], status)
+    return error.code, error.message
 
 
 # -- routes (admins set limits; anyone reads their own through GET /v1/me) ---------------------------

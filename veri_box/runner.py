@@ -24,7 +24,7 @@ from trainers.contract import JobConfig, write_config
 
 from . import health, job_config, paths, progress, quotas, system_metrics
 from .executors import Executor, LocalExecutor
-from .placement import LOCAL, SLURM, Placement, Route
+from .placement import CLOUDS, LOCAL, SLURM, Placement, Route
 from .settings import Settings
 from .statuses import ACTIVE, PLACED, TERMINAL, JobStatus
 from .store import Store, now, seconds_between
@@ -110,8 +110,20 @@ class Runner:
                     self._supervise(job)
                 except Exception:  # one broken job must not stop the others being supervised
                     log.exception("supervising %s failed", job["id"])
+            self._enforce_spend()
             self._record_system_metrics()
             self._place()
+
+    def _enforce_spend(self) -> None:
+        """Cancel cloud jobs whose key has reached its monthly spend limit (or the box its budget)."""
+        for job in self.store.jobs_holding_devices():
+            if job["provider"] not in CLOUDS or job["status"] not in ACTIVE:
+                continue
+            over = quotas.over_spend(self.store, job.get("created_by"))
+            if over is not None:
+                log.info("cancelling %s: %s", job["id"], over)
+                self.store.add_event(job["id"], "spend_limit_reached", over)
+                self.cancel(job["id"], reason=over)
 
     def cancel(self, job_id: str, reason: dict | None = None) -> dict | None:
         """Cancel a job that has not finished (None if it had). The job reads `cancelled` at
@@ -164,7 +176,11 @@ class Runner:
             elif route.executor == SLURM:
                 self._start(job, list(range(count)), SLURM)
             elif route.executor == "cloud":
-                self._start_cloud(job, route, waited)
+                refused = quotas.cloud_refusal(self.store, job)
+                if refused:  # its key or the box is past a spend limit: no instance is rented for it
+                    self._fail_queued(job, *refused)
+                else:
+                    self._start_cloud(job, route, waited)
             elif job["id"] not in self._said_waiting:
                 # No offer in stock now: the job stays queued, and says so (once per server run).
                 self._said_waiting.add(job["id"])
