@@ -4,10 +4,12 @@ to TensorBoard (the event files read back with TensorBoard's own reader), in the
 
 from __future__ import annotations
 
+import http.server
 import json
 import struct
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -252,6 +254,7 @@ def test_a_missing_tensorboard_is_one_warning_and_training_goes_on(tmp_path: Pat
     warning in the log, and progress.jsonl gets every record as before."""
     script = f"""
 import sys
+import threading
 sys.modules["tensorboard"] = None  # import tensorboard now raises ImportError
 sys.path.insert(0, {str(REPO)!r})
 from trainers.contract import DatasetConfig, Devices, JobConfig
@@ -347,3 +350,42 @@ def test_only_an_online_wandb_job_gets_the_network_in_its_sandbox(tmp_path: Path
     assert shares == {"plain": False, "online": True, "offline": False}
     # The key is not in the trainer's environment either: config.json is its one way in.
     assert all(KEY not in v for v in sandbox.command(online, {"WANDB_API_KEY": KEY}, fake_host(tmp_path))[1].values())
+
+
+class _RefusingWandb(http.server.BaseHTTPRequestHandler):
+    """A W&B server that refuses every key, as W&B answers a revoked one: 401 on its GraphQL API."""
+
+    def _refuse(self):
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        body = b'{"errors": [{"message": "user is not logged in"}]}'
+        self.send_response(401)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _refuse
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_key_wandb_refuses_is_a_wandb_failed_event_and_the_job_trains_on(box: Api, tiny_model: Path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RefusingWandb)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        assert box.put(ROUTE, json={"api_key": KEY, "project": "p", "base_url": url}).status_code == 200
+        job_id = grpo_job(box, tiny_model, max_steps=2)
+        job = finished(box, job_id)
+    finally:
+        server.shutdown()
+    log = box.get(f"/v1/training_jobs/{job_id}/logs/full").text
+    assert job["status"] == "completed", (job["error"], log[-3000:])
+    assert job["wandb_run_url"] is None
+    failed = [
+        e for e in box.get(f"/v1/training_jobs/{job_id}/events").json()["items"] if e["event_type"] == "wandb_failed"
+    ]
+    assert len(failed) == 1 and "not logged in" in failed[0]["metadata"]["message"]
+    assert "warning: W&B run not started" in log
+    assert [e.step for e in tensorboard_events(paths.job_dir(box.settings.data_dir, job_id)).Scalars("loss")] == [1, 2]
