@@ -376,15 +376,19 @@ def completion_hook(box: Any):
 
 def recover(box: Any) -> None:
     """At start-up: a push the stopped server was running is failed (it can be pushed again); a
-    completed job whose push never started gets it now."""
+    completed job whose push never started gets it now. Never stops the server from starting."""
     store = box.store
     for job in store.jobs_with_hf_push("pushing"):
         reason = f"The server stopped during the push; push again with POST /v1/training_jobs/{job['id']}/push."
         failed = {"status": "failed", "repo_url": None, "commit": None, "error": reason, "updated_at": now()}
-        store.end_hf_push(job["id"], failed, "hf_push_failed", {"repo": job["hf_push"]["repo"], "reason": reason})
+        repo = (job["hf_push"] or {}).get("repo")
+        store.end_hf_push(job["id"], failed, "hf_push_failed", {"repo": repo, "reason": reason})
     for job in store.jobs_with_hf_push("waiting"):
         if job["status"] == JobStatus.COMPLETED:
-            start(box, job["id"])
+            try:
+                start(box, job["id"])
+            except Exception:
+                log.exception("starting the missed push of %s failed", job["id"])
 
 
 def pushing(job: dict) -> bool:
