@@ -7,8 +7,10 @@
 #
 # Left out on purpose, because the image has them (/work/.library/device/KINDS.md): pyarrow,
 # httpx, jinja2, anyio, click, rich, pyyaml, numpy, pandas, xxhash, fsspec, tabulate, pluggy,
-# python-dateutil, multidict, huggingface-hub. openreward (and its large tree: anthropic, openai,
-# google-genai, opentelemetry) is imported only by jobs with environments, which the check never runs.
+# python-dateutil, multidict, huggingface-hub, tensorboard (trainers/trackers.py's event files).
+# openreward (and its large tree: anthropic, openai, google-genai, opentelemetry) is imported only
+# by jobs with environments, and wandb (about 20 MiB: its Go core) only by jobs on a box with the
+# W&B integration; the check runs neither (without them a trainer warns and trains on).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PIP=${PIP:-.venv/bin/pip}
