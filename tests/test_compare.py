@@ -231,3 +231,14 @@ def test_the_job_page_saves_tags_and_a_note_and_shows_the_apis_refusal(api, web)
     r = api.client.post(f"/jobs/{job['id']}/labels", data={"tags": "x"}, headers={"HX-Request": "true"})
     assert "csrf_failed" in r.text
     assert api.get(f"/v1/training_jobs/{job['id']}").json()["tags"] == []
+
+
+def test_only_the_jobs_owner_or_an_admin_may_label_it(api):
+    job = _jobs(api, 1e-5)[0]  # made with the admin key
+    _, member = api.store.create_api_key("member", role="member")
+    r = api.client.patch(
+        f"/v1/training_jobs/{job['id']}", json={"note": "mine now"}, headers={"Authorization": f"Bearer {member}"}
+    )
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+    assert api.get(f"/v1/training_jobs/{job['id']}").json()["note"] is None
+    assert api.patch(f"/v1/training_jobs/{job['id']}", json={"note": "admin's"}).json()["note"] == "admin's"
