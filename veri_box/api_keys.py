@@ -1,4 +1,5 @@
-"""API keys: created here or on the command line; only their SHA-256 is stored."""
+"""API keys: created here or on the command line; only their SHA-256 is stored. Also the routes
+that set and read quotas (veri_box/quotas.py holds no routes: the runner imports it)."""
 
 from __future__ import annotations
 
@@ -175,3 +176,39 @@ def whoami(request: Request, store: NamedDependency[Store]) -> Me:
     """The API key of this request: its id, name, role, the quotas that apply and its usage this month."""
     who = caller(request)
     return me(store, who.id if who else request.scope["state"]["api_key_id"])
+
+
+# -- routes (admins set limits; anyone reads their own through GET /v1/me) ---------------------------
+
+
+@litestar.put("/v1/api_keys/{key_id:str}/quotas", tags=["quotas"], sync_to_thread=True, opt={"rule": "admin"})
+def put_key_quotas(
+    store: NamedDependency[Store], key_id: FromPath[str], data: JSONBody[quotas.Limits]
+) -> quotas.KeyQuotas:
+    """Set one key's limits (a null limit: the lab default applies)."""
+    return quotas.set_key(store, key_id, data)
+
+
+@litestar.get("/v1/api_keys/{key_id:str}/quotas", tags=["quotas"], sync_to_thread=True)
+def get_key_quotas(request: Request, store: NamedDependency[Store], key_id: FromPath[str]) -> quotas.KeyQuotas:
+    """A key's limits and usage: members may read their own, admins any."""
+    who = caller(request)
+    if who is not None and not who.is_admin and who.id != key_id:
+        raise ApiError(403, "forbidden", "A member key may read only its own quotas (GET /v1/me shows them).")
+    if store.get_api_key(key_id) is None:
+        raise not_found("api key", key_id)
+    return quotas.key_quotas(store, key_id)
+
+
+@litestar.put("/v1/settings/quotas", tags=["quotas"], sync_to_thread=True, opt={"rule": "admin"})
+def put_lab_quotas(store: NamedDependency[Store], data: JSONBody[quotas.LabQuotas]) -> quotas.LabQuotasOut:
+    """Set the lab default limits and the box's monthly cloud budget (null: no limit)."""
+    return quotas.set_lab(store, data)
+
+
+@litestar.get("/v1/settings/quotas", tags=["quotas"], sync_to_thread=True)
+def get_lab_quotas(store: NamedDependency[Store]) -> quotas.LabQuotasOut:
+    return quotas.lab(store)
+
+
+QUOTA_ROUTES = [put_key_quotas, get_key_quotas, put_lab_quotas, get_lab_quotas]

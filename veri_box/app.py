@@ -24,8 +24,8 @@ from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
-from . import __version__, artifacts, cost, dashboard, datasets, devices, hub, paths, quotas
-from .api_keys import ApiKeyController, whoami
+from . import __version__, artifacts, cost, dashboard, datasets, devices, hub, paths
+from .api_keys import QUOTA_ROUTES, ApiKeyController, whoami
 from .audit import audit_middleware, list_audit
 from .auth import Signer, api_key_guard, rule_guard
 from .datasets import DatasetController
@@ -273,7 +273,7 @@ def create_app(box: Box | Settings, inventory: Inventory | None = None, run_jobs
             devices.availability,
             cost.cost_estimate,
             list_audit,
-            *quotas.ROUTES,
+            *QUOTA_ROUTES,
         ],
     )
     app = Litestar(

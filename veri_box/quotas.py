@@ -1,4 +1,5 @@
 """Quotas and budgets: what one key may hold at once and spend a month, and what the box may spend.
+The runner calls this module, so it has no routes (they are in api_keys.py).
 
 Limits live in the store's `quotas` table by scope: 'default' (the lab default, for every key
 without its own value), 'box' (the box-wide monthly cloud budget) and an api key's id. A null
@@ -22,14 +23,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-import litestar
 import msgspec
-from litestar import Request
-from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody
 from msgspec import Meta
 
-from .auth import caller
 from .errors import ApiError, not_found
 from .placement import Placement
 from .store import Store, now, seconds_between
@@ -255,37 +251,3 @@ def cloud_refusal(store: Store, job: dict) -> tuple[str, str] | None:
     status = 402 if over["limit"] == "monthly_budget_usd" else 429
     error = _refuse(over["limit"], over["value"], over["usage"], month_bounds()[1], status)
     return error.code, error.message
-
-
-# -- routes (admins set limits; anyone reads their own through GET /v1/me) ---------------------------
-
-
-@litestar.put("/v1/api_keys/{key_id:str}/quotas", tags=["quotas"], sync_to_thread=True, opt={"rule": "admin"})
-def put_key_quotas(store: NamedDependency[Store], key_id: FromPath[str], data: JSONBody[Limits]) -> KeyQuotas:
-    """Set one key's limits (a null limit: the lab default applies)."""
-    return set_key(store, key_id, data)
-
-
-@litestar.get("/v1/api_keys/{key_id:str}/quotas", tags=["quotas"], sync_to_thread=True)
-def get_key_quotas(request: Request, store: NamedDependency[Store], key_id: FromPath[str]) -> KeyQuotas:
-    """A key's limits and usage: members may read their own, admins any."""
-    who = caller(request)
-    if who is not None and not who.is_admin and who.id != key_id:
-        raise ApiError(403, "forbidden", "A member key may read only its own quotas (GET /v1/me shows them).")
-    if store.get_api_key(key_id) is None:
-        raise not_found("api key", key_id)
-    return key_quotas(store, key_id)
-
-
-@litestar.put("/v1/settings/quotas", tags=["quotas"], sync_to_thread=True, opt={"rule": "admin"})
-def put_lab_quotas(store: NamedDependency[Store], data: JSONBody[LabQuotas]) -> LabQuotasOut:
-    """Set the lab default limits and the box's monthly cloud budget (null: no limit)."""
-    return set_lab(store, data)
-
-
-@litestar.get("/v1/settings/quotas", tags=["quotas"], sync_to_thread=True)
-def get_lab_quotas(store: NamedDependency[Store]) -> LabQuotasOut:
-    return lab(store)
-
-
-ROUTES = [put_key_quotas, get_key_quotas, put_lab_quotas, get_lab_quotas]
