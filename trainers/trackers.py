@@ -221,9 +221,16 @@ class _TensorBoard(_Tracker):
         except ImportError as err:  # torch's writer needs the tensorboard package
             log(f"warning: no TensorBoard event files for this job ({err}); pip install tensorboard to have them")
             return None
-        writer = SummaryWriter(log_dir=str(job_dir / TENSORBOARD_DIR), flush_secs=10)
-        settings = json.dumps(run_settings(config), indent=2, default=str)
-        writer.add_text("job", "    " + settings.replace("\n", "\n    "), 0)  # indented: Markdown code
+        except Exception as err:  # noqa: BLE001 - a tensorboard that does not import here (protobuf): train on
+            log(f"warning: no TensorBoard event files for this job: {type(err).__name__}: {err}")
+            return None
+        try:
+            writer = SummaryWriter(log_dir=str(job_dir / TENSORBOARD_DIR), flush_secs=10)
+            settings = json.dumps(run_settings(config), indent=2, default=str)
+            writer.add_text("job", "    " + settings.replace("\n", "\n    "), 0)  # indented: Markdown code
+        except Exception as err:  # noqa: BLE001 - e.g. a tensorboard and protobuf that disagree: train on
+            log(f"warning: no TensorBoard event files for this job: {type(err).__name__}: {err}")
+            return None
         return cls(writer)
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
