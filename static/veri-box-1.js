@@ -75,21 +75,37 @@
   // ---- jobs list: pick jobs to compare -----------------------------------------------------
   // The table refreshes itself (htmx swaps it every few seconds), so the picked ids live here
   // and are ticked again in each new table.
+  // Kept for this tab (sessionStorage), so that picks survive a search or another page of the list.
+  var PICKS_KEY = "veri-box.compare-picks";
   var picked = [];
+  try { picked = JSON.parse(sessionStorage.getItem(PICKS_KEY) || "[]"); } catch (err) { picked = []; }
+  if (!Array.isArray(picked)) picked = [];
+  function savePicks() {
+    try { sessionStorage.setItem(PICKS_KEY, JSON.stringify(picked)); } catch (err) { /* private mode */ }
+  }
   function syncPicks() {
     var form = document.getElementById("compare-form");
     if (!form) return;
     document.querySelectorAll("input.pick-job").forEach(function (box) { box.checked = picked.indexOf(box.value) >= 0; });
     form.querySelector("input[name=jobs]").value = picked.join(",");
-    var button = form.querySelector("button");
+    var button = form.querySelector("button[type=submit]");
     button.disabled = picked.length < 2;
     button.textContent = picked.length ? "Compare " + picked.length + " jobs" : "Compare jobs";
+    var clear = form.querySelector(".clear-picks");
+    if (clear) clear.hidden = !picked.length;
   }
   document.addEventListener("change", function (e) {
     if (!e.target.classList || !e.target.classList.contains("pick-job")) return;
     var id = e.target.value;
     picked = picked.filter(function (p) { return p !== id; });
     if (e.target.checked) picked.push(id);
+    savePicks();
+    syncPicks();
+  });
+  document.addEventListener("click", function (e) {
+    if (!e.target.classList || !e.target.classList.contains("clear-picks")) return;
+    picked = [];
+    savePicks();
     syncPicks();
   });
   document.addEventListener("htmx:afterSwap", syncPicks);
@@ -98,11 +114,17 @@
   document.addEventListener("submit", function (e) {
     if (e.target.id !== "compare-form" || !picked.length) return;
     e.preventDefault();
-    location.href = "/compare?jobs=" + picked.map(encodeURIComponent).join(",");
+    var url = "/compare?jobs=" + picked.map(encodeURIComponent).join(",");
+    picked = [];
+    savePicks();
+    location.href = url;
   });
-  // "Compare with…" on a job's page opens the list with that job picked.
+  // "Compare with…" on a job's page opens the list with that job picked (first).
   var compareWith = new URLSearchParams(location.search).get("compare_with");
-  if (compareWith) picked.push(compareWith);
+  if (compareWith) {
+    picked = [compareWith].concat(picked.filter(function (p) { return p !== compareWith; }));
+    savePicks();
+  }
 
   // ---- metric charts ------------------------------------------------------------------------
 

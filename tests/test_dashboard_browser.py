@@ -376,19 +376,23 @@ def _compare_walk(page, shot, server: Server, small: dict, big: dict) -> None:
     expect(page).to_have_url(re.compile(r"/jobs$"))
 
     # -- search, then pick two jobs in the list and compare them ---------------------------------
+    # a pick made in one search is kept through the next
+    page.fill("#job-search", "lr-small")
+    page.press("#job-search", "Enter")
+    expect(page.locator("#job-table tbody tr")).to_have_count(1)
+    page.check(f"#row-{small['id']} input.pick-job")
     page.fill("#job-search", "lr-big")
     page.press("#job-search", "Enter")
     expect(page.locator("#job-table tbody tr")).to_have_count(1)
+    page.check(f"#row-{big['id']} input.pick-job")
     page.fill("#job-search", "")
     page.press("#job-search", "Enter")
     expect(page.locator("#job-table tbody tr")).to_have_count(2)
-    page.check(f"#row-{small['id']} input.pick-job")
-    page.check(f"#row-{big['id']} input.pick-job")
     page.wait_for_timeout(2500)  # the table refreshes itself; the picks survive it
     expect(page.locator(f"#row-{small['id']} input.pick-job")).to_be_checked()
-    expect(page.locator("#compare-form button")).to_have_text("Compare 2 jobs")
+    expect(page.locator("#compare-form button[type=submit]")).to_have_text("Compare 2 jobs")
     shot("jobs-picked")
-    page.click("#compare-form button")
+    page.click("#compare-form button[type=submit]")
     expect(page).to_have_url(re.compile(rf"/compare\?jobs={small['id']},{big['id']}$"))
 
     charts = page.locator("#compare-charts")
@@ -472,7 +476,7 @@ def _compare_walk(page, shot, server: Server, small: dict, big: dict) -> None:
     expect(page).to_have_url(re.compile(rf"/jobs\?compare_with={small['id']}$"))
     expect(page.locator(f"#row-{small['id']} input.pick-job")).to_be_checked()
     page.check(f"#row-{big['id']} input.pick-job")
-    page.click("#compare-form button")
+    page.click("#compare-form button[type=submit]")
     expect(page.locator("#compare-legend li")).to_have_count(2)
 
     # -- a phone: the jobs list, a job and the comparison fit its width ------------------------------
