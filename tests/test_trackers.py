@@ -389,3 +389,45 @@ def test_a_key_wandb_refuses_is_a_wandb_failed_event_and_the_job_trains_on(box: 
     assert len(failed) == 1 and "not logged in" in failed[0]["metadata"]["message"]
     assert "warning: W&B run not started" in log
     assert [e.step for e in tensorboard_events(paths.job_dir(box.settings.data_dir, job_id)).Scalars("loss")] == [1, 2]
+
+
+def test_the_official_client_and_cli_set_read_and_remove_wandb_on_a_real_server(tmp_path: Path, monkeypatch):
+    """`client.integrations.set_wandb/get_wandb/delete_wandb` and `veri wandb set/status/remove`
+    against `veri-box serve`: the key never printed, a bad key a 400 the client raises."""
+    import os
+
+    from serving import FAKE_TRAINERS, Server
+    from serving import KEY as KEY_LINE
+    from veri_sdk import Client
+    from veri_sdk.client import VeriRequestError
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    server = Server(tmp_path / "data", tmp_path / "serve.log", "--gpus", "none", "--trainers", FAKE_TRAINERS)
+    try:
+        api_key = KEY_LINE.search(server.start()).group(0)
+        client = Client(api_key=api_key, base_url=server.url)
+        assert client.integrations.get_wandb()["configured"] is False
+        shown = client.integrations.set_wandb(api_key=KEY, project="from-sdk")
+        assert (shown["configured"], shown["project"]) == (True, "from-sdk")
+        assert client.integrations.get_wandb()["project"] == "from-sdk"
+        with pytest.raises(VeriRequestError) as bad:
+            client.integrations.set_wandb(api_key="two words")
+        assert bad.value.code == "invalid_value"
+        assert client.integrations.delete_wandb()["configured"] is False
+
+        env = {**os.environ, "VERI_API_URL": server.url, "VERI_API_KEY": api_key, "NO_COLOR": "1", "COLUMNS": "200"}
+        env["VERI_CONFIG_PATH"] = str(tmp_path / "veri.toml")
+        veri = Path(sys.executable).parent / "veri"
+
+        def cli(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run([str(veri), *args], capture_output=True, text=True, timeout=120, env=env)
+
+        done = cli("wandb", "set", "--api-key", KEY, "--project", "from-cli")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "W&B connected" in done.stdout and KEY not in done.stdout
+        done = cli("wandb", "status")
+        assert done.returncode == 0 and "from-cli" in done.stdout and KEY not in done.stdout, done.stdout
+        done = cli("wandb", "remove")
+        assert done.returncode == 0 and client.integrations.get_wandb()["configured"] is False
+    finally:
+        server.stop()
