@@ -67,6 +67,8 @@ WRITE_ROUTES = {
     ("POST", "/reward-functions/test"): "member",
     ("POST", "/settings/api-keys"): "admin",
     ("POST", "/settings/api-keys/{key_id}/revoke"): "admin",
+    ("POST", "/settings/api-keys/{key_id}/quotas"): "admin",
+    ("POST", "/settings/quotas"): "admin",
     ("POST", "/settings/openreward"): "admin",
     ("POST", "/settings/openreward/delete"): "admin",
     ("POST", "/settings/wandb"): "admin",
@@ -428,6 +430,19 @@ def test_the_dashboard_hides_what_a_member_may_not_do_and_the_server_still_refus
     assert 'id="cancel-job"' in admin_web.get(f"/jobs/{theirs['id']}").text
     r = web.post(f"/jobs/{theirs['id']}/cancel", data={"_csrf": csrf})
     assert r.status_code == 403 and status(lab.bob, theirs["id"]) != "cancelled"
+    # quotas: a member sees its own; an admin sets the lab's and each key's there
+    assert 'id="my-quotas"' in page and 'id="lab-quotas"' not in page
+    r = web.post("/settings/quotas", data={"_csrf": csrf, "max_running_jobs": "9"})
+    assert r.status_code == 403
+    r = admin_web.post("/settings/quotas", data={"_csrf": admin_csrf, "max_gpus": "3", "monthly_budget_usd": "25"})
+    assert r.status_code == 200 and "Lab quotas saved." in r.text, r.text[-800:]
+    assert lab.admin.get("/v1/settings/quotas").json()["default"]["max_gpus"] == 3
+    bob = lab.keys["bob"]["id"]
+    r = admin_web.post(f"/settings/api-keys/{bob}/quotas", data={"_csrf": admin_csrf, "max_running_jobs": "lots"})
+    assert 'data-code="invalid_value"' in r.text
+    r = admin_web.post(f"/settings/api-keys/{bob}/quotas", data={"_csrf": admin_csrf, "max_running_jobs": "2"})
+    assert lab.bob.get("/v1/me").json()["quotas"] == {"max_running_jobs": 2, "max_gpus": 3, "monthly_spend_usd": None}
+    assert 'id="lab-quotas"' in admin_web.get("/settings").text
     # an admin's dashboard makes member keys unless told otherwise
     r = admin_web.post("/settings/api-keys", data={"_csrf": admin_csrf, "name": "ta"}, headers={"HX-Request": "true"})
     assert "a member key" in r.text, r.text[:500]

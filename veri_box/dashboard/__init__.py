@@ -76,6 +76,8 @@ def routers(settings: Settings, sessions: Sessions, store: Store) -> list[Router
             settings_pages.devices_panel,
             settings_pages.create_api_key,
             settings_pages.revoke_api_key,
+            settings_pages.save_lab_quotas,
+            settings_pages.save_key_quotas,
             settings_pages.save_openreward,
             settings_pages.delete_openreward,
             settings_pages.save_wandb,

@@ -9,10 +9,11 @@ from litestar import Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
-from .. import api_keys, devices, integrations, provider_settings
+from .. import api_keys, devices, integrations, provider_settings, quotas
 from ..api_keys import CreateApiKey
+from ..auth import caller
 from ..devices import Inventory, box_info
-from ..errors import ApiError
+from ..errors import ApiError, bad_request
 from ..integrations import OpenRewardSettings, WandbSettings
 from ..placement import Placement
 from ..provider_settings import ProviderSettings
@@ -54,8 +55,80 @@ def _panel(
     message: str | None = None,
 ) -> Response:
     """The page, or one of its panels after a change, with the outcome shown in it."""
-    context = _settings_context(store, inventory, settings)
+    context = {**_settings_context(store, inventory, settings), **_quota_context(request, store)}
     return render(request, template, new_key=new_key, error=error, message=message, **context)
+
+
+def _quota_context(request: Request, store: Store) -> dict:
+    """This key's limits and usage; for an admin also the lab's and every key's."""
+    who = caller(request)
+    context: dict = {"my_quotas": quotas.key_quotas(store, who.id) if who else None}
+    if who is not None and who.is_admin:
+        keys, _ = api_keys.list_(store, 100)
+        context["lab_quotas"] = quotas.lab(store)
+        context["key_quotas"] = [(k, quotas.key_quotas(store, k["id"])) for k in keys]
+    return context
+
+
+_KINDS = {"max_running_jobs": int, "max_gpus": int, "monthly_spend_usd": float, "monthly_budget_usd": float}
+
+
+def _limit(form: dict[str, str], name: str) -> int | float | None:
+    """A limit field: empty is no limit; anything else a number (the API's bounds apply after)."""
+    raw = (form.get(name) or "").strip()
+    if not raw:
+        return None
+    try:
+        return _KINDS[name](raw)
+    except ValueError:
+        raise bad_request("invalid_value", f"{name} must be a number, or empty for no limit.", name) from None
+
+
+@post("/settings/quotas", include_in_schema=False, opt={"rule": "admin"})
+async def save_lab_quotas(
+    request: Request,
+    store: NamedDependency[Store],
+    inventory: NamedDependency[Inventory],
+    settings: NamedDependency[Settings],
+) -> Response:
+    form = await text_fields(request)
+    error, message = None, None
+    try:
+        body = convert(
+            {
+                "default": {k: _limit(form, k) for k in quotas.LIMITS},
+                "monthly_budget_usd": _limit(form, "monthly_budget_usd"),
+            },
+            quotas.LabQuotas,
+        )
+        await anyio.to_thread.run_sync(quotas.set_lab, store, body)
+        message = "Lab quotas saved."
+    except ApiError as exc:
+        error = error_context(exc)
+    return await anyio.to_thread.run_sync(
+        lambda: _panel(request, "_quotas.html", store, inventory, settings, error=error, message=message)
+    )
+
+
+@post("/settings/api-keys/{key_id:str}/quotas", include_in_schema=False, opt={"rule": "admin"})
+async def save_key_quotas(
+    request: Request,
+    store: NamedDependency[Store],
+    inventory: NamedDependency[Inventory],
+    settings: NamedDependency[Settings],
+    key_id: FromPath[str],
+) -> Response:
+    form = await text_fields(request)
+    error, message = None, None
+    try:
+        body = convert({k: _limit(form, k) for k in quotas.LIMITS}, quotas.Limits)
+        await anyio.to_thread.run_sync(quotas.set_key, store, key_id, body)
+        message = f"Quotas of key {key_id} saved."
+    except ApiError as exc:
+        error = error_context(exc)
+    return await anyio.to_thread.run_sync(
+        lambda: _panel(request, "_quotas.html", store, inventory, settings, error=error, message=message)
+    )
 
 
 @get("/settings", include_in_schema=False, sync_to_thread=True)
