@@ -141,6 +141,7 @@ def test_lambda_takes_the_ssh_user_of_its_images_ubuntu_unless_told_otherwise(ap
     assert saved.status_code == 200 and saved.json()["ssh_user"] == "admin", saved.text
     assert api.get("/v1/settings/providers/lambda").json()["ssh_user"] == "admin"
     assert api.store.get_integration("lambda")["options"] == {"ssh_user": "admin"}
+    assert "SSH user <code>admin</code>" in Browser(api).get("/settings").text  # the Settings page says so
     for bad in ("root; rm -rf /", "Ubuntu", "1user", "x" * 33):
         error = error_of(configure(api, "lambda", lambda_, ssh_user=bad), 400)
         assert (error["code"], error["param"]) == ("invalid_value", "ssh_user"), error

@@ -970,6 +970,9 @@ class RemoteExecutor:
                 repo = folder.parent.parent  # models--ORG--NAME
                 members = folder_members(folder, repo, f"{repo.name}/snapshots/{revision}")
                 members.append((revision.encode(), f"{repo.name}/refs/main"))
+                listing = repo / "trees" / f"{revision}.json"  # huggingface_hub's check that a snapshot is whole
+                if listing.is_file():
+                    members.append((listing, f"{repo.name}/trees/{listing.name}"))
                 await ssh.put_tree(run.conn, remote.env, members, cache)
                 source = "uploaded"
         else:
