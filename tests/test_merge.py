@@ -144,6 +144,8 @@ def test_lora_job_merges_and_both_outputs_load_off_the_box(box, tiny_model, tmp_
     assert started.json()["status"] == "merging"
     again = box.post(f"/v1/training_jobs/{job_id}/merge")
     assert (again.status_code, again.json()["error"]["code"]) == (409, "merge_in_progress")
+    gone = box.delete(f"/v1/training_jobs/{job_id}")  # the merge is still writing into the job's folder
+    assert (gone.status_code, gone.json()["error"]["code"]) == (409, "merge_in_progress")
     # The Hub push asking meanwhile waits for this merge rather than starting a second one.
     assert merges.ensure_merged(box.box, job_id) == job_dir / "merged"
     merge = wait_merge(box, job_id)
@@ -157,10 +159,10 @@ def test_lora_job_merges_and_both_outputs_load_off_the_box(box, tiny_model, tmp_
     assert events[-4:] == ["merge_started", "merge_failed", "merge_started", "merge_completed"]
     # Merging again is a no-op answering the merged model; the merged files are listed with the model's.
     assert box.post(f"/v1/training_jobs/{job_id}/merge").json()["status"] == "completed"
-    from veri_box import artifacts
-
-    listed = artifacts.manifest(box.settings, box.box.signer, box.store.get_job(job_id), "merged").files
-    assert {f.path for f in listed} == names
+    listed = box.get(f"/v1/training_jobs/{job_id}/model?artifact=merged").json()["files"]
+    assert {f["path"] for f in listed} == names
+    wrong = box.get(f"/v1/training_jobs/{job_id}/model?artifact=everything")
+    assert (wrong.status_code, wrong.json()["error"]["code"]) == (400, "invalid_value")
 
     merged = download(box, merge["files"], tmp_path / "laptop" / "merged")
     card = (merged / "README.md").read_text()

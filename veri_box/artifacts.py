@@ -139,6 +139,8 @@ def free_disk(settings: Settings) -> int:
 def manifest(settings: Settings, signer: Signer, job: dict, artifact: str = "model") -> Model:
     """The job's final model (`model`: its output as trained) or, `merged`, the LoRA merged into
     its base (once POST /v1/training_jobs/{id}/merge has made it)."""
+    if artifact not in ("model", "merged"):
+        raise bad_request("invalid_value", f"artifact must be model or merged, not {artifact!r}.", "artifact")
     if job["status"] != JobStatus.COMPLETED:
         raise bad_request(
             "model_not_ready", f"Job {job['id']} is {job['status']}; its model is available once it has completed."

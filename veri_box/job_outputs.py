@@ -136,8 +136,11 @@ class JobOutputController(Controller):
         store: NamedDependency[Store],
         settings: NamedDependency[Settings],
         signer: NamedDependency[Signer],
+        artifact: Annotated[str, Parameter(max_length=20)] = "model",
     ) -> artifacts.Model:
-        return artifacts.manifest(settings, signer, get(store, job_id))
+        """The final model's signed links: `?artifact=model` (default, the output as trained) or
+        `merged` (the LoRA merged into its base, once POST .../merge has made it)."""
+        return artifacts.manifest(settings, signer, get(store, job_id), artifact)
 
     @litestar.get("/{job_id:str}/checkpoints", sync_to_thread=True)
     def checkpoints(

@@ -476,6 +476,9 @@ def submit(
         raise
     if estimate and estimate.verdict == "borderline":
         store.add_event(created["id"], "memory_warning", memory.warning(estimate))
+    warning = quotas.spend_warning(store, placement, created_by, gpu, body.provider)
+    if warning:  # how long it can run on a rented GPU before its key's (or the box's) spend limit
+        store.add_event(created["id"], "spend_warning", warning)
     return created
 
 
@@ -533,6 +536,10 @@ def delete(store: Store, settings: Settings, job_id: str) -> None:
         )
     if job["devices"] is not None:
         raise ApiError(409, "job_active", f"Job {job_id}'s trainer is still stopping; delete it in a few seconds.")
+    from . import merges  # merges imports this module for get()
+
+    if merges.merging(settings, job_id):
+        raise ApiError(409, "merge_in_progress", f"Job {job_id} is being merged; delete it once the merge has ended.")
     if hub.pushing(job):
         raise ApiError(409, "hf_push_in_progress", f"Job {job_id} is being pushed to the Hub; delete it after that.")
     job_dir = paths.job_dir(settings.data_dir, job_id)

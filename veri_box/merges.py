@@ -117,6 +117,11 @@ def _running(settings: Settings, job_id: str) -> threading.Event | None:
         return _active.get(_key(settings, job_id))
 
 
+def merging(settings: Settings, job_id: str) -> bool:
+    """Whether a merge of this job is writing now (a delete must wait for it)."""
+    return _running(settings, job_id) is not None
+
+
 def _event(store: Store, job_id: str, event_type: str, **metadata: Any) -> None:
     try:
         store.add_event(job_id, event_type, metadata)
