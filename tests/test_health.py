@@ -103,6 +103,18 @@ def test_on_alert_stop_fails_the_job_and_stops_its_trainer_cleanly(box, tiny_mod
     assert "stopped on SIGTERM" in log, log[-2000:]  # the runner's normal stop: SIGTERM, save, exit
 
 
+def test_a_huge_learning_rate_raises_kl_high_against_the_jobs_threshold(box, tiny_model):
+    """learning_rate 1.0 (the most the API takes) on the tiny model: no NaN (TRL clips gradients
+    at 1.0) and KL settles around 3-10, under the default kl_max of 10, so the job sets its own
+    threshold, as a user watching a small model would."""
+    job_id = grpo_job(box, tiny_model, max_steps=10, learning_rate=1.0, health={"kl_max": 2.0})
+    job = finished(box, job_id)
+    assert job["status"] == "completed", job["error"]
+    kl = [a for a in alerts_of(box, job_id) if a["alert"] == "kl_high"]
+    assert len(kl) == 1 and kl[0]["step"] <= 8, alerts_of(box, job_id)  # measured: KL > 2.8 from step 2
+    assert "above 2 for 3 steps" in kl[0]["message"] and "kl_coef" in kl[0]["advice"]
+
+
 # -- the job's settings ------------------------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Api, run_until
+from conftest import Api, finished, run_until
 from hf_cache import api_test_cache
 from litestar.testing import TestClient
 from test_grpo import grpo_job
@@ -21,6 +21,13 @@ from veri_box.app import Box, create_app
 from veri_box.settings import Settings
 
 FIXTURE = Path(__file__).parent / "fixtures" / "nvidia_smi_query.csv"
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory) -> Path:
+    from trainers.tiny_video import build_tiny_video_pipeline
+
+    return build_tiny_video_pipeline(tmp_path_factory.mktemp("tiny_video") / "pipeline", seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +137,17 @@ def test_a_running_jobs_cpu_and_memory_appear_in_its_metrics(sampled_box, tiny_m
     assert max(p["values"]["system/rss_mb"] for p in points) > 100, points  # torch, transformers, the model
     assert max(p["values"]["system/cpu_percent"] for p in points) > 10, points  # it trains on the CPU
     assert "system/cpu_percent" in api.get(f"/v1/training_jobs/{job_id}/metrics").json()["available_keys"]
+
+
+def test_a_video_job_records_clips_per_second(box, tiny_pipeline):
+    from test_video import upload_clips, video_job
+
+    dataset = upload_clips(box)["id"]
+    r = video_job(box, tiny_pipeline, dataset, num_epochs=1, validation_prompts=[], validation_steps=None)
+    assert r.status_code == 200, r.text
+    job = finished(box, r.json()["id"])
+    assert job["status"] == "completed", job["error"]
+    points = box.get(f"/v1/training_jobs/{job['id']}/metrics?keys=throughput/clips_per_s,step_time").json()["metrics"]
+    assert len(points) == 4  # 4 clips, batch 1
+    for p in points:  # one clip a step: clips per second is the inverse of the step's seconds
+        assert p["values"]["throughput/clips_per_s"] == pytest.approx(1 / p["values"]["step_time"], rel=1e-6)
