@@ -115,6 +115,24 @@ def test_a_huge_learning_rate_raises_kl_high_against_the_jobs_threshold(box, tin
     assert "above 2 for 3 steps" in kl[0]["message"] and "kl_coef" in kl[0]["advice"]
 
 
+def test_the_banner_refreshes_itself_while_the_job_runs_and_escapes_what_it_shows(api):
+    job = api.job()  # queued: live
+    alert = {"alert": "kl_spike", "message": "KL <b>jumped</b>.", "advice": "Lower learning_rate.", "step": 12}
+    api.store.add_event(job["id"], "health_alert", alert)
+    web = Browser(api)
+    page = web.get(f"/jobs/{job['id']}", headers={"HX-Request": "true"}).text  # what the banner's poll reads
+    banner = page[page.index('<div id="health-alerts"') :]
+    banner = banner[: banner.index("</section>")]
+    assert 'hx-select="#health-alerts"' in banner and 'hx-trigger="every 5s' in banner
+    assert 'data-alert="kl_spike"' in banner and 'data-step="12"' in banner
+    assert "KL &lt;b&gt;jumped&lt;/b&gt;." in banner and "Lower learning_rate." in banner
+    api.box.runner.cancel(job["id"])
+    ended = web.get(f"/jobs/{job['id']}").text
+    assert "hx-select" not in ended[ended.index('<div id="health-alerts"') :][:300]  # no polling once it ended
+    quiet = api.job()
+    assert "Health alerts" not in web.get(f"/jobs/{quiet['id']}").text
+
+
 # -- the job's settings ------------------------------------------------------------------------
 
 
