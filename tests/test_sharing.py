@@ -50,6 +50,7 @@ WRITE_ROUTES = {
     ("POST", "/v1/training_jobs/{job_id}/heartbeat"): "owner",
     ("POST", "/v1/training_jobs/{job_id}/merge"): "owner",
     ("POST", "/v1/training_jobs/{job_id}/push"): "owner",
+    ("POST", "/v1/training_jobs/{job_id}/evaluate"): "owner",
     # the dashboard's form posts
     ("POST", "/login"): "public",
     ("POST", "/logout"): "member",
@@ -495,6 +496,10 @@ def test_a_cloud_job_is_cancelled_at_its_keys_spend_limit_and_then_refused_at_su
     r = admin.put(f"/v1/api_keys/{key['id']}/quotas", json={"monthly_spend_usd": 0.002})
     assert r.status_code == 200, r.text
     job_id = create_job(student, "fake:steps=100000,step_s=0.1")["id"]
+    # submit warned how long it could run at the offer's price before the limit
+    warned = [e for e in events(student, job_id) if e["event_type"] == "spend_warning"]
+    assert len(warned) == 1 and warned[0]["metadata"]["limit"] == "monthly_spend_usd", events(student, job_id)
+    assert 0 < warned[0]["metadata"]["hours_left"] < 0.01 and "cancelled" in warned[0]["metadata"]["message"]
     instance_id = instance_of(student, job_id)["instance_id"]
     job = wait_until(lambda: (j := student.get(f"/v1/training_jobs/{job_id}").json())["status"] == "cancelled" and j)
     assert job, student.get(f"/v1/training_jobs/{job_id}").json()

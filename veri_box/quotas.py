@@ -188,8 +188,7 @@ def check_submit(store: Store, placement: Placement, key_id: str | None, gpu: di
         raise _refuse("max_running_jobs", 0, usage(store, key_id).running_jobs, None)
     if limits.max_gpus is not None and gpu["count"] > limits.max_gpus:
         raise _refuse("max_gpus", limits.max_gpus, gpu["count"], None)
-    may_rent = placement.target(gpu["type"], provider) == "cloud" or (provider is None and placement.burst_after_s > 0)
-    if not may_rent:
+    if not _may_rent(placement, gpu, provider):
         return
     _, reset = month_bounds()
     if limits.monthly_spend_usd is not None:
@@ -201,6 +200,51 @@ def check_submit(store: Store, placement: Placement, key_id: str | None, gpu: di
         used = spend(store, None)
         if used >= box["monthly_spend_usd"]:
             raise _refuse("monthly_budget_usd", box["monthly_spend_usd"], used, reset, status=402)
+
+
+def _may_rent(placement: Placement, gpu: dict, provider: str | None) -> bool:
+    return placement.target(gpu["type"], provider) == "cloud" or (provider is None and placement.burst_after_s > 0)
+
+
+def spend_warning(
+    store: Store, placement: Placement, key_id: str | None, gpu: dict, provider: str | None
+) -> dict | None:
+    """The `spend_warning` event's metadata for a job that may rent a GPU under a spend limit:
+    the cheapest offer's price and how long the job can run before the limit cancels it."""
+    if key_id is None or not _may_rent(placement, gpu, provider) or placement.providers is None:
+        return None
+    room = []
+    limit = effective(store, key_id).monthly_spend_usd
+    if limit is not None:
+        room.append(("monthly_spend_usd", limit, spend(store, key_id)))
+    box = store.get_quota(BOX)
+    if box and box["monthly_spend_usd"] is not None:
+        room.append(("monthly_budget_usd", box["monthly_spend_usd"], spend(store, None)))
+    if not room:
+        return None
+    try:
+        offers = placement.providers.offers(gpu["type"], gpu["count"], only=(provider,) if provider else None)
+    except Exception:  # a provider that does not answer only costs the warning
+        return None
+    if not offers:
+        return None
+    price = offers[0].price_per_hr
+    name, value, used = min(room, key=lambda r: r[1] - r[2])
+    hours = max(value - used, 0.0) / price if price > 0 else None
+    message = (
+        f"At {offers[0].provider}'s ${price:g}/h this job can run about {hours:.2f} h before {name} "
+        f"(${value:g}, ${used:.2f} used this month) is reached; it is then cancelled."
+        if hours is not None
+        else f"{name} is ${value:g}; ${used:.2f} used this month."
+    )
+    return {
+        "limit": name,
+        "value": value,
+        "usage": used,
+        "price_per_hr": price,
+        "hours_left": round(hours, 3) if hours is not None else None,
+        "message": message,
+    }
 
 
 def waiting_for(store: Store, job: dict) -> dict | None:
