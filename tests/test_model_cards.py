@@ -44,7 +44,7 @@ def test_full_fine_tune_card_names_the_hub_id_and_demo_and_page_show_its_snippet
     for section in SECTIONS:
         assert section in card, section
     assert f'base_model: "{HUB_ID}"' in card and "library_name: transformers" in card
-    assert "a fully fine-tuned model" in card and "`letter_a`" in card and job["dataset_id"] in card
+    assert "a fully fine-tuned model" in card and "`letter_a`" in card and f"- Dataset: ds (`{job['dataset_id']}`)" in card
     assert "| `learning_rate` | 0.01 |" in card and "At step 2:" in card and "| `reward` |" in card
     snippet = model_card.load_snippet("model", HUB_ID)
     assert snippet in card and "AutoModelForCausalLM.from_pretrained" in snippet

@@ -53,6 +53,7 @@ class DatasetConfig:
     columns: list[str]
     num_rows: int
     path: str  # absolute: a file, or a folder for video datasets
+    name: str = ""  # as uploaded: the model card names the dataset by it
 
 
 @dataclass(frozen=True)

@@ -153,7 +153,8 @@ def card(config: Any, kind: str, step: int | None, metrics: dict[str, float]) ->
         lines += ["The adapter was trained on the 4-bit (QLoRA) base and merged into its full-precision weights.", ""]
     lines += ["## Training", "", f"- Method: {method}"]
     dataset = config.dataset
-    lines.append(f"- Dataset: `{dataset.id}` ({dataset.format}, {dataset.num_rows} rows)")
+    named = f"{dataset.name} (`{dataset.id}`)" if dataset.name else f"`{dataset.id}`"
+    lines.append(f"- Dataset: {named}, {dataset.format}, {dataset.num_rows} rows")
     if config.reward_functions:
         names = ", ".join(
             f"`{r.name}`" + (f" × {r.weight:g}" if r.weight != 1 else "") for r in config.reward_functions

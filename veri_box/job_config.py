@@ -84,6 +84,7 @@ def build(
             columns=dataset["columns"],
             num_rows=dataset["num_rows"],
             path=str(paths.dataset_dir(data_dir, dataset["id"]) / dataset["path"]),
+            name=dataset["name"],
         ),
         reward_functions=[
             RewardFunctionConfig(
