@@ -33,6 +33,7 @@ JOB_FIELDS = {
     "updated_at",
     "memory_estimate_gb",
     "created_by",
+    "wandb_run_url",
 }
 
 
