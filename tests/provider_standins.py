@@ -45,6 +45,7 @@ Driving them from a test:
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import random
@@ -56,7 +57,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 from sshd import Sshd
 
@@ -846,3 +847,78 @@ class PrimeStandIn(StandIn):
         if self.take(pod_id) is None:
             raise Reply(404, {"detail": "Pod not found"})
         return {"status": "ok"}
+
+
+# -- the Hugging Face Hub (what snapshot_download asks) ---------------------------------------------
+
+
+class HubStandIn:
+    """The Hub's download paths for one model repo at one revision, for `--hf-endpoint`: GET
+    /api/models/{repo}/tree/{revision} (the file listing huggingface_hub's snapshot_download
+    reads) and HEAD/GET /{repo}/resolve/{revision}/{file} with X-Repo-Commit and ETag, from
+    huggingface_hub's own client (file_download.py, hf_api.list_repo_tree). Anything else: 404
+    with the Hub's X-Error-Code. `.requests`: (method, path) seen.
+
+        hub = HubStandIn.start("org/name", "0123...abcd", {"config.json": b"{}"})   # .url; .stop()
+    """
+
+    def __init__(self, repo_id: str, revision: str, files: dict[str, bytes]):
+        self.repo_id, self.revision, self.files = repo_id, revision, files
+        self.requests: list[tuple[str, str]] = []
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _answer(self, with_body: bool) -> None:
+                hub.requests.append((self.command, self.path))
+                status, headers, body = hub.route(unquote(urlparse(self.path).path))
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if with_body:
+                    self.wfile.write(body)
+
+            def do_GET(self):
+                self._answer(True)
+
+            def do_HEAD(self):
+                self._answer(False)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, name="HubStandIn", daemon=True)
+
+    @classmethod
+    def start(cls, repo_id: str, revision: str, files: dict[str, bytes]) -> HubStandIn:
+        hub = cls(repo_id, revision, files)
+        hub.thread.start()
+        return hub
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def route(self, path: str) -> tuple[int, dict[str, str], bytes]:
+        if path.rstrip("/") == f"/api/models/{self.repo_id}/tree/{self.revision}":
+            listing = [
+                {"type": "file", "oid": hashlib.sha1(data).hexdigest(), "size": len(data), "path": name}
+                for name, data in self.files.items()
+            ]
+            return 200, {"Content-Type": "application/json"}, json.dumps(listing).encode()
+        prefix = f"/{self.repo_id}/resolve/{self.revision}/"
+        if path.startswith(prefix) and path[len(prefix) :] in self.files:
+            data = self.files[path[len(prefix) :]]
+            headers = {
+                "X-Repo-Commit": self.revision,
+                "ETag": f'"{hashlib.sha1(data).hexdigest()}"',
+                "Content-Type": "application/octet-stream",
+            }
+            return 200, headers, data
+        return 404, {"X-Error-Code": "EntryNotFound", "Content-Type": "application/json"}, b'{"error": "not found"}'

@@ -22,7 +22,7 @@ import msgspec
 import pytest
 from conftest import Api
 from litestar.testing import TestClient
-from provider_standins import PrimeStandIn, RunPodGpu, RunPodStandIn
+from provider_standins import HubStandIn, PrimeStandIn, RunPodGpu, RunPodStandIn
 from serving import FAKE_TRAINERS, REPO, descendants, free_port
 from sshd import Sshd
 
@@ -108,7 +108,9 @@ def warm_venv(root: str) -> Path:
     venv = Path(root) / "venvs" / remote.digest(pins)
     (venv / "bin").mkdir(parents=True)
     python = venv / "bin" / "python"
-    python.write_text(f'#!/bin/sh\nexec {os.path.realpath(os.sys.executable)} "$@"\n')
+    # The box's venv python by its venv path (its realpath is the base interpreter, without the
+    # venv's packages: huggingface_hub among them, which the instance downloads models with).
+    python.write_text(f'#!/bin/sh\nexec {os.path.abspath(os.sys.executable)} "$@"\n')
     python.chmod(0o755)
     (venv / ".ready").touch()
     return venv
@@ -373,6 +375,32 @@ def test_a_hub_model_the_instance_cannot_download_is_uploaded_into_its_cache(wor
     assert read_config(remote_job_dir(w, job["id"])).base_model == "veri-test/tiny"  # an id, as given
     env = json.loads((remote_job_dir(w, job["id"]) / "env.json").read_text())
     assert env["argv"] and snapshot.is_dir()
+
+
+def test_a_hub_model_is_downloaded_by_the_instance_at_the_revision_the_box_has(world, tmp_path, monkeypatch):
+    revision = "89abcdef0123456789abcdef0123456789abcdef"
+    files = {"config.json": b'{"model_type": "llama"}', "weights/model.safetensors": b"w" * 5000}
+    hub_cache(tmp_path / "hf-cache", "veri-test/tiny", revision, files)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    hub = HubStandIn.start("veri-test/tiny", revision, files)
+    try:
+        w = world(hf_endpoint=hub.url)
+        runpod = w.provider("runpod")
+        runpod.own_home = True
+        executor = w.executor()
+        job, config = w.job("veri-test/tiny")
+        job = w.start(executor, job, config)
+        assert until_done(executor, job) == 0
+    finally:
+        hub.stop()
+    assert events(w, job["id"])["model_ready"]["source"] == "hub"
+    fetched = {path for method, path in hub.requests if method == "GET" and "/resolve/" in path}
+    assert fetched == {f"/veri-test/tiny/resolve/{revision}/{name}" for name in files}, hub.requests
+    (home,) = runpod.directory.glob("instance-*/home")
+    cached = home / ".cache/huggingface/hub/models--veri-test--tiny"
+    assert (cached / "refs" / "main").read_text() == revision  # what the offline trainer asks for
+    for name, data in files.items():
+        assert (cached / "snapshots" / revision / name).read_bytes() == data
 
 
 def test_a_model_folder_of_the_box_is_uploaded_without_what_its_links_lead_to_outside(world, tmp_path):

@@ -290,6 +290,7 @@ def sigkill(server: Server) -> None:
 # ---- a real trainer on a rented GPU ----------------------------------------------------------
 
 
+@pytest.mark.timeout(900)  # real training: as long as its own wait for completed (a loaded 2-core machine)
 def test_a_tiny_grpo_job_trains_on_a_runpod_instance_and_comes_back_whole(start_box, clouds, tmp_path):
     box = start_box("--gpus", "none", "--cpu-slots", "1")
     http = box.http
