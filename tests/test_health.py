@@ -133,6 +133,22 @@ def test_the_banner_refreshes_itself_while_the_job_runs_and_escapes_what_it_show
     assert "Health alerts" not in web.get(f"/jobs/{quiet['id']}").text
 
 
+def test_a_reward_slower_than_generation_raises_slow_reward(box, tiny_model):
+    # Generating 32 completions of 16 tokens takes the tiny model well under 0.5 s on a CPU.
+    sleepy = (
+        "import time\n\ndef reward(completions, **kwargs):\n    time.sleep(1.0)\n"
+        "    return [c.count('a') / len(c) if c else 0.0 for c in completions]\n"
+    )
+    job_id = grpo_job(box, tiny_model, sleepy, max_steps=5)
+    job = finished(box, job_id)
+    assert job["status"] == "completed", job["error"]
+    slow = [a for a in alerts_of(box, job_id) if a["alert"] == "slow_reward"]
+    assert len(slow) == 1 and slow[0]["step"] == 3, alerts_of(box, job_id)
+    assert "the reward functions, not the GPU, set the pace" in slow[0]["message"]
+    timing = box.get(f"/v1/training_jobs/{job_id}/metrics?keys=timing/reward_s").json()["metrics"]
+    assert all(p["values"]["timing/reward_s"] >= 1.0 for p in timing) and len(timing) == 5
+
+
 # -- the job's settings ------------------------------------------------------------------------
 
 
