@@ -124,6 +124,7 @@ def test_wandb_settings_as_the_official_client_sends_them_never_return_the_key(a
         ({"api_key": KEY, "project": "x" * 129}, "project"),
         ({"api_key": KEY, "entity": "team:x"}, "entity"),
         ({"api_key": KEY, "base_url": "ftp://wandb.example"}, "base_url"),
+        ({"api_key": KEY, "base_url": "http://["}, "base_url"),
         ({"api_key": KEY, "mode": "sideways"}, "mode"),
         ({"api_key": KEY, "api_token": KEY}, None),
     ],

@@ -61,7 +61,10 @@ def _http_url(value: str | None, field: str, example: str) -> str | None:
     """An optional http(s) URL without its trailing slash; anything else is a 400 naming an example."""
     url = (value or "").strip().rstrip("/") or None
     if url:
-        parsed = urlparse(url)
+        try:
+            parsed = urlparse(url)
+        except ValueError:  # e.g. "http://[": not a URL at all
+            parsed = urlparse("")
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise bad_request("invalid_value", f"{field} must be an http(s) URL: {example}.", field)
     return url
