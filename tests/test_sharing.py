@@ -51,6 +51,10 @@ WRITE_ROUTES = {
     ("POST", "/v1/training_jobs/{job_id}/merge"): "owner",
     ("POST", "/v1/training_jobs/{job_id}/push"): "owner",
     ("POST", "/v1/training_jobs/{job_id}/evaluate"): "owner",
+    ("POST", "/v1/deployments"): "member",
+    ("POST", "/v1/deployments/{deployment_id}/stop"): "owner",
+    ("DELETE", "/v1/deployments/{deployment_id}"): "owner",
+    ("POST", "/v1/deployments/{deployment_id}/chat/completions"): "member",
     # the dashboard's form posts
     ("POST", "/login"): "public",
     ("POST", "/logout"): "member",
@@ -61,6 +65,7 @@ WRITE_ROUTES = {
     ("POST", "/jobs/{job_id}/merge"): "owner",
     ("POST", "/jobs/{job_id}/push"): "owner",
     ("POST", "/jobs/{job_id}/labels"): "owner",
+    ("POST", "/jobs/{job_id}/evaluate"): "owner",
     ("POST", "/datasets"): "member",
     ("POST", "/datasets/{dataset_id}/delete"): "owner",
     ("POST", "/reward-functions"): "member",
@@ -80,6 +85,13 @@ WRITE_ROUTES = {
 # Called for real only with a rule that refuses members; these member routes act at once
 # (end the session, start the demo), so the live table test leaves them to the rule check.
 NOT_CALLED = {("POST", "/logout"), ("POST", "/demo"), ("POST", "/login")}
+# A deployment is a model server the test would have to start; its routes are held to their rule
+# above and the guard's owner check is the one every owned kind shares.
+NOT_CALLED |= {
+    ("POST", "/v1/deployments/{deployment_id}/stop"),
+    ("DELETE", "/v1/deployments/{deployment_id}"),
+    ("POST", "/v1/deployments/{deployment_id}/chat/completions"),
+}
 ROWS = b'{"prompt": "What is 2+2?", "answer": "4"}\n'
 REWARD = b"def reward(completions, **kwargs):\n    return [float('4' in c) for c in completions]\n"
 
@@ -427,6 +439,8 @@ def test_the_dashboard_hides_what_a_member_may_not_do_and_the_server_still_refus
     assert theirs["id"] in web.get("/jobs").text
     other = web.get(f"/jobs/{theirs['id']}").text
     assert 'id="created-by"' in other and "bob" in other and 'id="cancel-job"' not in other
+    assert f'hx-post="/jobs/{theirs["id"]}/labels"' not in other
+    assert f'hx-post="/jobs/{hers["id"]}/labels"' in web.get(f"/jobs/{hers['id']}").text
     assert 'id="cancel-job"' in web.get(f"/jobs/{hers['id']}").text
     assert 'id="cancel-job"' in admin_web.get(f"/jobs/{theirs['id']}").text
     r = web.post(f"/jobs/{theirs['id']}/cancel", data={"_csrf": csrf})
@@ -479,7 +493,7 @@ def test_keys_of_a_box_from_before_roles_become_admins(tmp_path: Path):
     assert upgraded.get_api_key("k1")["role"] == "admin"
     row, _ = upgraded.create_api_key("new", "member")
     assert upgraded.get_api_key(row["id"])["role"] == "member"
-    assert json.loads(json.dumps(upgraded.owned_counts("k1"))) == {"jobs": 0, "datasets": 0, "reward_functions": 0}
+    assert json.loads(json.dumps(upgraded.owned_counts("k1"))) == {"jobs": 0, "datasets": 0, "reward_functions": 0, "deployments": 0}
 
 
 # ---- monthly spend with the cloud provider stand-ins ----------------------------------------------

@@ -67,6 +67,7 @@ class Reassigned(msgspec.Struct):
     jobs: int
     datasets: int
     reward_functions: int
+    deployments: int = 0
     object: str = "reassignment"
 
 

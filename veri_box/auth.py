@@ -26,6 +26,7 @@ OWNED = {
     "job": ("jobs", "job_id"),
     "dataset": ("datasets", "dataset_id"),
     "reward_function": ("reward_functions", "rf_id"),
+    "deployment": ("deployments", "deployment_id"),
 }
 UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 _CALLER = "caller"

@@ -346,9 +346,73 @@ def m009_trackers(db: Database) -> None:
 
 
 # Tables whose rows record the key that made them (created_by), for ownership and reassignment.
-OWNED_TABLES = ("jobs", "datasets", "reward_functions")
+OWNED_TABLES = ("jobs", "datasets", "reward_functions", "deployments")
+
+@migrations()
+def m013_deployments(db: Database) -> None:
+    """Deployments (issue 17): a model served by a supervised child process (trainers/serve.py)
+    on a device of this box. devices is non-NULL while its process may exist (as for jobs: the
+    runner counts those devices as taken); gpu/gpu_requested are {type, count}."""
+    db.executescript(
+        """
+        CREATE TABLE deployments (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            model TEXT NOT NULL,
+            source TEXT NOT NULL,
+            base_model TEXT NOT NULL,
+            adapter_job_id TEXT,
+            status TEXT NOT NULL,
+            engine TEXT NOT NULL,
+            gpu_requested TEXT NOT NULL,
+            gpu TEXT,
+            devices TEXT,
+            pid INTEGER,
+            pid_started TEXT,
+            error TEXT,
+            failure_code TEXT,
+            stop_reason TEXT,
+            events TEXT NOT NULL DEFAULT '[]',
+            total_requests INTEGER NOT NULL DEFAULT 0,
+            created_by TEXT,
+            created_at TEXT NOT NULL,
+            started_at TEXT,
+            stopped_at TEXT,
+            last_request_at TEXT
+        );
+        CREATE INDEX deployments_status ON deployments (status);
+        """
+    )
+
+
+@migrations()
+def m014_evaluations(db: Database) -> None:
+    """Base-against-trained evaluations of a completed GRPO job (veri_box/evaluations.py): request is
+    what was asked ({source, format, max_tokens, temperature, seed, dataset_rows}), result the
+    table and means once completed, error {code, message, traceback} once failed. They go with
+    their job (ON DELETE CASCADE)."""
+    db.executescript(
+        """
+        CREATE TABLE evaluations (
+            id TEXT PRIMARY KEY,
+            job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+            status TEXT NOT NULL,
+            request TEXT NOT NULL,
+            result TEXT,
+            error TEXT,
+            created_by TEXT,
+            created_at TEXT NOT NULL,
+            started_at TEXT,
+            completed_at TEXT
+        );
+        CREATE INDEX evaluations_job ON evaluations (job_id, created_at);
+        """
+    )
+
 
 JSON_COLUMNS = {
+    "evaluations": ("request", "result", "error"),
+    "deployments": ("gpu_requested", "gpu", "devices", "events"),
     "datasets": ("columns",),
     "jobs": (
         "devices",
@@ -707,6 +771,69 @@ class Store:
         fields = _encode_job_fields({**fields, "updated_at": now()})
         self.db.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?", [*fields.values(), id])
 
+    # -- deployments (veri_box/deployments.py) ---------------------------------------------------
+
+    def insert_deployment(self, row: dict) -> None:
+        self._insert("deployments", row)
+
+    def get_deployment(self, id: str) -> dict | None:
+        return self._one("SELECT * FROM deployments WHERE id = ?", [id], "deployments")
+
+    def list_deployments(self, status: str | None = None, limit: int = 100, after: str | None = None) -> list[dict]:
+        """Newest first; `after` is the id of the last one of the previous page."""
+        where, params = ["1 = 1"], []
+        if status:
+            where.append("status = ?")
+            params.append(status)
+        if after:
+            where.append("rowid < (SELECT rowid FROM deployments WHERE id = ?)")
+            params.append(after)
+        sql = f"SELECT * FROM deployments WHERE {' AND '.join(where)} ORDER BY rowid DESC LIMIT ?"
+        return self._rows(sql, [*params, limit], "deployments")
+
+    def deployments_holding_devices(self) -> list[dict]:
+        return self._rows("SELECT * FROM deployments WHERE devices IS NOT NULL ORDER BY rowid", (), "deployments")
+
+    def deployments_with_status(self, *statuses: str) -> list[dict]:
+        marks = ",".join("?" * len(statuses))
+        return self._rows(
+            f"SELECT * FROM deployments WHERE status IN ({marks}) ORDER BY rowid", list(statuses), "deployments"
+        )
+
+    def update_deployment(self, id: str, allowed_from: tuple[str, ...] | None = None, **fields: Any) -> dict | None:
+        """Set fields (JSON ones encoded); with `allowed_from`, only while its status is one of
+        those (None if it was not: a stop raced us). Returns the fresh row."""
+        for col in JSON_COLUMNS["deployments"]:
+            if col in fields and fields[col] is not None and not isinstance(fields[col], str):
+                fields[col] = json.dumps(fields[col])
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        sql, params = f"UPDATE deployments SET {sets} WHERE id = ?", [*fields.values(), id]
+        if allowed_from:
+            sql += f" AND status IN ({','.join('?' * len(allowed_from))})"
+            params += list(allowed_from)
+        with self.transaction() as conn:
+            changed = conn.execute(sql, params).rowcount
+        return self.get_deployment(id) if changed else None
+
+    def add_deployment_event(self, id: str, type: str, metadata: dict) -> None:
+        with self.transaction() as conn:
+            row = conn.execute("SELECT events FROM deployments WHERE id = ?", [id]).fetchone()
+            if row is None:
+                return
+            events = [*json.loads(row[0] or "[]"), {"type": type, "metadata": metadata, "created_at": now()}]
+            conn.execute("UPDATE deployments SET events = ? WHERE id = ?", [json.dumps(events[-50:]), id])
+
+    def count_deployment_request(self, id: str) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE deployments SET total_requests = total_requests + 1, last_request_at = ? WHERE id = ?",
+                [now(), id],
+            )
+
+    def delete_deployment(self, id: str) -> bool:
+        with self.transaction() as conn:
+            return conn.execute("DELETE FROM deployments WHERE id = ?", [id]).rowcount > 0
+
     def jobs_holding_devices(self) -> list[dict]:
         """Jobs whose process may still exist: placed and not yet released, oldest first."""
         return self._rows("SELECT * FROM jobs WHERE devices IS NOT NULL ORDER BY rowid", (), "jobs")
@@ -902,6 +1029,22 @@ class Store:
         )
         return rows[:limit], len(rows) > limit
 
+    def samples_at_steps(self, job_id: str, steps: list[int], prompt: str | None, limit: int) -> list[dict]:
+        """The samples of these steps (of one prompt, when given), in step order: `step IN (...)`
+        walks samples_job_step for just those steps, so a prompt followed across steps costs the
+        rows of the steps shown, not a scan of the job's whole history (there is no index on the
+        prompt inside the JSON)."""
+        if not steps:
+            return []
+        where = f"job_id = ? AND step IN ({','.join('?' * len(steps))})"
+        params: list[Any] = [job_id, *steps]
+        if prompt is not None:
+            where += " AND json_extract(data, '$.prompt') = ?"
+            params.append(prompt)
+        return self._rows(
+            f"SELECT seq, step, data FROM samples WHERE {where} ORDER BY step, seq LIMIT ?", [*params, limit], "samples"
+        )
+
     def add_checkpoint(self, job_id: str, step: int, path: str) -> dict:
         row = {"id": new_id("ckpt_"), "job_id": job_id, "step": step, "path": path, "created_at": now()}
         self._insert("checkpoints", row)
@@ -1087,7 +1230,7 @@ class Store:
 
     def owner_of(self, table: str, id: str) -> tuple[bool, str | None]:
         """(whether the row exists, its created_by) for an owned table."""
-        if table not in OWNED_TABLES:
+        if table not in (*OWNED_TABLES, "deployments"):  # deployments: owned, not counted nor reassigned (yet)
             raise ValueError(f"{table} has no owner")
         row = self.db.execute(f"SELECT created_by FROM {table} WHERE id = ?", [id]).fetchone()
         return (row is not None, row[0] if row else None)

@@ -130,6 +130,11 @@ _env.globals.update(
 )
 
 
+def _owns(who: Any) -> Any:
+    """owns(row) in templates: whether this session's key may change that object (its creator or an admin)."""
+    return lambda row: bool(who and (who.is_admin or (row.get("created_by") and row["created_by"] == who.id)))
+
+
 def render(
     request: Request, name: str, status_code: int = 200, headers: dict[str, str] | None = None, **context: Any
 ) -> Response:
@@ -139,7 +144,7 @@ def render(
         request_path=request.url.path,
         session=session,
         csrf=session.csrf if session else "",
-        **{"caller": who, "is_admin": bool(who and who.is_admin), **context},
+        **{"caller": who, "is_admin": bool(who and who.is_admin), "owns": _owns(who), **context},
     )
     return Response(
         page,
