@@ -24,7 +24,7 @@ from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
-from . import __version__, artifacts, cost, dashboard, datasets, devices, hub, paths
+from . import __version__, artifacts, cost, dashboard, datasets, deployments, devices, hub, paths
 from .api_keys import QUOTA_ROUTES, ApiKeyController, whoami
 from .audit import audit_middleware, list_audit
 from .auth import Signer, api_key_guard, rule_guard
@@ -34,6 +34,7 @@ from .integrations import IntegrationController, WandbController
 from .inventory import Inventory, build_inventory
 from .job_outputs import JobOutputController
 from .merges import MergeController
+from .evaluations import EvaluationController
 from .jobs import JobController
 from .models import ModelController
 from .placement import CLOUDS, SLURM, Placement
@@ -163,6 +164,7 @@ class Box:
             runner = Runner(store, settings, placement, _executors(settings, store, placement))
             sessions = Sessions(store, session_signer(store))
             box = cls(settings, store, inventory, placement, runner, signer, sessions)
+            runner.deployments = deployments.Supervisor(store, settings, inventory)
             runner.on_completed = hub.completion_hook(box)  # a job with hf_push is pushed once it completes
         except BaseException:
             _DataDirLock.release(lock)
@@ -263,6 +265,8 @@ def create_app(box: Box | Settings, inventory: Inventory | None = None, run_jobs
             JobController,
             JobOutputController,
             MergeController,
+            deployments.DeploymentController,
+            EvaluationController,
             ModelController,
             IntegrationController,
             hub.HuggingFaceController,

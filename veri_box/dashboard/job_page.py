@@ -3,6 +3,7 @@ charts, the log as Server-Sent Events (and as text), rollouts by step, and the d
 
 from __future__ import annotations
 
+import hashlib
 import html
 import math
 from collections.abc import AsyncIterator, Callable
@@ -18,7 +19,7 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage, Stream
 
 from .. import artifacts, health, hub, jobs, logs, merges, metrics, paths, sessions, statuses
 from ..auth import Signer
-from ..errors import ApiError
+from ..errors import ApiError, bad_request
 from ..runner import Runner
 from ..settings import Settings
 from ..statuses import JobStatus
@@ -189,7 +190,15 @@ def _group_rollouts(samples: list[dict], sort: str) -> list[dict]:
         spread = math.sqrt(sum((r - mean) ** 2 for r in rewards) / len(rewards)) if rewards else None
         if sort == "reward":
             group["items"].sort(key=lambda s: -(s.get("reward") if s.get("reward") is not None else -math.inf))
-        out.append({**group, "mean": mean, "std": spread, "zero_variance": len(rewards) > 1 and spread < 1e-9})
+        out.append(
+            {
+                **group,
+                "mean": mean,
+                "std": spread,
+                "zero_variance": len(rewards) > 1 and spread < 1e-9,
+                "key": prompt_key(group["prompt"]),  # the "Across steps" link
+            }
+        )
     if sort == "reward":
         out.sort(key=lambda g: -(g["mean"] if g["mean"] is not None else -math.inf))
     return out
@@ -226,6 +235,105 @@ def job_rollouts(
         live=job["status"] not in statuses.TERMINAL,
         groups=_group_rollouts([s for s in samples if not s.get("video")], sort),
         clips=clips,
+    )
+
+
+# -- rollouts across steps: one GRPO prompt's groups at every logged step, video clips by step -----
+
+STEP_COLUMNS = 30  # columns shown; a longer run shows this many, evenly spaced, first and last kept
+
+
+def prompt_key(prompt: Any) -> str:
+    """A short stable name for a prompt's text, for links (a chat prompt can be kilobytes)."""
+    return hashlib.sha256(str(prompt or "").encode()).hexdigest()[:16]
+
+
+def _spread_steps(store: Store, job_id: str) -> tuple[list[int], int]:
+    """The logged steps to show, oldest first, and how many there are in all."""
+    every = sorted(store.sample_steps(job_id, 100_000))
+    if len(every) <= STEP_COLUMNS:
+        return every, len(every)
+    last = len(every) - 1
+    picks = sorted({round(i * last / (STEP_COLUMNS - 1)) for i in range(STEP_COLUMNS)})
+    return [every[i] for i in picks], len(every)
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+@get("/jobs/{job_id:str}/rollouts/prompt", include_in_schema=False, sync_to_thread=True)
+def rollouts_by_step(
+    request: Request,
+    store: NamedDependency[Store],
+    job_id: FromPath[str],
+    prompt: FromQuery[str] = "",
+) -> Response:
+    """One prompt's rollout groups at every logged step (how its completions and rewards
+    evolved); `prompt` is its key from the rollouts panel or its text."""
+    job = jobs.get(store, job_id)
+    if not prompt.strip():
+        raise bad_request("invalid_value", "Name a prompt: ?prompt=<its key from the rollouts panel, or its text>.", "prompt")
+    steps, total = _spread_steps(store, job_id)
+    # A key names the prompt among those of the steps shown (the same rows the columns read).
+    text = prompt
+    if steps and len(prompt) == 16 and prompt.isalnum():
+        for row in store.samples_at_steps(job_id, steps, None, ROLLOUTS_PER_STEP * len(steps)):
+            if prompt_key(row["data"].get("prompt", "")) == prompt:
+                text = row["data"].get("prompt", "")
+                break
+    rows = store.samples_at_steps(job_id, steps, text, ROLLOUTS_PER_STEP * len(steps))
+    by_step: dict[int, list[dict]] = {}
+    for row in rows:
+        if not row["data"].get("video"):
+            by_step.setdefault(row["step"], []).append({"id": row["seq"], **row["data"]})
+    columns = []
+    for step, samples in sorted(by_step.items()):
+        rewards = [s["reward"] for s in samples if isinstance(s.get("reward"), (int, float))]
+        columns.append({"step": step, "groups": _group_rollouts(samples, "order"), "mean": _mean(rewards)})
+    return render(
+        request,
+        "_rollouts_by_step.html",
+        job=job,
+        mode="prompt",
+        prompt=text if columns else prompt,
+        columns=columns,
+        shown=len(steps),
+        total=total,
+    )
+
+
+@get("/jobs/{job_id:str}/rollouts/clips", include_in_schema=False, sync_to_thread=True)
+def clips_by_step(
+    request: Request,
+    store: NamedDependency[Store],
+    settings: NamedDependency[Settings],
+    signer: NamedDependency[Signer],
+    job_id: FromPath[str],
+) -> Response:
+    """A video job's validation clips as a grid: a row per validation prompt, a column per step."""
+    job = jobs.get(store, job_id)
+    steps, total = _spread_steps(store, job_id)
+    cells: dict[tuple[str, int], dict] = {}
+    prompts: dict[str, None] = {}
+    for row in store.samples_at_steps(job_id, steps, None, ROLLOUTS_PER_STEP * len(steps)):
+        sample = artifacts.sample(settings, signer, job_id, row["seq"], row["data"])
+        if "video_url" not in sample:
+            continue
+        name = str(sample.get("prompt", ""))
+        prompts.setdefault(name)
+        cells.setdefault((name, row["step"]), {**sample, "url": relative(sample["video_url"], settings)})
+    clip_steps = sorted({step for _, step in cells})
+    grid = [{"prompt": p, "cells": [cells.get((p, step)) for step in clip_steps]} for p in prompts]
+    return render(
+        request,
+        "_rollouts_by_step.html",
+        job=job,
+        mode="clips",
+        steps=clip_steps,
+        grid=grid,
+        shown=len(steps),
+        total=total,
     )
 
 
@@ -357,3 +465,61 @@ async def push_to_hub(
     job = await anyio.to_thread.run_sync(jobs.get, store, job_id)
     context = await anyio.to_thread.run_sync(_hf_context, store, job)
     return render(request, "_hf_push.html", job=job, hf=context, error=error, message=message)
+
+
+# -- base against trained (evaluations.py): the API's own service functions ---------------------
+
+
+def _evaluation_context(store: Store, job_id: str) -> dict:
+    from .. import evaluations
+
+    listed = evaluations.list_for_job(store, job_id)
+    return {
+        "evaluation": msgspec.to_builtins(listed[0]) if listed else None,
+        "older": len(listed) - 1 if listed else 0,
+        "max_prompts": evaluations.MAX_PROMPTS,
+    }
+
+
+@get("/jobs/{job_id:str}/evaluations", include_in_schema=False, sync_to_thread=True)
+def evaluation_panel(request: Request, store: NamedDependency[Store], job_id: FromPath[str]) -> Response:
+    job = jobs.get(store, job_id)
+    return render(request, "_evaluation.html", job=job, **_evaluation_context(store, job_id))
+
+
+@post("/jobs/{job_id:str}/evaluate", include_in_schema=False, opt={"rule": "owner", "owns": "job"})
+async def evaluate_job(
+    request: Request, store: NamedDependency[Store], settings: NamedDependency[Settings], job_id: FromPath[str]
+) -> Response:
+    """The API's POST /v1/training_jobs/{job_id}/evaluate: the same checks, errors shown in the panel."""
+    from .. import auth, evaluations
+
+    form = await text_fields(request)
+    body: dict[str, Any] = {"temperature": form.get("temperature") or 0}
+    if form.get("source") == "prompts":
+        body["prompts"] = [line.strip() for line in (form.get("prompts") or "").splitlines() if line.strip()]
+    else:
+        body["rows"] = form.get("rows") or evaluations.DEFAULT_ROWS
+    if form.get("max_tokens"):
+        body["max_tokens"] = form["max_tokens"]
+    error = None
+    try:
+        data = _form_request(body)
+        await anyio.to_thread.run_sync(evaluations.start, store, settings, job_id, data, auth.caller_id(request))
+    except ApiError as exc:
+        error = error_context(exc)
+    job = await anyio.to_thread.run_sync(jobs.get, store, job_id)
+    context = await anyio.to_thread.run_sync(_evaluation_context, store, job_id)
+    return render(request, "_evaluation.html", job=job, error=error, **context)
+
+
+def _form_request(body: dict) -> Any:
+    """The form's text fields as the API's request (numbers from their text, strictly)."""
+    from .. import evaluations
+
+    try:
+        return msgspec.convert(body, evaluations.EvaluateRequest, strict=False)
+    except msgspec.ValidationError as err:
+        from ..errors import split_validation_error, validation_error
+
+        raise validation_error(*split_validation_error(err)) from None
