@@ -30,6 +30,7 @@ import argparse
 import json
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,8 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from _common import (  # noqa: E402
     REWARD_SOURCE,
     ROOT,
+    VERI_BOX,
     Server,
-    create_key,
     emit_json,
     exit_on_sigterm,
     percentile,
@@ -63,6 +64,16 @@ LOCAL_GPU = {"type": "cpu", "count": 1}
 
 def stamp(text: str) -> float:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
+def admin_key(data_dir: Path) -> str:
+    done = subprocess.run(
+        [VERI_BOX, "keys", "create", "--admin", "--name", "bench", "--data-dir", str(data_dir)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return done.stdout.strip()
 
 
 def ok(response: httpx.Response) -> dict:
@@ -155,7 +166,7 @@ def main() -> int:
         flags = ("--gpus", "none", "--cpu-slots", "1", "--trainers", FAKE_TRAINERS)
         with Server(data_dir, env, flags) as server:
             server.wait_healthy()
-            headers = {"Authorization": f"Bearer {create_key(data_dir)}"}
+            headers = {"Authorization": f"Bearer {admin_key(data_dir)}"}  # provider settings are admin-only
             with httpx.Client(base_url=server.url, headers=headers, timeout=60) as client:
                 ok(
                     client.put(
