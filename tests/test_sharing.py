@@ -26,6 +26,7 @@ from veri_box.settings import Settings
 WRITE_ROUTES = {
     ("POST", "/v1/api_keys"): "admin",
     ("DELETE", "/v1/api_keys/{key_id}"): "admin",
+    ("PATCH", "/v1/api_keys/{key_id}"): "admin",
     ("POST", "/v1/api_keys/{key_id}/reassign"): "admin",
     ("PUT", "/v1/api_keys/{key_id}/quotas"): "admin",
     ("PUT", "/v1/settings/quotas"): "admin",
@@ -51,7 +52,6 @@ WRITE_ROUTES = {
     ("POST", "/v1/training_jobs/{job_id}/merge"): "owner",
     ("POST", "/v1/training_jobs/{job_id}/evaluate"): "owner",
     ("POST", "/v1/training_jobs/{job_id}/push"): "owner",
-    ("POST", "/v1/training_jobs/{job_id}/evaluate"): "owner",
     ("POST", "/v1/deployments"): "member",
     ("POST", "/v1/deployments/{deployment_id}/stop"): "owner",
     ("DELETE", "/v1/deployments/{deployment_id}"): "owner",
@@ -67,7 +67,6 @@ WRITE_ROUTES = {
     ("POST", "/jobs/{job_id}/evaluate"): "owner",
     ("POST", "/jobs/{job_id}/push"): "owner",
     ("POST", "/jobs/{job_id}/labels"): "owner",
-    ("POST", "/jobs/{job_id}/evaluate"): "owner",
     ("POST", "/datasets"): "member",
     ("POST", "/datasets/{dataset_id}/delete"): "owner",
     ("POST", "/reward-functions"): "member",
@@ -322,6 +321,18 @@ def test_a_member_cannot_revoke_an_admin_change_settings_or_touch_another_member
     assert r.status_code == 409 and r.json()["error"]["code"] == "last_admin", r.text
     assert lab.alice.get("/v1/me").json()["role"] == "member"
     assert lab.admin.get("/v1/me").json()["role"] == "admin"
+    r = lab.admin.patch(f"/v1/api_keys/{lab.admin_id}", json={"role": "member"})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "last_admin", r.text
+    # a member made an admin may then do what admins do, and back
+    forbidden(lab.alice.patch(f"/v1/api_keys/{lab.keys['alice']['id']}", json={"role": "admin"}))
+    r = lab.admin.patch(f"/v1/api_keys/{lab.keys['alice']['id']}", json={"role": "admin"})
+    assert r.status_code == 200 and r.json()["role"] == "admin", r.text
+    assert lab.alice.get("/v1/settings/quotas").status_code == 200
+    assert lab.alice.put("/v1/settings/quotas", json={}).status_code == 200
+    assert (
+        lab.admin.patch(f"/v1/api_keys/{lab.keys['alice']['id']}", json={"role": "member"}).json()["role"] == "member"
+    )
+    forbidden(lab.alice.put("/v1/settings/quotas", json={}))
 
 
 def test_a_revoked_keys_objects_keep_its_name_and_an_admin_reassigns_them(clean: Lab):
@@ -495,7 +506,12 @@ def test_keys_of_a_box_from_before_roles_become_admins(tmp_path: Path):
     assert upgraded.get_api_key("k1")["role"] == "admin"
     row, _ = upgraded.create_api_key("new", "member")
     assert upgraded.get_api_key(row["id"])["role"] == "member"
-    assert json.loads(json.dumps(upgraded.owned_counts("k1"))) == {"jobs": 0, "datasets": 0, "reward_functions": 0, "deployments": 0}
+    assert json.loads(json.dumps(upgraded.owned_counts("k1"))) == {
+        "jobs": 0,
+        "datasets": 0,
+        "reward_functions": 0,
+        "deployments": 0,
+    }
 
 
 # ---- monthly spend with the cloud provider stand-ins ----------------------------------------------

@@ -57,6 +57,10 @@ class CreateApiKey(msgspec.Struct, forbid_unknown_fields=True):
     role: Role = MEMBER
 
 
+class UpdateApiKey(msgspec.Struct, forbid_unknown_fields=True):
+    role: Role
+
+
 class Reassign(msgspec.Struct, forbid_unknown_fields=True):
     to: Annotated[str, Meta(min_length=1, max_length=64)]  # the id of the live key that takes them
 
@@ -134,6 +138,17 @@ def revoke(store: Store, key_id: str) -> None:
         raise not_found("api key", key_id)
 
 
+def set_role(store: Store, key_id: str, role: str) -> ApiKey:
+    """Make a key an admin or a member; the last admin stays one (as for revoking it)."""
+    row = store.get_api_key(key_id)
+    if row is None:
+        raise not_found("api key", key_id)
+    if row.get("role") == ADMIN and role != ADMIN and store.count_admin_keys() <= 1:
+        raise conflict("last_admin", "This is the box's last admin key; make another key an admin first.")
+    store.set_api_key_role(key_id, role)
+    return to_api(store.get_api_key(key_id))  # type: ignore[arg-type]
+
+
 def reassign(store: Store, key_id: str, to: str) -> Reassigned:
     """Move every job, dataset and reward function of `key_id` (live or revoked) to the live key `to`."""
     if store.any_api_key(key_id) is None:
@@ -165,6 +180,11 @@ class ApiKeyController(Controller):
     def revoke(self, store: NamedDependency[Store], key_id: FromPath[str]) -> Deleted:
         revoke(store, key_id)
         return Deleted(id=key_id, object="api_key")
+
+    @litestar.patch("/{key_id:str}", sync_to_thread=True, opt={"rule": "admin"})
+    def update(self, store: NamedDependency[Store], key_id: FromPath[str], data: JSONBody[UpdateApiKey]) -> ApiKey:
+        """Change a key's role (admins only)."""
+        return set_role(store, key_id, data.role)
 
     @litestar.post("/{key_id:str}/reassign", status_code=200, sync_to_thread=True, opt={"rule": "admin"})
     def reassign(self, store: NamedDependency[Store], key_id: FromPath[str], data: JSONBody[Reassign]) -> Reassigned:

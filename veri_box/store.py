@@ -605,6 +605,10 @@ class Store:
         cursor = self.db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", [now(), id])
         return cursor.rowcount > 0
 
+    def set_api_key_role(self, id: str, role: str) -> bool:
+        cursor = self.db.execute("UPDATE api_keys SET role = ? WHERE id = ? AND revoked_at IS NULL", [role, id])
+        return cursor.rowcount > 0
+
     def count_admin_keys(self) -> int:
         return self.db.execute("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL AND role = 'admin'").fetchone()[0]
 
