@@ -125,6 +125,9 @@ def audit_middleware(store: Store):
 
 
 async def _record(store: Store, scope: Scope, answer: dict) -> None:
+    handler = scope.get("route_handler")
+    if handler is not None and handler.opt.get("audit") is False:
+        return  # a POST that changes nothing (a chat completion of a deployment): a read, for the trail
     who = caller_of(scope)
     if who is None:
         return
