@@ -131,8 +131,10 @@ def build_inventory(gpus: str, cpu_slots: int, prices: dict[str, float] | None =
 
 
 def in_use(store: Store) -> dict[str, int]:
-    """Devices held by jobs whose trainer may still be running, by type."""
+    """Devices held by jobs whose trainer may still be running (and by deployments), by type."""
     used: dict[str, int] = {}
     for job in store.jobs_holding_devices():
         used[job["gpu"]["type"]] = used.get(job["gpu"]["type"], 0) + len(job["devices"])
+    for deployment in store.deployments_holding_devices():  # a serving process holds its device too
+        used[deployment["gpu"]["type"]] = used.get(deployment["gpu"]["type"], 0) + len(deployment["devices"])
     return used

@@ -69,6 +69,9 @@ class Runner:
         self.system = system_metrics.Sampler(settings.system_metrics_interval_s)
         # No client could reach a stopped server: a heartbeat's silence counts from no earlier.
         self._up_since = now()
+        # The deployments' serving processes (deployments.py; the Box sets it): placed in each
+        # tick before jobs, their devices counted as held by _place.
+        self.deployments = None
 
     def _executor(self, job: dict) -> Executor:
         return self.executors[job["provider"] or LOCAL]
@@ -92,6 +95,8 @@ class Runner:
                 job = self._ingest(job, drain=True)
                 # A trainer that reported completion before it went finished its job, server or not.
                 self._finish(job, exit_code=None, abandoned=job["trainer_state"] != JobStatus.COMPLETED)
+            if self.deployments is not None:
+                self.deployments.recover()
             active = {job["id"] for job in self.store.jobs_with_status(*ACTIVE)}
             for executor in {id(e): e for e in self.executors.values()}.values():
                 recover_orphans = getattr(executor, "recover_orphans", None)
@@ -112,6 +117,11 @@ class Runner:
                     log.exception("supervising %s failed", job["id"])
             self._enforce_spend()
             self._record_system_metrics()
+            if self.deployments is not None:
+                try:
+                    self.deployments.tick()
+                except Exception:  # deployments must never stop jobs being placed
+                    log.exception("supervising deployments failed")
             self._place()
 
     def _enforce_spend(self) -> None:
@@ -148,6 +158,8 @@ class Runner:
         for job in self.store.jobs_holding_devices():
             if job["gpu"] and job["provider"] in (LOCAL, None):
                 held.setdefault(job["gpu"]["type"], set()).update(job["devices"])
+        for kind, taken in (self.deployments.held() if self.deployments is not None else {}).items():
+            held.setdefault(kind, set()).update(taken)  # a deployment's device is never a job's
         blocked: set[str] = set()
         stamp = now()
         for job in self.store.jobs_with_status(JobStatus.QUEUED):

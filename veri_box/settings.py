@@ -102,6 +102,13 @@ class Settings:
             "0 disables."
         },
     )
+    deployment_idle_stop_s: float = field(
+        default=1800.0,
+        metadata={
+            "help": "Stop a deployment (freeing its device) that has answered no chat request for this many "
+            "seconds, with an idle_stopped event; 0 disables."
+        },
+    )
     system_metrics_interval_s: float = field(
         default=5.0,
         metadata={

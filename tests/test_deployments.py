@@ -1,0 +1,225 @@
+"""Deployments through a real `veri-box serve` on the cpu pool: the built-in tiny model and a
+real tiny GRPO job's adapter served by trainers/serve.py in the sandbox, chatted with through the
+official `openai` client and veri-sdk's `deployments.chat`, streamed, 8 requests at once; a
+stopped deployment frees its device for a queued job; bad deployments and bad chats are 4xx in
+OpenAI's error shape; an idle deployment stops by itself."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from serving import KEY, Server
+from veri_sdk.client import Client as VeriClient
+
+from veri_box import demo
+
+HP = {**demo.HYPERPARAMETERS, "max_steps": 2}
+FAILS = "def reward(completions, **kwargs):\n    raise KeyError('score')\n"
+HELLO = [{"role": "user", "content": "Say something:"}]
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("deploy")
+    server = Server(root / "data", root / "serve.log", "--gpus", "none", "--cpu-slots", "2")
+    server.key = KEY.search(server.start()).group(0)
+    yield server
+    server.stop()
+
+
+def http(server: Server) -> httpx.Client:
+    return httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {server.key}"}, timeout=120)
+
+
+def submit(client: httpx.Client, reward: str = demo.REWARD, **hp) -> str:
+    rows = "".join(f'{{"prompt": "{p}"}}\n' for p in demo.PROMPTS).encode()
+    dataset = client.post("/v1/datasets", data={"name": "d"}, files={"file": ("d.jsonl", rows)}).json()["id"]
+    rf = client.post("/v1/reward_functions", data={"name": "r"}, files={"file": ("r.py", reward.encode())}).json()
+    body = {
+        "base_model": "veri-box/tiny-lm",
+        "dataset_id": dataset,
+        "reward_function_id": rf["id"],
+        "hyperparameters": {**HP, **hp},
+        "gpu": {"type": "cpu", "count": 1},
+    }
+    response = client.post("/v1/training_jobs", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()["id"]
+
+
+def wait(client: httpx.Client, url: str, *statuses: str, timeout: float = 300) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = client.get(url).json()
+        if body["status"] in statuses:
+            return body
+        time.sleep(0.3)
+    raise AssertionError(f"{url} never became {statuses}: {body}")
+
+
+def deploy(client: httpx.Client, model: str, source: str, **gpu) -> httpx.Response:
+    return client.post(
+        "/v1/deployments",
+        json={
+            "model": model,
+            "source": source,
+            "name": f"try-{source}",
+            "gpu": gpu or {"gpu_type": "cpu", "gpu_count": 1},
+        },
+    )
+
+
+def cpu_free(client: httpx.Client) -> int:
+    rows = client.get("/v1/gpu/availability", params={"provider": "local", "gpu_type": "cpu"}).json()["availability"]
+    return rows[0]["available"]
+
+
+def openai_error(response: httpx.Response, status: int, param: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) >= {"message", "type", "param", "code"} and error["message"], error
+    if param:
+        assert error["param"] == param, error
+    return error
+
+
+def test_deploy_chat_stream_concurrency_and_stop_frees_the_device(box: Server):
+    client = http(box)
+    trained, failed = submit(client), submit(client, FAILS)
+    assert wait(client, f"/v1/training_jobs/{failed}", "completed", "failed")["status"] == "failed"
+    assert wait(client, f"/v1/training_jobs/{trained}", "completed", "failed")["status"] == "completed"
+
+    # A failed job, a job that does not exist, a model the box lacks, a device it lacks: 4xx, nothing stored.
+    assert openai_error(deploy(client, failed, "training_job"), 400, "model")["code"] == "job_not_completed"
+    assert openai_error(deploy(client, "job_nope", "training_job"), 404, "model")["code"] == "training_job_not_found"
+    assert openai_error(deploy(client, "nobody/no-model", "huggingface"), 400, "model")["code"] == "model_not_found"
+    bad_gpu = deploy(client, "veri-box/tiny-lm", "huggingface", type="H100-80GB", count=1)
+    assert openai_error(bad_gpu, 400, "gpu.gpu_type")["code"] == "gpu_unavailable"
+    assert client.get("/v1/deployments").json()["data"] == []
+
+    # veri-sdk creates one (its {gpu_type, gpu_count}); the seed's {type, count} creates the other.
+    sdk = VeriClient(api_key=box.key, base_url=box.url)
+    base = sdk.deployments.create(
+        "veri-box/tiny-lm", "tiny", gpu={"gpu_type": "cpu", "gpu_count": 1}, source="huggingface"
+    )
+    assert base.status == "queued" and base.provider == "local" and base.gpu["gpu_type"] == "cpu"
+    tuned = deploy(client, trained, "training_job", type="cpu", count=1)
+    assert tuned.status_code == 200, tuned.text
+    tuned = tuned.json()
+    assert (
+        tuned["base_model"] == "veri-box/tiny-lm" and tuned["endpoint_url"] == f"{box.url}/v1/deployments/{tuned['id']}"
+    )
+    for dep in (base.id, tuned["id"]):
+        served = wait(client, f"/v1/deployments/{dep}", "serving", "failed", timeout=240)
+        assert served["status"] == "serving", served
+    assert base.wait(poll_interval=1, timeout=30).status == "serving"  # the SDK's own wait settles on it
+    assert cpu_free(client) == 0
+
+    # The official openai client, pointed at the deployment's endpoint with the box's key.
+    oa = openai.OpenAI(base_url=tuned["endpoint_url"], api_key=box.key)
+    answer = oa.chat.completions.create(model="tuned", messages=HELLO, max_tokens=8, temperature=0.7, n=2)
+    assert [c.index for c in answer.choices] == [0, 1] and all(c.message.role == "assistant" for c in answer.choices)
+    assert answer.usage.completion_tokens >= 2 and answer.usage.prompt_tokens > 0
+    assert answer.usage.total_tokens == answer.usage.prompt_tokens + answer.usage.completion_tokens
+    greedy = [oa.chat.completions.create(model="t", messages=HELLO, max_tokens=6, temperature=0) for _ in range(2)]
+    assert greedy[0].choices[0].message.content == greedy[1].choices[0].message.content  # temperature 0 is greedy
+    assert greedy[0].choices[0].finish_reason in ("length", "stop")
+
+    # Streaming: role first, content deltas, a finish_reason, usage on request, then [DONE].
+    stream = oa.chat.completions.create(
+        model="t", messages=HELLO, max_tokens=6, temperature=0, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == greedy[0].choices[0].message.content  # the same greedy answer, in pieces
+    assert any(c.choices and c.choices[0].finish_reason for c in chunks) and chunks[-1].usage.completion_tokens > 0
+    with client.stream(
+        "POST", f"/v1/deployments/{base.id}/chat/completions", json={"messages": HELLO, "max_tokens": 4, "stream": True}
+    ) as raw:
+        lines = [line for line in raw.iter_lines() if line]
+    assert raw.headers["content-type"].startswith("text/event-stream") and lines[-1] == "data: [DONE]", lines
+
+    # veri-sdk's deployments.chat on the base model.
+    reply = sdk.deployments.chat(base.id, HELLO, model="tiny", max_tokens=5, temperature=0)
+    assert reply["object"] == "chat.completion" and reply["choices"][0]["message"]["role"] == "assistant"
+
+    # 8 requests at once all answer (batched in the serving process).
+    started = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        many = list(
+            pool.map(
+                lambda i: oa.chat.completions.create(
+                    model="t", messages=[{"role": "user", "content": f"Count to {i}:"}], max_tokens=8
+                ),
+                range(8),
+            )
+        )
+    assert len(many) == 8 and all(r.usage.completion_tokens > 0 for r in many), time.monotonic() - started
+
+    # Bad chats: 4xx in OpenAI's shape; the client raises its BadRequestError.
+    url = f"/v1/deployments/{tuned['id']}/chat/completions"
+    assert openai_error(client.post(url, json={"messages": []}), 400, "messages")["type"] == "invalid_request_error"
+    openai_error(client.post(url, json={"messages": HELLO, "temperature": 5}), 400, "temperature")
+    openai_error(client.post(url, json={"messages": HELLO, "n": 50}), 400, "n")
+    openai_error(client.post(url, json={"messages": [{"role": "robot", "content": "x"}]}), 400, "messages[0].role")
+    openai_error(client.post(url, json={"prompt": "no messages"}), 400)
+    with pytest.raises(openai.BadRequestError):
+        oa.chat.completions.create(model="t", messages=HELLO, max_tokens=0)
+    openai_error(httpx.post(f"{box.url}{url}", json={"messages": HELLO}), 401)  # the key guards it
+    assert client.get(f"/v1/deployments/{tuned['id']}").json()["total_requests"] == 1 + 2 + 1 + 8  # answered ones; refused ones are not counted
+
+    # A running job cannot be deployed; while both cpu slots serve, a new job waits...
+    running = submit(client, max_steps=500)
+    time.sleep(3)
+    assert client.get(f"/v1/training_jobs/{running}").json()["status"] == "queued"
+    assert openai_error(deploy(client, running, "training_job"), 400, "model")["code"] == "job_not_completed"
+    assert openai_error(client.delete(f"/v1/deployments/{base.id}"), 409)["code"] == "deployment_running"
+    # ...and starts once a deployment is stopped (its device freed).
+    stopped = sdk.deployments.stop(base.id)
+    assert stopped.status == "stopped"
+    wait(client, f"/v1/training_jobs/{running}", "running", timeout=60)
+    assert openai_error(deploy(client, running, "training_job"), 400, "model")["code"] == "job_not_completed"
+    assert client.post(f"/v1/deployments/{base.id}/chat/completions", json={"messages": HELLO}).status_code == 409
+    client.post(f"/v1/training_jobs/{running}/cancel")
+    listed = [d.id for d in sdk.deployments.list()]
+    assert listed == [tuned["id"], base.id]
+    sdk.deployments.delete(base.id)
+    assert client.get(f"/v1/deployments/{base.id}").status_code == 404
+
+    # A restarted box re-attaches to the serving process: it still answers.
+    box.stop()
+    box.start()  # on a new port
+    client = http(box)
+    oa = openai.OpenAI(base_url=f"{box.url}/v1/deployments/{tuned['id']}", api_key=box.key)
+    assert client.get(f"/v1/deployments/{tuned['id']}").json()["status"] == "serving"
+    again = oa.chat.completions.create(model="t", messages=HELLO, max_tokens=6, temperature=0)
+    assert again.choices[0].message.content == greedy[0].choices[0].message.content
+    client.post(f"/v1/deployments/{tuned['id']}/stop")
+    wait(client, f"/v1/training_jobs/{running}", "cancelled", timeout=60)
+    deadline = time.monotonic() + 30
+    while cpu_free(client) != 2 and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert cpu_free(client) == 2
+
+
+def test_an_idle_deployment_stops_by_itself_and_says_so(tmp_path: Path):
+    server = Server(
+        tmp_path / "data", tmp_path / "serve.log", "--gpus", "none", "--cpu-slots", "1", "--deployment-idle-stop-s", "2"
+    )
+    server.key = KEY.search(server.start()).group(0)
+    try:
+        client = http(server)
+        dep = deploy(client, "veri-box/tiny-lm", "huggingface").json()
+        wait(client, f"/v1/deployments/{dep['id']}", "serving", timeout=240)
+        stopped = wait(client, f"/v1/deployments/{dep['id']}", "stopped", "failed", timeout=30)
+        assert stopped["status"] == "stopped" and stopped["stop_reason"] == "idle", stopped
+        assert "idle_stopped" in [e["type"] for e in stopped["events"]]
+    finally:
+        server.stop()
