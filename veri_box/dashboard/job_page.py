@@ -273,7 +273,9 @@ def rollouts_by_step(
     evolved); `prompt` is its key from the rollouts panel or its text."""
     job = jobs.get(store, job_id)
     if not prompt.strip():
-        raise bad_request("invalid_value", "Name a prompt: ?prompt=<its key from the rollouts panel, or its text>.", "prompt")
+        raise bad_request(
+            "invalid_value", "Name a prompt: ?prompt=<its key from the rollouts panel, or its text>.", "prompt"
+        )
     steps, total = _spread_steps(store, job_id)
     # A key names the prompt among those of the steps shown (the same rows the columns read).
     text = prompt
