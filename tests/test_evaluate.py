@@ -166,3 +166,56 @@ def test_refusals_are_4xx_with_codes(box, tiny_model):
     r = box.post(f"/v1/training_jobs/{job_id}/evaluate", json={"rows": 2})
     assert (r.status_code, r.json()["error"]["code"]) == (409, "model_not_available")
     assert box.get(f"/v1/training_jobs/{job_id}/evaluations").json()["data"] == []
+
+
+CHAT_REWARD = '''def reward(completions, **kwargs):
+    """Chat completions arrive as messages: the fraction of the reply's characters that are 'a'."""
+    texts = [c[0]["content"] for c in completions]
+    return [t.count("a") / len(t) if t else 0.0 for t in texts]
+'''
+
+
+def test_a_full_fine_tune_on_a_chat_dataset_answers_in_messages(box, tiny_model):
+    rows = [
+        {"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": "aaa"}]} for p in demo.PROMPTS
+    ]
+    dataset = box.dataset(rows)
+    rf = box.reward_function(CHAT_REWARD, name="chat_a")
+    hp = {**HP, "max_steps": 2, "lora_rank": None, "lora_alpha": None, "learning_rate": 0.01}
+    job_id = box.job(base_model=str(tiny_model), dataset_id=dataset, reward_function_id=rf, hyperparameters=hp)["id"]
+    job = finished(box, job_id)
+    assert job["status"] == "completed", job["error"]
+    r = box.post(f"/v1/training_jobs/{job_id}/evaluate", json={"rows": 3, "max_tokens": 8, "temperature": 0.7})
+    assert r.status_code == 202, r.text
+    done = wait(box, job_id, r.json()["id"])
+    assert done["status"] == "completed", done["error"]
+    assert done["seconds"]["total"] > 0 and done["temperature"] == 0.7
+    assert [row["prompt"] for row in done["rows"]] == [f"user: {demo.PROMPTS[i]}" for i in done["dataset_rows"]]
+    for row in done["rows"]:
+        for side in ("base", "trained"):
+            text = row[side]["answer"]
+            assert row[side]["reward"] == pytest.approx(text.count("a") / len(text) if text else 0.0)
+
+
+def test_an_evaluation_the_server_stopped_during_reads_as_interrupted(box, tiny_model):
+    from veri_box import evaluations
+
+    job_id = grpo_job(box, tiny_model)
+    request = {"source": "prompts", "format": "prompt_only", "max_tokens": 4, "temperature": 0.0, "seed": 0}
+    row = {
+        "id": "eval_left",
+        "job_id": job_id,
+        "status": "running",
+        "request": request,
+        "created_at": "2026-01-01T00:00:00.000Z",
+    }
+    evaluations._insert(box.store, row)  # as a previous server process left it
+    got = box.get(f"/v1/training_jobs/{job_id}/evaluations/eval_left").json()
+    assert got["status"] == "failed" and got["error"]["code"] == "evaluation_interrupted"
+    assert (
+        box.get(f"/v1/training_jobs/{job_id}/evaluations/eval_nope").json()["error"]["code"] == "evaluation_not_found"
+    )
+    # Deleting the job deletes its evaluations.
+    box.store.update_job(job_id, status="cancelled")
+    assert box.delete(f"/v1/training_jobs/{job_id}").status_code in (200, 204)
+    assert box.store.db.execute("SELECT count(*) FROM evaluations").fetchone()[0] == 0
