@@ -414,6 +414,7 @@ def test_writes_are_audited_with_who_what_and_where_and_reads_are_not(clean: Lab
     # filters and pages
     by_object = lab.admin.get(f"/v1/audit?object_id={ds}").json()["data"]
     assert [r["id"] for r in by_object] == [made["id"]]
+    dataset(lab.admin)  # a second upload, so that there is a second page
     page = lab.admin.get("/v1/audit?limit=1&action=datasets").json()
     assert page["has_more"] is True and len(page["data"]) == 1
     older = lab.admin.get(f"/v1/audit?limit=1&action=datasets&after={page['data'][0]['id']}").json()["data"]
