@@ -80,6 +80,8 @@ WRITE_ROUTES = {
     ("POST", "/settings/openreward/delete"): "admin",
     ("POST", "/settings/wandb"): "admin",
     ("POST", "/settings/wandb/delete"): "admin",
+    ("POST", "/settings/huggingface"): "admin",
+    ("POST", "/settings/huggingface/delete"): "admin",
     ("POST", "/settings/providers/{name}"): "admin",
     ("POST", "/settings/providers/{name}/delete"): "admin",
 }

@@ -86,6 +86,8 @@ def routers(settings: Settings, sessions: Sessions, store: Store) -> list[Router
             settings_pages.delete_openreward,
             settings_pages.save_wandb,
             settings_pages.delete_wandb,
+            settings_pages.save_huggingface,
+            settings_pages.delete_huggingface,
             settings_pages.provider_quotes,
             settings_pages.save_provider,
             settings_pages.delete_provider,

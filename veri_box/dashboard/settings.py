@@ -9,7 +9,7 @@ from litestar import Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
-from .. import api_keys, devices, integrations, provider_settings, quotas
+from .. import api_keys, devices, hub, integrations, provider_settings, quotas
 from ..api_keys import CreateApiKey
 from ..auth import caller
 from ..devices import Inventory, box_info
@@ -34,6 +34,7 @@ def _settings_context(store: Store, inventory: Inventory, settings: Settings) ->
         "keys": keys,
         "integration": integrations.get(store),
         "wandb": integrations.get_wandb(store),
+        "huggingface": hub.get(store),
         "providers": provider_settings.list_(store),
         "provider_titles": TITLES,
         "inventory": inventory_rows(store, inventory),
@@ -249,6 +250,39 @@ def delete_wandb(
     integrations.delete_wandb(store)
     context = _settings_context(store, inventory, settings)
     return render(request, "_integration.html", panel="wandb", error=None, message="W&B key removed.", **context)
+
+
+@post("/settings/huggingface", include_in_schema=False, opt={"rule": "admin"})
+async def save_huggingface(
+    request: Request,
+    store: NamedDependency[Store],
+    inventory: NamedDependency[Inventory],
+    settings: NamedDependency[Settings],
+) -> Response:
+    """The API's PUT /v1/settings/integrations/huggingface: the token is checked with the Hub's
+    whoami first (--hf-endpoint), nothing is saved otherwise."""
+    form = await text_fields(request)
+    error, message = None, None
+    try:
+        body = convert({"token": form.get("token") or ""}, hub.HuggingFaceSettings)
+        saved = await anyio.to_thread.run_sync(hub.put, store, settings, body)
+        message = f"Hugging Face token saved: jobs can push to the Hub as {saved.username}."
+    except ApiError as exc:
+        error = error_context(exc)
+    context = await anyio.to_thread.run_sync(_settings_context, store, inventory, settings)
+    return render(request, "_hf_integration.html", error=error, message=message, **context)
+
+
+@post("/settings/huggingface/delete", include_in_schema=False, sync_to_thread=True, opt={"rule": "admin"})
+def delete_huggingface(
+    request: Request,
+    store: NamedDependency[Store],
+    inventory: NamedDependency[Inventory],
+    settings: NamedDependency[Settings],
+) -> Response:
+    hub.delete(store)
+    context = _settings_context(store, inventory, settings)
+    return render(request, "_hf_integration.html", error=None, message="Hugging Face token removed.", **context)
 
 
 @get("/settings/quotes", include_in_schema=False, sync_to_thread=True)
