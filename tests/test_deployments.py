@@ -173,7 +173,8 @@ def test_deploy_chat_stream_concurrency_and_stop_frees_the_device(box: Server):
     with pytest.raises(openai.BadRequestError):
         oa.chat.completions.create(model="t", messages=HELLO, max_tokens=0)
     openai_error(httpx.post(f"{box.url}{url}", json={"messages": HELLO}), 401)  # the key guards it
-    assert client.get(f"/v1/deployments/{tuned['id']}").json()["total_requests"] == 1 + 2 + 1 + 8  # answered ones; refused ones are not counted
+    # The requests it answered; the refused ones are not counted.
+    assert client.get(f"/v1/deployments/{tuned['id']}").json()["total_requests"] == 1 + 2 + 1 + 8
 
     # A running job cannot be deployed; while both cpu slots serve, a new job waits...
     running = submit(client, max_steps=500)

@@ -29,7 +29,7 @@ import litestar
 import msgspec
 from litestar import Controller, Request
 from litestar.di import NamedDependency
-from litestar.params import JSONBody, Parameter
+from litestar.params import FromPath, JSONBody, Parameter
 from litestar.response import Stream
 
 from trainers.contract import DatasetConfig, Devices, JobConfig
@@ -275,7 +275,7 @@ def get(store: Store, deployment_id: str) -> dict:
     return row
 
 
-def stop(store: Store, deployment_id: str, reason: str = "stopped_by_user") -> dict:
+def stop(store: Store, deployment_id: FromPath[str], reason: str = "stopped_by_user") -> dict:
     """Stop a deployment: it reads `stopped` at once; the Supervisor's next tick ends its process
     (SIGTERM, SIGKILL after the grace period) and frees its device. Stopping a stopped or
     failed one answers it as it is."""
@@ -590,7 +590,7 @@ def _client(path: str) -> httpx.AsyncClient:
     return client
 
 
-def _unavailable(deployment_id: str, why: str) -> ApiError:
+def _unavailable(deployment_id: FromPath[str], why: str) -> ApiError:
     return ApiError(
         503,
         "upstream_unavailable",
@@ -741,7 +741,7 @@ class DeploymentController(Controller):
 
     @litestar.get("/{deployment_id:str}", sync_to_thread=True)
     def get_(
-        self, deployment_id: str, store: NamedDependency[Store], settings: NamedDependency[Settings]
+        self, deployment_id: FromPath[str], store: NamedDependency[Store], settings: NamedDependency[Settings]
     ) -> Deployment:
         return to_api(get(store, deployment_id), settings)
 
@@ -749,7 +749,7 @@ class DeploymentController(Controller):
         "/{deployment_id:str}/stop", status_code=200, sync_to_thread=True, opt={"rule": "owner", "owns": "deployment"}
     )
     def stop_(
-        self, deployment_id: str, store: NamedDependency[Store], settings: NamedDependency[Settings]
+        self, deployment_id: FromPath[str], store: NamedDependency[Store], settings: NamedDependency[Settings]
     ) -> Deployment:
         return to_api(stop(store, deployment_id), settings)
 
@@ -757,7 +757,7 @@ class DeploymentController(Controller):
         "/{deployment_id:str}", status_code=200, sync_to_thread=True, opt={"rule": "owner", "owns": "deployment"}
     )
     def delete_(
-        self, deployment_id: str, store: NamedDependency[Store], settings: NamedDependency[Settings]
+        self, deployment_id: FromPath[str], store: NamedDependency[Store], settings: NamedDependency[Settings]
     ) -> Deleted:
         delete(store, settings, deployment_id)
         return Deleted(id=deployment_id, object="deployment")
@@ -766,7 +766,7 @@ class DeploymentController(Controller):
     async def chat_(
         self,
         request: Request,
-        deployment_id: str,
+        deployment_id: FromPath[str],
         data: JSONBody[ChatRequest],
         store: NamedDependency[Store],
         settings: NamedDependency[Settings],

@@ -348,6 +348,7 @@ def m009_trackers(db: Database) -> None:
 # Tables whose rows record the key that made them (created_by), for ownership and reassignment.
 OWNED_TABLES = ("jobs", "datasets", "reward_functions", "deployments")
 
+
 @migrations()
 def m013_deployments(db: Database) -> None:
     """Deployments (issue 17): a model served by a supervised child process (trainers/serve.py)
@@ -1234,7 +1235,7 @@ class Store:
 
     def owner_of(self, table: str, id: str) -> tuple[bool, str | None]:
         """(whether the row exists, its created_by) for an owned table."""
-        if table not in (*OWNED_TABLES, "deployments"):  # deployments: owned, not counted nor reassigned (yet)
+        if table not in OWNED_TABLES:
             raise ValueError(f"{table} has no owner")
         row = self.db.execute(f"SELECT created_by FROM {table} WHERE id = ?", [id]).fetchone()
         return (row is not None, row[0] if row else None)
