@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Api, finished
+from conftest import REWARD_SOURCE, Api, finished
 from test_dashboard import Browser
 
 from veri_box.dashboard import job_page
@@ -224,3 +224,147 @@ def test_a_real_grpo_job_shows_a_prompt_across_its_steps(box, tiny_model):
         shown = float(re.search(r'class="step-mean">([^<]+)<', text).group(1))
         assert shown == pytest.approx(mean, abs=5e-3, rel=1e-3)
     assert html.escape(prompt.splitlines()[0]) in page
+
+
+# -- in a real browser against `veri-box serve`: the views fit a 390 px phone ------------------------
+
+
+def test_across_steps_and_the_clip_grid_in_a_browser_fit_a_phone(tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    import httpx
+    from serving import FAKE_TRAINERS, KEY, Server
+    from test_dashboard_browser import ARGS, ARTIFACTS, CHROMIUM, no_horizontal_scroll
+
+    from trainers.tiny_video import squares_zip
+    from veri_box import paths
+    from veri_box.store import Store
+
+    if not CHROMIUM.exists():
+        pytest.skip("needs Debian's chromium (apt-get install chromium)")
+    box = Server(
+        tmp_path / "data", tmp_path / "serve.log", "--gpus", "none", "--cpu-slots", "2", "--trainers", FAKE_TRAINERS
+    )
+    box.key = KEY.search(box.start()).group(0)
+    console_errors: list[str] = []
+    try:
+        http = httpx.Client(base_url=box.url, headers={"Authorization": f"Bearer {box.key}"}, timeout=30)
+        body = b'{"prompt": "p", "answer": "a"}\n'
+        dataset = http.post("/v1/datasets", data={"name": "p"}, files={"file": ("p.jsonl", body)}).json()["id"]
+        rf = http.post("/v1/reward_functions", data={"name": "a"}, files={"file": ("a.py", REWARD_SOURCE)}).json()
+        clips_ds = http.post(
+            "/v1/datasets", data={"name": "clips"}, files={"file": ("clips.zip", squares_zip(n=1, frames=49))}
+        )
+        assert clips_ds.status_code == 200, clips_ds.text
+        grpo = http.post(
+            "/v1/training_jobs",
+            json={
+                "base_model": "fake:steps=3,step_s=0.01",
+                "dataset_id": dataset,
+                "reward_function_id": rf["id"],
+                "output_name": "grpo",
+                "gpu": {"type": "cpu", "count": 1},
+            },
+        )
+        assert grpo.status_code == 200, grpo.text
+        video = http.post(
+            "/v1/training_jobs",
+            json={
+                "base_model": "fake:steps=3,step_s=0.01",
+                "method": "sft_video_gen",
+                "dataset_id": clips_ds.json()["id"],
+                "output_name": "video",
+                "gpu": {"type": "cpu", "count": 1},
+            },
+        )
+        assert video.status_code == 200, video.text
+        grpo_id, video_id = grpo.json()["id"], video.json()["id"]
+        for job_id in (grpo_id, video_id):
+            for _ in range(300):
+                if http.get(f"/v1/training_jobs/{job_id}").json()["status"] in ("completed", "failed"):
+                    break
+                time.sleep(0.1)
+        # What a GRPO trainer and a video trainer report, long words and all (they must wrap).
+        store = Store(paths.db(box.data_dir))
+        prompt = "Spell a long word: " + "x" * 200
+        store.add_samples(
+            grpo_id,
+            [
+                {**s, "completion": s["completion"] + " " + "a" * 300}
+                for step in (1, 2, 3)
+                for s in rollouts(step, prompt, [step / 4, step / 3, step / 2])
+            ],
+        )
+        job_dir = box.data_dir / "jobs" / video_id
+        clips = []
+        for step in (1, 2, 3):
+            for k, name in enumerate(["a cat on a sofa " * 6, "waves at dusk"]):
+                path = job_dir / "samples" / f"grid-{step}-{k}.mp4"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(b"mp4")
+                clips.append({"step": step, "prompt": name, "video": f"samples/{path.name}"})
+        store.add_samples(video_id, clips)
+        http.close()
+
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+            page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+            page.set_default_timeout(30_000)
+            page.on("console", lambda m: console_errors.append(f"{page.url}: {m.text}") if m.type == "error" else None)
+            page.on("pageerror", lambda e: console_errors.append(f"{page.url}: {e}"))
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            for old in ARTIFACTS.glob("rollouts-*.png"):
+                old.unlink()
+            try:
+                _walk(page, sync_api.expect, box.url, box.key, grpo_id, video_id, no_horizontal_scroll, ARTIFACTS)
+            except Exception:
+                page.screenshot(path=str(ARTIFACTS / "rollouts-failure.png"), full_page=True)
+                raise
+            finally:
+                browser.close()
+    finally:
+        box.stop()
+    assert console_errors == []
+
+
+def _walk(page, expect, url, key, grpo_id, video_id, no_horizontal_scroll, artifacts) -> None:
+    page.goto(url + "/login")
+    page.fill("[name=api_key]", key)
+    page.click("button[type=submit]")
+    # On a phone first (the page's charts size themselves to the window they load in).
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(f"{url}/jobs/{grpo_id}")
+    # The latest step (3) lists the long prompt's group with its link; it opens in the panel.
+    page.locator("#rollout-step").select_option("3")
+    page.locator("#rollouts-panel article.group", has_text="Spell a long word").locator(".across-steps").click()
+    columns = page.locator("#rollouts-panel .step-column")
+    expect(columns).to_have_count(3)
+    assert columns.evaluate_all("cs => cs.map(c => c.dataset.step)") == ["1", "2", "3"]
+    expect(columns.nth(2).locator(".step-mean")).to_have_text("1.083")  # (3/4 + 3/3 + 3/2) / 3
+    no_horizontal_scroll(page)
+    # On a phone the steps stack: each column starts below the one before.
+    tops = columns.evaluate_all("cs => cs.map(c => c.getBoundingClientRect().top)")
+    assert tops == sorted(tops) and len(set(tops)) == 3, tops
+    page.screenshot(path=str(artifacts / "rollouts-across-steps-390px.png"), full_page=True)
+    # On a wide screen they stand side by side, oldest on the left.
+    page.set_viewport_size({"width": 1280, "height": 900})
+    lefts = columns.evaluate_all("cs => cs.map(c => c.getBoundingClientRect().left)")
+    tops = columns.evaluate_all("cs => cs.map(c => c.getBoundingClientRect().top)")
+    assert lefts == sorted(lefts) and len(set(lefts)) == 3 and len(set(tops)) == 1, (lefts, tops)
+    no_horizontal_scroll(page)
+    page.screenshot(path=str(artifacts / "rollouts-across-steps.png"), full_page=True)
+    page.locator("#rollouts-panel button", has_text="Back to one step").click()
+    expect(page.locator("#rollouts-panel article.group")).to_have_count(2)  # step 3: the trainer's and ours
+
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(f"{url}/jobs/{video_id}")
+    page.locator("#rollouts-panel .clips-by-step").click()
+    rows = page.locator("#rollouts-panel .clip-row")
+    expect(rows).to_have_count(2)
+    videos = page.locator("#rollouts-panel .clip-cell video")
+    expect(videos).to_have_count(6)
+    assert page.request.get(url + videos.first.get_attribute("src")).body() == b"mp4"  # the signed link plays
+    no_horizontal_scroll(page)
+    page.screenshot(path=str(artifacts / "rollouts-clips-by-step-390px.png"), full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 900})
+    no_horizontal_scroll(page)
+    page.screenshot(path=str(artifacts / "rollouts-clips-by-step.png"), full_page=True)
