@@ -226,6 +226,28 @@ def test_a_real_grpo_job_shows_a_prompt_across_its_steps(box, tiny_model):
     assert html.escape(prompt.splitlines()[0]) in page
 
 
+def test_a_real_tiny_video_job_shows_its_validation_clips_by_step(box, tmp_path):
+    from test_video import PROMPT, upload_clips
+    from test_video import video_job as submit_video
+
+    from trainers.tiny_video import build_tiny_video_pipeline
+
+    pipeline = build_tiny_video_pipeline(tmp_path / "pipeline", seed=0)
+    r = submit_video(box, pipeline, upload_clips(box, n=4, frames=12)["id"])
+    assert r.status_code == 200, r.text
+    job = finished(box, r.json()["id"])
+    assert job["status"] == "completed", job["error"]
+    web = Browser(box)
+    page = web.get(f"/jobs/{job['id']}/rollouts/clips", headers=HTMX).text
+    rows = page.split('<section class="clip-row">')[1:]
+    assert len(rows) == 1 and html.escape(PROMPT) in rows[0]  # the trainer's one validation prompt
+    cells = re.findall(r'data-step="(\d+)">\s*<video controls preload="metadata" src="([^"]+)"', rows[0])
+    assert [int(step) for step, _ in cells] == [6, 12]  # validated every 6 steps
+    for _, src in cells:
+        clip = web.client.get(html.unescape(src))
+        assert clip.status_code == 200 and clip.headers["content-type"] == "video/mp4" and len(clip.content) > 100
+
+
 # -- in a real browser against `veri-box serve`: the views fit a 390 px phone ------------------------
 
 
