@@ -5,6 +5,7 @@ its weight; refusals; a reward function that raises; the dashboard's section."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -122,7 +123,11 @@ def test_evaluate_compares_base_and_trained_with_the_jobs_rewards(box, tiny_mode
     assert failed["error"]["code"] == "reward_function_error"
     assert "raised ValueError: boom asked for" in failed["error"]["message"]
     assert 'raise ValueError("boom asked for")' in failed["error"]["traceback"]
-    assert "trainers/" not in failed["error"]["traceback"]
+    assert (
+        "trainers/" not in failed["error"]["traceback"]
+        and str(box.settings.data_dir) not in failed["error"]["traceback"]
+    )
+    assert re.search(r'File "rf_[0-9a-f]+\.py", line 4, in reward', failed["error"]["traceback"]), failed["error"]
     html = web.get(f"/jobs/{job_id}/evaluations").text
     assert "boom asked for" in html and "raise ValueError(&#34;boom asked for&#34;)" in html
 

@@ -35,13 +35,17 @@ class EvaluationError(Exception):
         self.code, self.message, self.where = code, message, where
 
 
-def _frames(err: BaseException) -> str | None:
-    """The user's frames of a reward function's traceback (ours and importlib's left out)."""
-    frames = [
-        f
-        for f in traceback.extract_tb(err.__traceback__)
-        if not f.filename.startswith(OURS) and not f.filename.startswith("<frozen importlib")
-    ]
+def _frames(err: BaseException, files: set[str]) -> str | None:
+    """The user's frames of a reward function's traceback (ours and importlib's left out), the
+    job's copy of a reward file named by its file name alone (the box's folders are not theirs)."""
+    frames = []
+    for frame in traceback.extract_tb(err.__traceback__):
+        if frame.filename.startswith(OURS) or frame.filename.startswith("<frozen importlib"):
+            continue
+        frame.line  # noqa: B018 - read the source line now, while the file is found by its real name
+        if frame.filename in files:
+            frame.filename = Path(frame.filename).name
+        frames.append(frame)
     return "".join(traceback.format_list(frames)).rstrip() or None
 
 
@@ -130,7 +134,8 @@ def _score(spec: dict, rows: list[dict], completions: list, ids: list[list[int]]
             values = guarded(prompts=[r["prompt"] for r in rows], completions=completions, **columns, **extras)
         except TrainerError as err:
             cause = seen.get("error")
-            raise EvaluationError("reward_function_error", err.message, _frames(cause) if cause else None) from None
+            where = _frames(cause, {e.path for e in entries}) if cause else None
+            raise EvaluationError("reward_function_error", err.message, where) from None
         for k, value in enumerate(values):
             scored[k]["rewards"][name] = value
             if value is not None:

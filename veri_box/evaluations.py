@@ -417,18 +417,6 @@ def get(store: Store, job_id: str, evaluation_id: str) -> Evaluation:
     return _to_api(store, row)
 
 
-def wait(store: Store, job_id: str, evaluation_id: str, timeout_s: float) -> Evaluation:
-    """Poll until the evaluation ends (tests, scripts)."""
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        evaluation = get(store, job_id, evaluation_id)
-        if evaluation.status in (COMPLETED, FAILED) or time.monotonic() > deadline:
-            return evaluation
-        time.sleep(0.2)
-
-
 # -- routes --------------------------------------------------------------------------------------
 
 
