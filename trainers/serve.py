@@ -233,6 +233,7 @@ class Handler(BaseHTTPRequestHandler):
 
 class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
+    request_queue_size = 128  # socketserver's 5 refuses (EAGAIN) the 6th of 8 clients connecting at once
 
 
 def main(argv: list[str]) -> int:

@@ -16,6 +16,7 @@ not used yet (`engine: "vllm"` is a 400 saying so).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -563,6 +564,7 @@ class EventStream(Stream):
 
 
 _clients: dict[str, httpx.AsyncClient] = {}
+_counting: set[asyncio.Future] = set()  # the request counts still being written (held, not collected)
 
 
 def _socket(settings: Settings, deployment_id: str) -> str:
@@ -616,7 +618,11 @@ async def chat(request: Request, store: Store, settings: Settings, deployment_id
             "deployment_not_serving",
             f"Deployment {deployment_id} is {row['status']}; create a new deployment to chat with this model.",
         )
-    await anyio.to_thread.run_sync(store.count_deployment_request, deployment_id)
+    # Counted off the request's path: a SQLite write (its commit) would add milliseconds to
+    # every answer's first token; the child starts generating meanwhile.
+    counted = asyncio.ensure_future(anyio.to_thread.run_sync(store.count_deployment_request, deployment_id))
+    _counting.add(counted)
+    counted.add_done_callback(_counting.discard)
     client = _client(_socket(settings, deployment_id))
     upstream = client.build_request("POST", "/generate", json=generate)
     try:
