@@ -557,3 +557,33 @@ def test_a_cloud_job_is_cancelled_at_its_keys_spend_limit_and_then_refused_at_su
     # a job for the box's own cpu pool rents nothing: still accepted
     r = submit(student, "fake:steps=1")
     assert r.status_code == 200, r.text
+
+
+def test_a_write_route_without_a_rule_is_refused_for_every_key_even_an_admin(tmp_path: Path):
+    """Fail closed: the guard refuses a write route that declares no rule (reads pass)."""
+    from litestar import Litestar, Router, get, post
+    from litestar.testing import TestClient
+
+    from veri_box.auth import api_key_guard, rule_guard
+    from veri_box.errors import ApiError, exception_handler
+    from veri_box.store import Store
+
+    store = Store(tmp_path / "box.db")
+    _, admin = store.create_api_key("boss", "admin")
+
+    @post("/v1/forgotten")
+    def forgotten() -> dict:
+        return {"done": True}
+
+    @get("/v1/readable")
+    def readable() -> dict:
+        return {"read": True}
+
+    api = Router(path="/", guards=[api_key_guard(store), rule_guard(store)], route_handlers=[forgotten, readable])
+    app = Litestar(route_handlers=[api], exception_handlers={ApiError: exception_handler})
+    with TestClient(app) as client:
+        headers = {"Authorization": f"Bearer {admin}"}
+        r = client.post("/v1/forgotten", headers=headers)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden", r.text
+        assert "declares no access rule" in r.json()["error"]["message"]
+        assert client.get("/v1/readable", headers=headers).json() == {"read": True}
