@@ -5,6 +5,7 @@ launch pacing, and every failure sorted into its kind without the API key in any
 
 from __future__ import annotations
 
+import getpass
 import logging
 import subprocess
 import time
@@ -27,8 +28,8 @@ def adapter_for(name: str, api, key: str | None = None):
     if name == "runpod":
         return RunPod(key, api.url)
     if name == "lambda":
-        # The stand-in's sshd runs as this user; a real Lambda instance's user is ubuntu.
-        return LambdaCloud(key, api.url, {"ssh_user": "root"})
+        # The stand-in's instances take the user running the tests; a real Lambda instance's is ubuntu.
+        return LambdaCloud(key, api.url, {"ssh_user": getpass.getuser()})
     return PrimeIntellect(key, api.url)
 
 
