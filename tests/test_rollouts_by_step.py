@@ -115,8 +115,24 @@ def test_a_long_run_shows_evenly_spaced_steps_first_and_last_kept(api):
     elapsed = time.perf_counter() - started
     steps = [s for s, _ in columns(page)]
     assert len(steps) == job_page.STEP_COLUMNS and steps[0] == 1 and steps[-1] == 100 and steps == sorted(steps)
-    assert f"{job_page.STEP_COLUMNS} of 100 logged steps" in page
+    assert f"{job_page.STEP_COLUMNS} of 100 logged steps with this prompt" in page
     assert elapsed < 2, elapsed
+
+
+def test_a_prompt_that_comes_back_once_an_epoch_is_shown_at_each_step_it_was_asked(api):
+    """A big dataset asks each prompt every few hundred steps: the columns are that prompt's steps."""
+    web = Browser(api)
+    job = api.job()
+    samples = [s for step in range(1, 301) for s in rollouts(step, f"other {step}", [0.0])]
+    samples += [s for step in (2, 150, 299) for s in rollouts(step, "Once an epoch", [step / 300, 0.0], group=1)]
+    ingest(api, job["id"], samples)
+    panel = web.get(f"/jobs/{job['id']}/rollouts?step=150", headers=HTMX).text
+    link = html.unescape(re.findall(r'hx-get="(/jobs/[^"]+/rollouts/prompt\?[^"]+)"', panel)[1])
+    assert link.endswith("&step=150")  # the step it came from names the prompt cheaply
+    for url in (link, link.removesuffix("&step=150")):  # and without it, any step's prompt does
+        page = web.get(url, headers=HTMX).text
+        assert [s for s, _ in columns(page)] == [2, 150, 299], url
+        assert "Once an epoch" in page and "logged steps with this prompt" not in page  # all shown
 
 
 def test_the_store_reads_only_the_steps_shown_through_the_index(api):
@@ -132,6 +148,8 @@ def test_the_store_reads_only_the_steps_shown_through_the_index(api):
     rows = api.store.samples_at_steps(job["id"], [1, 3], "P", 100)
     assert [(r["step"], r["data"]["reward"]) for r in rows] == [(1, 0.1), (3, 0.3)]
     assert api.store.samples_at_steps(job["id"], [], "P", 100) == []
+    assert api.store.prompt_steps(job["id"], "P") == [1, 3] and api.store.prompt_steps(job["id"], "R") == []
+    assert sorted(api.store.sample_prompts(job["id"])) == ["P", "Q"]
 
 
 def test_video_clips_by_step_are_a_grid_of_playable_signed_links(api, settings):

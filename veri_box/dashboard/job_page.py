@@ -248,14 +248,12 @@ def prompt_key(prompt: Any) -> str:
     return hashlib.sha256(str(prompt or "").encode()).hexdigest()[:16]
 
 
-def _spread_steps(store: Store, job_id: str) -> tuple[list[int], int]:
-    """The logged steps to show, oldest first, and how many there are in all."""
-    every = sorted(store.sample_steps(job_id, 100_000))
+def _spread(every: list[int]) -> list[int]:
+    """At most STEP_COLUMNS of these steps (sorted), evenly spaced, the first and the last kept."""
     if len(every) <= STEP_COLUMNS:
-        return every, len(every)
+        return every
     last = len(every) - 1
-    picks = sorted({round(i * last / (STEP_COLUMNS - 1)) for i in range(STEP_COLUMNS)})
-    return [every[i] for i in picks], len(every)
+    return [every[i] for i in sorted({round(i * last / (STEP_COLUMNS - 1)) for i in range(STEP_COLUMNS)})]
 
 
 def _mean(values: list[float]) -> float | None:
@@ -268,6 +266,7 @@ def rollouts_by_step(
     store: NamedDependency[Store],
     job_id: FromPath[str],
     prompt: FromQuery[str] = "",
+    step: FromQuery[int | None] = None,
 ) -> Response:
     """One prompt's rollout groups at every logged step (how its completions and rewards
     evolved); `prompt` is its key from the rollouts panel or its text."""
@@ -276,23 +275,24 @@ def rollouts_by_step(
         raise bad_request(
             "invalid_value", "Name a prompt: ?prompt=<its key from the rollouts panel, or its text>.", "prompt"
         )
-    steps, total = _spread_steps(store, job_id)
-    # A key names the prompt among those of the steps shown (the same rows the columns read).
+    # A key names a prompt of the step the link came from (the panel's: a few rows read), else
+    # of any step (every sample of the job read).
     text = prompt
-    if steps and len(prompt) == 16 and prompt.isalnum():
-        for row in store.samples_at_steps(job_id, steps, None, ROLLOUTS_PER_STEP * len(steps)):
-            if prompt_key(row["data"].get("prompt", "")) == prompt:
-                text = row["data"].get("prompt", "")
-                break
+    if len(prompt) == 16 and prompt.isalnum():
+        there = store.samples_at_steps(job_id, [step], None, ROLLOUTS_PER_STEP) if step is not None else []
+        names = [r["data"].get("prompt") for r in there] or store.sample_prompts(job_id)
+        text = next((name for name in names if prompt_key(name) == prompt), prompt)
+    every = store.prompt_steps(job_id, text)
+    steps = _spread(every)
     rows = store.samples_at_steps(job_id, steps, text, ROLLOUTS_PER_STEP * len(steps))
     by_step: dict[int, list[dict]] = {}
     for row in rows:
         if not row["data"].get("video"):
             by_step.setdefault(row["step"], []).append({"id": row["seq"], **row["data"]})
     columns = []
-    for step, samples in sorted(by_step.items()):
+    for at, samples in sorted(by_step.items()):
         rewards = [s["reward"] for s in samples if isinstance(s.get("reward"), (int, float))]
-        columns.append({"step": step, "groups": _group_rollouts(samples, "order"), "mean": _mean(rewards)})
+        columns.append({"step": at, "groups": _group_rollouts(samples, "order"), "mean": _mean(rewards)})
     return render(
         request,
         "_rollouts_by_step.html",
@@ -301,7 +301,7 @@ def rollouts_by_step(
         prompt=text if columns else prompt,
         columns=columns,
         shown=len(steps),
-        total=total,
+        total=len(every),
     )
 
 
@@ -315,7 +315,8 @@ def clips_by_step(
 ) -> Response:
     """A video job's validation clips as a grid: a row per validation prompt, a column per step."""
     job = jobs.get(store, job_id)
-    steps, total = _spread_steps(store, job_id)
+    every = sorted(store.sample_steps(job_id, 100_000))
+    steps = _spread(every)
     cells: dict[tuple[str, int], dict] = {}
     prompts: dict[str, None] = {}
     for row in store.samples_at_steps(job_id, steps, None, ROLLOUTS_PER_STEP * len(steps)):
@@ -335,7 +336,7 @@ def clips_by_step(
         steps=clip_steps,
         grid=grid,
         shown=len(steps),
-        total=total,
+        total=len(every),
     )
 
 
