@@ -89,6 +89,11 @@ def test_a_prompt_across_steps_shows_its_groups_in_step_order_with_rewards_and_m
     # The prompt's text names it too (the API's samples carry it), and gives the same view.
     by_text = web.get(f"/jobs/{job['id']}/rollouts/prompt", params={"prompt": cat}, headers=HTMX).text
     assert [s for s, _ in columns(by_text)] == [1, 2, 3]
+    # Refresh reloads the same view (new steps and all) by the prompt's short key.
+    refresh = html.unescape(re.search(r'hx-get="([^"]+)"[^>]*>Refresh<', by_text).group(1))
+    assert refresh == f"/jobs/{job['id']}/rollouts/prompt?prompt={job_page.prompt_key(cat)}&step=3"
+    ingest(api, job["id"], rollouts(4, cat, [0.0, 0.0]))
+    assert [s for s, _ in columns(web.get(refresh, headers=HTMX).text)] == [1, 2, 3, 4]
 
 
 def test_a_prompt_with_no_samples_says_so_and_an_empty_one_is_refused(api):

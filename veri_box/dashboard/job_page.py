@@ -299,6 +299,7 @@ def rollouts_by_step(
         job=job,
         mode="prompt",
         prompt=text if columns else prompt,
+        key=prompt_key(text) if columns else prompt,  # Refresh's link: short, even for a long prompt
         columns=columns,
         shown=len(steps),
         total=len(every),
