@@ -228,6 +228,15 @@ def test_the_settings_page_manages_providers_and_shows_their_quotes(web, clouds)
     quotes = web.get("/settings/quotes").text
     assert 'data-provider="prime_intellect"' in quotes and "500" in quotes and "$3.19" in quotes
 
+    # Lambda's form carries its SSH user: saving the key again keeps a user set before.
+    lambda_ = clouds["lambda"]
+    page = web.get("/settings").text
+    assert 'name="ssh_user"' in page and page.count('name="ssh_user"') == 1  # Lambda only
+    fields = {"api_key": lambda_.api_key, "base_url": lambda_.url, "ssh_user": "admin"}
+    assert "Lambda key saved." in web.post("/settings/providers/lambda", data=fields).text
+    assert web.api.get("/v1/settings/providers/lambda").json()["ssh_user"] == "admin"
+    assert 'value="admin"' in web.get("/settings").text
+
     removed = web.post("/settings/providers/runpod/delete")
     assert "RunPod key removed." in removed.text and web.api.store.get_integration("runpod") is None
 

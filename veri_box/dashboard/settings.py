@@ -310,6 +310,8 @@ async def save_provider(
                 "api_key": form.get("api_key") or "",
                 "base_url": (form.get("base_url") or "").strip() or None,
                 "image": (form.get("image") or "").strip() or None,
+                # Only Lambda's form has the field; a PUT replaces every setting, so it is sent back.
+                "ssh_user": (form.get("ssh_user") or "").strip() or None,
             },
             ProviderSettings,
         )
