@@ -256,12 +256,14 @@ def waiting_for(store: Store, job: dict) -> dict | None:
     limits = effective(store, key_id)
     if limits.max_running_jobs is None and limits.max_gpus is None:
         return None
-    held = usage(store, key_id)
-    if limits.max_running_jobs is not None and held.running_jobs + 1 > limits.max_running_jobs:
-        return {"limit": "max_running_jobs", "value": limits.max_running_jobs, "usage": held.running_jobs}
+    # Only what is held now (the runner asks this every tick for every queued job: no spend query).
+    placed = store.jobs_placed_by(key_id)
+    running, gpus = len(placed), sum((j["gpu"] or j["gpu_requested"])["count"] for j in placed)
+    if limits.max_running_jobs is not None and running + 1 > limits.max_running_jobs:
+        return {"limit": "max_running_jobs", "value": limits.max_running_jobs, "usage": running}
     count = job["gpu_requested"]["count"]
-    if limits.max_gpus is not None and held.gpus + count > limits.max_gpus:
-        return {"limit": "max_gpus", "value": limits.max_gpus, "usage": held.gpus, "requested": count}
+    if limits.max_gpus is not None and gpus + count > limits.max_gpus:
+        return {"limit": "max_gpus", "value": limits.max_gpus, "usage": gpus, "requested": count}
     return None
 
 

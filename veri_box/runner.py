@@ -15,6 +15,7 @@ import shutil
 import signal
 import tarfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,6 +38,7 @@ OOM_HINT = (
     "or train a LoRA (lora_rank) on a 4-bit base model (load_in_4bit)."
 )
 LOG_LINES = 20  # of the trainer's log, in the messages of failures it did not explain itself
+SPEND_CHECK_S = 5.0  # how often running cloud jobs are held to their spend limits
 
 
 def _module_exists(module: str | None) -> bool:
@@ -63,6 +65,7 @@ class Runner:
         self._tick = threading.Lock()
         self._said_waiting: set[str] = set()
         self._said_quota: set[str] = set()  # jobs that said waiting_for_quota (once per server run)
+        self._spend_checked_at = 0.0  # monotonic time of the last spend-limit pass
         # Called with the job row when a job completes (the Box sets it: the Hub push); must not block.
         self.on_completed: Callable[[dict], None] | None = None
         self.health = health.HealthMonitor()
@@ -125,7 +128,11 @@ class Runner:
             self._place()
 
     def _enforce_spend(self) -> None:
-        """Cancel cloud jobs whose key has reached its monthly spend limit (or the box its budget)."""
+        """Cancel cloud jobs whose key has reached its monthly spend limit (or the box its budget).
+        Every SPEND_CHECK_S, not every tick: spend grows by cents a minute, the sums scan the month."""
+        if time.monotonic() - self._spend_checked_at < SPEND_CHECK_S:
+            return
+        self._spend_checked_at = time.monotonic()
         for job in self.store.jobs_holding_devices():
             if job["provider"] not in CLOUDS or job["status"] not in ACTIVE:
                 continue
