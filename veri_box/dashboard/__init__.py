@@ -39,6 +39,7 @@ def routers(settings: Settings, sessions: Sessions, store: Store) -> list[Router
             compare.compare_page,
             jobs.save_labels,
             job_form.new_job_page,
+            job_form.memory_estimate,
             job_form.create_job,
             job_form.start_demo,
             job_page.job_page,

@@ -249,38 +249,40 @@ def _query_form(request: Request) -> dict[str, Any]:
     return form
 
 
-# One handler for the page and its memory panel: the panel reads the same query the form sends
-# (hx-include of the whole form), so the route table names the page's handler only. Async, with
-# its work in a thread: as a sync_to_thread handler of two paths it answered a coroutine (a 500)
-# in the second app built in one process (Litestar 2.25), which the tests do.
-@get(["/jobs/new", "/jobs/new/memory-estimate"], include_in_schema=False)
-async def new_job_page(
+@get("/jobs/new", include_in_schema=False, sync_to_thread=True)
+def new_job_page(
     request: Request,
     store: NamedDependency[Store],
     settings: NamedDependency[Settings],
     inventory: NamedDependency[Inventory],
-    placement: NamedDependency[Placement],
     clone: FromQuery[str | None] = None,
     method: FromQuery[str | None] = None,
     resume_from: FromQuery[str | None] = None,
 ) -> Response:
-    def page() -> Response:
-        if request.url.path.rstrip("/").endswith("/memory-estimate"):
-            preview = memory_preview(_query_form(request), store, settings, placement)
-            return render(request, "_memory_estimate.html", **preview)
-        form = _default_form(method if method in jobs.METHODS else "grpo")
-        if clone:
-            form = _form_from_job(jobs.get(store, clone))
-            form["output_name"] = f"{form['output_name']}-{'resumed' if resume_from else 'copy'}"
-        if resume_from:
-            form["resume_from"] = resume_from
-        if not form.get("gpu_type") and inventory.types:
-            form["gpu_type"] = next(iter(inventory.types))
-        context = _new_job_context(store, settings, inventory, form, clone)
-        template = "_new_job_form.html" if is_htmx(request) else "new_job.html"
-        return render(request, template, error=None, **context)
+    form = _default_form(method if method in jobs.METHODS else "grpo")
+    if clone:
+        form = _form_from_job(jobs.get(store, clone))
+        form["output_name"] = f"{form['output_name']}-{'resumed' if resume_from else 'copy'}"
+    if resume_from:
+        form["resume_from"] = resume_from
+    if not form.get("gpu_type") and inventory.types:
+        form["gpu_type"] = next(iter(inventory.types))
+    context = _new_job_context(store, settings, inventory, form, clone)
+    template = "_new_job_form.html" if is_htmx(request) else "new_job.html"
+    return render(request, template, error=None, **context)
 
-    return await anyio.to_thread.run_sync(page)
+
+@get("/jobs/new/memory-estimate", include_in_schema=False, sync_to_thread=True)
+def memory_estimate(
+    request: Request,
+    store: NamedDependency[Store],
+    settings: NamedDependency[Settings],
+    placement: NamedDependency[Placement],
+) -> Response:
+    """The form's memory panel: the form's values (hx-include of the whole form) through
+    submit's own estimate and verdict."""
+    preview = memory_preview(_query_form(request), store, settings, placement)
+    return render(request, "_memory_estimate.html", **preview)
 
 
 @post("/jobs/new", include_in_schema=False, opt={"rule": "member"})
