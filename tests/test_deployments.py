@@ -224,3 +224,48 @@ def test_an_idle_deployment_stops_by_itself_and_says_so(tmp_path: Path):
         assert "idle_stopped" in [e["type"] for e in stopped["events"]]
     finally:
         server.stop()
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)")
+def test_playground_deploys_a_job_in_one_click_and_streams_a_chat(tmp_path: Path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    server = Server(tmp_path / "data", tmp_path / "serve.log", "--gpus", "none", "--cpu-slots", "1")
+    server.key = KEY.search(server.start()).group(0)
+    try:
+        client = http(server)
+        job = submit(client)
+        assert wait(client, f"/v1/training_jobs/{job}", "completed", "failed")["status"] == "completed"
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
+            page = browser.new_context(viewport={"width": 1100, "height": 900}).new_page()
+            errors: list[str] = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            expect = sync_api.expect
+            page.goto(server.url + "/login")
+            page.fill("[name=api_key]", server.key)
+            page.click("button[type=submit]")
+            page.goto(server.url + "/playground")
+            expect(page.locator("#deploy-job")).to_contain_text(job)
+            page.select_option("#deploy-job", job)
+            page.click("#deploy")  # one click: the job's adapter deployed on the cpu pool
+            page.wait_for_url(lambda url: "/playground?deployment=dep_" in url)
+            expect(page.locator("#send")).to_be_enabled(timeout=240_000)  # reloads until it serves
+            expect(page.locator("#chosen-status")).to_have_text("serving")
+            page.fill("#system", "You are terse.")
+            page.fill("#max-tokens", "12")
+            page.fill("#prompt", "Say something:")
+            page.click("#send")
+            expect(page.locator(".turn.assistant[data-done=true]")).to_have_count(1, timeout=60_000)
+            expect(page.locator(".turn.user")).to_contain_text("Say something:")
+            assert page.locator("#chat-error").is_hidden(), page.locator("#chat-error").text_content()
+            browser.close()
+        deployment = client.get("/v1/deployments").json()["data"][0]
+        assert deployment["model"] == job and deployment["total_requests"] == 1, deployment
+        assert not errors, errors
+        client.post(f"/v1/deployments/{deployment['id']}/stop")
+    finally:
+        server.stop()

@@ -65,6 +65,8 @@ WRITE_ROUTES = {
     ("POST", "/jobs/{job_id}/delete"): "owner",
     ("POST", "/jobs/{job_id}/merge"): "owner",
     ("POST", "/jobs/{job_id}/evaluate"): "owner",
+    ("POST", "/playground/deploy"): "member",
+    ("POST", "/playground/{deployment_id}/chat"): "member",
     ("POST", "/jobs/{job_id}/push"): "owner",
     ("POST", "/jobs/{job_id}/labels"): "owner",
     ("POST", "/datasets"): "member",
@@ -94,6 +96,7 @@ NOT_CALLED |= {
     ("POST", "/v1/deployments/{deployment_id}/stop"),
     ("DELETE", "/v1/deployments/{deployment_id}"),
     ("POST", "/v1/deployments/{deployment_id}/chat/completions"),
+    ("POST", "/playground/{deployment_id}/chat"),
 }
 ROWS = b'{"prompt": "What is 2+2?", "answer": "4"}\n'
 REWARD = b"def reward(completions, **kwargs):\n    return [float('4' in c) for c in completions]\n"

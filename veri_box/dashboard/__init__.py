@@ -17,7 +17,7 @@ from ..sessions import Sessions, login_guard, reading_guard
 from ..settings import Settings
 from ..store import Store
 from . import audit as audit_pages
-from . import compare, job_form, job_page, jobs, library, login
+from . import compare, job_form, job_page, jobs, library, login, playground
 from . import settings as settings_pages
 from .rendering import STATIC, dashboard_errors
 
@@ -37,6 +37,9 @@ def routers(settings: Settings, sessions: Sessions, store: Store) -> list[Router
             jobs.jobs_page,
             jobs.jobs_table,
             compare.compare_page,
+            playground.playground_page,
+            playground.deploy_job,
+            playground.playground_chat,
             jobs.save_labels,
             job_form.new_job_page,
             job_form.memory_estimate,
