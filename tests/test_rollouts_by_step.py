@@ -140,6 +140,39 @@ def test_a_prompt_that_comes_back_once_an_epoch_is_shown_at_each_step_it_was_ask
         assert "Once an epoch" in page and "logged steps with this prompt" not in page  # all shown
 
 
+def test_a_long_run_of_many_samples_still_answers_quickly(api):
+    """2000 logged steps of 64 rollouts (the trainer's most per step): 128k samples of 50 prompts."""
+    web = Browser(api)
+    job = api.job()
+    for first in range(1, 2001, 200):
+        ingest(
+            api,
+            job["id"],
+            [
+                {
+                    "step": step,
+                    "prompt": f"prompt {(step * 8 + i // 8) % 50} " + "x" * 200,
+                    "completion": "c" * 100,
+                    "reward": i / 64,
+                    "group": i // 8,
+                }
+                for step in range(first, first + 200)
+                for i in range(64)
+            ],
+        )
+    key = job_page.prompt_key("prompt 0 " + "x" * 200)
+    for url in (
+        f"/jobs/{job['id']}/rollouts/prompt?prompt={key}&step=2000",
+        f"/jobs/{job['id']}/rollouts/prompt?prompt={key}",
+    ):
+        started = time.perf_counter()
+        page = web.get(url, headers=HTMX).text
+        elapsed = time.perf_counter() - started
+        asked = sum(any((step * 8 + g) % 50 == 0 for g in range(8)) for step in range(1, 2001))
+        assert len(columns(page)) == job_page.STEP_COLUMNS and f"of {asked} logged steps with this prompt" in page
+        assert elapsed < 1.5, (url, elapsed)  # about 0.2 s here; the bound leaves room for a busy machine
+
+
 def test_the_store_reads_only_the_steps_shown_through_the_index(api):
     """The query walks samples_job_step for the steps named (no scan of the job's samples)."""
     plan = api.store.db.execute(
