@@ -109,7 +109,8 @@ def app_write_routes(tmp_path: Path) -> dict[tuple[str, str], dict]:
         for handler in getattr(route, "route_handlers", []):
             for method in handler.http_methods:
                 if method in UNSAFE_METHODS:
-                    found[(method, route.path_format)] = dict(handler.opt)
+                    guards = [getattr(getattr(g, "func", g), "__name__", "") for g in handler.resolve_guards()]
+                    found[(method, route.path_format)] = {**handler.opt, "_enforced": "enforce_rule" in guards}
     return found
 
 
@@ -124,6 +125,10 @@ def test_every_write_route_declares_its_rule(tmp_path: Path):
         if opt["rule"] == "owner":
             assert opt.get("owns") in OWNED, f"{method} {path}: an owner rule names what it owns ({list(OWNED)})"
             assert "{" + OWNED[opt["owns"]][1] + "}" in path, f"{method} {path} lacks {{{OWNED[opt['owns']][1]}}}"
+    unguarded = sorted(f"{m} {p}" for (m, p), opt in routes.items() if not opt["_enforced"])
+    assert not unguarded, (
+        f"write routes outside a router with veri_box.auth.rule_guard (their rule is not enforced): {unguarded}"
+    )
     declared = {k: opt["rule"] for k, opt in routes.items()}
     new = sorted(f"{m} {p}: {r}" for (m, p), r in declared.items() if (m, p) not in WRITE_ROUTES)
     assert not new, f"new write routes: add them to WRITE_ROUTES in tests/test_sharing.py with their rule: {new}"
