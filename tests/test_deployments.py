@@ -6,6 +6,8 @@ OpenAI's error shape; an idle deployment stops by itself."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +16,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from serving import KEY, Server
+from serving import KEY, Server, descendants
 from veri_sdk.client import Client as VeriClient
 
 from veri_box import demo
@@ -267,5 +269,33 @@ def test_playground_deploys_a_job_in_one_click_and_streams_a_chat(tmp_path: Path
         assert deployment["model"] == job and deployment["total_requests"] == 1, deployment
         assert not errors, errors
         client.post(f"/v1/deployments/{deployment['id']}/stop")
+    finally:
+        server.stop()
+
+
+def test_a_serving_process_that_dies_fails_its_deployment_with_its_log_and_frees_the_device(tmp_path: Path):
+    server = Server(tmp_path / "data", tmp_path / "serve.log", "--gpus", "none", "--cpu-slots", "1")
+    server.key = KEY.search(server.start()).group(0)
+    try:
+        client = http(server)
+        dep = deploy(client, "veri-box/tiny-lm", "huggingface").json()
+        wait(client, f"/v1/deployments/{dep['id']}", "serving", timeout=240)
+        assert cpu_free(client) == 0
+        serving = [
+            pid
+            for pid in descendants(server.proc.pid)
+            if b"trainers.serve" in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        ]
+        assert serving, "the serving process runs below the box"
+        os.kill(serving[-1], signal.SIGKILL)  # as the kernel's out-of-memory killer would
+        failed = wait(client, f"/v1/deployments/{dep['id']}", "failed", "stopped", timeout=30)
+        assert failed["status"] == "failed" and failed["failure_code"] == "server_crashed", failed
+        assert "serving veri-box/tiny-lm" in failed["error"]  # the last lines of its log
+        chat = client.post(f"/v1/deployments/{dep['id']}/chat/completions", json={"messages": HELLO})
+        assert openai_error(chat, 409)["code"] == "deployment_not_serving"
+        deadline = time.monotonic() + 15
+        while cpu_free(client) != 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert cpu_free(client) == 1
     finally:
         server.stop()
