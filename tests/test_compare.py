@@ -180,7 +180,9 @@ def test_jobs_list_searches_name_model_id_tag_and_note(api, web):
 def test_jobs_list_shows_labels_reward_now_cost_duration_and_compare_picks(api, web):
     a, b = _jobs(api, 1e-5, 2e-5)
     api.patch(f"/v1/training_jobs/{a['id']}", json={"tags": ["baseline"], "note": "the <b>reference</b> run"})
-    api.store.add_metrics(a["id"], [(1, {"reward": 0.25, "loss": 1.0}), (2, {"reward": 0.75})])
+    api.store.add_metrics(
+        a["id"], [(1, {"reward": 0.25, "loss": 1.0, "throughput/tokens_per_s": 90.0}), (2, {"reward": 0.75})]
+    )
     api.store.update_job(b["id"], current_loss=0.125, cost_usd=1.5, duration_seconds=125.0)
     page = web.get("/jobs").text
     row_a = re.search(rf'<tr id="row-{a["id"]}".*?</tr>', page, re.S).group(0)
@@ -188,6 +190,7 @@ def test_jobs_list_shows_labels_reward_now_cost_duration_and_compare_picks(api, 
     assert '<span class="tag">baseline</span>' in row_a
     assert "the &lt;b&gt;reference&lt;/b&gt; run" in row_a  # the note is text, not markup
     assert 'title="latest reward">0.75<' in row_a  # the last step's reward
+    assert 'title="latest throughput">90 tok/s<' in row_a and "tok/s" not in row_b
     assert 'title="latest loss">0.125<' in row_b and "$1.50" in row_b and "2m 05s" in row_b
     for row, job in ((row_a, a), (row_b, b)):
         assert f'class="pick-job" name="jobs" form="compare-form" value="{job["id"]}"' in row

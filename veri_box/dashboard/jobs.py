@@ -41,10 +41,26 @@ def _jobs_table(
     rows, more = store.list_jobs(PAGE_SIZE, after, status, method, search=q, created_by=mine)
     # "Now" for the list: a GRPO job's latest reward; any job's latest loss is on its row.
     rewards = store.latest_metric_values([r["id"] for r in rows if r["method"] == "grpo"], "reward")
+    # Throughput now, in each method's own unit (the trainers log it as throughput/*).
+    throughput = {
+        **{
+            k: (v, "tok/s")
+            for k, v in store.latest_metric_values(
+                [r["id"] for r in rows if r["method"] == "grpo"], "throughput/tokens_per_s"
+            ).items()
+        },
+        **{
+            k: (v, "clips/s")
+            for k, v in store.latest_metric_values(
+                [r["id"] for r in rows if r["method"] != "grpo"], "throughput/clips_per_s"
+            ).items()
+        },
+    }
     query = {k: v for k, v in (("status", status), ("method", method), ("q", q), ("mine", "1" if mine else None)) if v}
     return {
         "jobs": rows,
         "rewards": rewards,
+        "throughput": throughput,
         "has_more": more,
         "next_url": "/jobs?" + urlencode({**query, "after": rows[-1]["id"]}) if more and rows else None,
         "newest_url": "/jobs" + ("?" + urlencode(query) if query else ""),
