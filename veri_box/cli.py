@@ -151,10 +151,15 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
-    if not _store(args).revoke_api_key(args.id):
+    # The command line may revoke any key, the last admin's too (the API refuses that): whoever
+    # runs it on the box can make a new admin at once, which is the way back in.
+    store = _store(args)
+    if not store.revoke_api_key(args.id):
         print(f"No live API key with id {args.id}.", file=sys.stderr)
         return 1
     print(f"Revoked {args.id}.", file=sys.stderr)
+    if store.count_admin_keys() == 0:
+        print("The box has no admin key now; make one: veri-box keys create --admin --name NAME", file=sys.stderr)
     return 0
 
 
