@@ -299,3 +299,37 @@ def test_a_serving_process_that_dies_fails_its_deployment_with_its_log_and_frees
         assert cpu_free(client) == 1
     finally:
         server.stop()
+
+
+def test_the_serving_process_serves_a_full_fine_tune_without_its_base(tmp_path: Path):
+    """A full fine-tune's output is the whole model: the child loads it alone (the base it names
+    need not be on the box), and speaks its socket protocol: token lines, then the choices."""
+    import json
+    import subprocess
+    import sys
+
+    from trainers.tiny import build_tiny_lm
+
+    model = build_tiny_lm(tmp_path / "model", seed=0)
+    work = tmp_path / "dep"
+    work.mkdir()
+    (work / "serve.json").write_text(json.dumps({"base_model": "nobody/gone", "adapter_dir": str(model)}))
+    child = subprocess.Popen([sys.executable, "-m", "trainers.serve", str(work)], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (work / "ready").exists():
+            assert child.poll() is None and time.monotonic() < deadline, "the serving process did not start"
+            time.sleep(0.1)
+        direct = httpx.Client(transport=httpx.HTTPTransport(uds=str(work / "serve.sock")), base_url="http://s")
+        body = {"messages": HELLO, "max_tokens": 5, "temperature": 0, "n": 2}
+        lines = [json.loads(line) for line in direct.post("/generate", json=body, timeout=60).text.splitlines()]
+        done = lines[-1]
+        assert done["done"] and [c["index"] for c in done["choices"]] == [0, 1], done
+        assert done["choices"][0]["text"] == done["choices"][1]["text"]  # greedy: both the same
+        assert 1 <= done["usage"]["completion_tokens"] <= 2 * 5, done["usage"]
+        assert "".join(x["text"] for x in lines[:-1] if x["index"] == 0) == done["choices"][0]["text"]
+        assert direct.post("/generate", content=b"{not json").status_code == 400
+        assert direct.get("/health").json()["status"] == "ok"
+    finally:
+        child.kill()
+        child.wait()

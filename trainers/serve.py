@@ -57,16 +57,19 @@ class Engine:
 
         self.torch = torch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        base = resolve(config["base_model"], config.get("models_dir") or None)
         adapter = config.get("adapter_dir")
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
-        if adapter and (Path(adapter) / "adapter_config.json").is_file():
+        if adapter and not (Path(adapter) / "adapter_config.json").is_file():
+            base = adapter  # a full fine-tune: the job's output is the whole model, its base not needed
+            model = AutoModelForCausalLM.from_pretrained(adapter, dtype=dtype)
+        else:
+            base = resolve(config["base_model"], config.get("models_dir") or None)
+            model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+        if adapter and base != adapter:
             from peft import PeftModel
 
+            # Merged once at load: each layer is then one matmul again, as fast as the base.
             model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-        elif adapter:  # a full fine-tune: the job's output is the model itself
-            model = AutoModelForCausalLM.from_pretrained(adapter, dtype=dtype)
         tokenizer_dir = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else base
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
         self.model = model.to(self.device).eval()
