@@ -19,7 +19,7 @@ import pytest
 from conftest import Api, finished
 
 from trainers import model_card
-from veri_box import demo, merges, sandbox
+from veri_box import cpu_child, demo, merges, sandbox
 from veri_box.errors import ApiError
 
 HUB_ID = "veri-test/tiny-chat"
@@ -119,7 +119,9 @@ def test_lora_job_merges_and_both_outputs_load_off_the_box(box, tiny_model, tmp_
     assert box.get(f"/v1/training_jobs/{job_id}/merge").json()["status"] == "not_merged"
     job_dir = box.settings.data_dir / "jobs" / job_id
     if sandbox.resolve(box.settings.sandbox) == sandbox.Mode.BWRAP:  # the child runs as a trainer does
-        command, env = merges._command(box.settings, box.store.get_job(job_id), job_dir / merges.WORK_DIR)
+        command, env = cpu_child.command(
+            box.settings, box.store.get_job(job_id), merges.MODULE, job_dir / merges.WORK_DIR
+        )
         assert (
             "bwrap" in command[4]
             and ["--ro-bind", str(job_dir), str(job_dir)]

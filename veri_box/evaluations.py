@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import shutil
-import signal
-import subprocess
 import tempfile
 import threading
 import uuid
@@ -32,11 +29,8 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from msgspec import Meta
 
-from trainers.contract import DatasetConfig, Devices, JobConfig
-
-from . import auth, dataset_files, executors, job_config, paths, sandbox
+from . import auth, cpu_child, dataset_files, job_config, paths
 from .errors import bad_request, conflict, not_found
-from .inventory import CPU
 from .jobs import get as get_job
 from .settings import Settings
 from .statuses import JobStatus
@@ -50,7 +44,6 @@ MAX_PROMPTS = 64
 DEFAULT_ROWS = 8
 DEFAULT_MAX_TOKENS = 256  # capped by the job's max_response_length
 WALL_S = 4 * 3600.0  # two generations with a big model on CPU take a while; a hung one must end
-OUTPUT_TAIL = 2000
 PENDING, RUNNING, COMPLETED, FAILED = "pending", "running", "completed", "failed"
 
 _active: set[str] = set()  # evaluation ids this process runs or will run
@@ -220,37 +213,6 @@ def _rows(
 # -- the run -------------------------------------------------------------------------------------
 
 
-def _command(settings: Settings, job: dict, work: Path) -> tuple[list[str], dict[str, str]]:
-    """The child's command line and environment, sandboxed as a trainer is: the job directory
-    (output, reward function copies) read-only as its "dataset", the work folder its only
-    writable one, the base model where the job found it."""
-    threads = max(1, (os.cpu_count() or 1) // max(settings.cpu_slots, 1))
-    command, env = executors.trainer_command(MODULE, work, CPU, [], cpu_threads=threads)
-    if sandbox.resolve(settings.sandbox) != sandbox.Mode.BWRAP:
-        return command, env
-    config = JobConfig(
-        job_id=job["id"],
-        method=job["method"],
-        trainer=MODULE,
-        base_model=job["base_model"],
-        output_name=job["output_name"],
-        dataset=DatasetConfig(
-            id="", format="", columns=[], num_rows=0, path=str(paths.job_dir(settings.data_dir, job["id"]))
-        ),
-        reward_functions=[],
-        environments=None,
-        openreward=None,
-        hyperparameters={},
-        seed=None,
-        devices=Devices(type=CPU, count=1, indices=[]),
-        job_dir=str(work),
-        output_dir=str(work),
-        models_dir=str(paths.models_dir(settings.data_dir)),
-        checkpoints_dir=str(work),
-    )
-    return executors.sandboxed_command(config, command, env, sandbox.host(settings.data_dir, env))
-
-
 def _spec(store: Store, settings: Settings, job: dict, request: dict, rows: list) -> dict:
     data_dir = settings.data_dir
     rewards = []
@@ -285,15 +247,6 @@ def _spec(store: Store, settings: Settings, job: dict, request: dict, rows: list
     }
 
 
-def _tail(path: Path) -> str:
-    try:
-        with path.open("rb") as fh:
-            fh.seek(max(0, path.stat().st_size - OUTPUT_TAIL))
-            return fh.read().decode("utf-8", errors="replace").strip()
-    except OSError:
-        return ""
-
-
 def _run(store: Store, settings: Settings, job: dict, evaluation_id: str, spec: dict) -> None:
     spool = paths.spool_dir(settings.data_dir)
     try:
@@ -303,18 +256,8 @@ def _run(store: Store, settings: Settings, job: dict, evaluation_id: str, spec: 
             work = Path(tempfile.mkdtemp(prefix="evaluation-", dir=spool))
             try:
                 (work / SPEC_FILE).write_text(json.dumps(spec), encoding="utf-8")
-                command, env = _command(settings, job, work)
-                with open(work / OUTPUT, "wb") as output:
-                    child = subprocess.Popen(
-                        command, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )  # fmt: skip
-                    try:
-                        code = child.wait(timeout=WALL_S)
-                    except subprocess.TimeoutExpired:
-                        os.killpg(child.pid, signal.SIGKILL)  # its own group: the sandbox's shell, bwrap, the child
-                        child.wait()
-                        code = None
+                command, env = cpu_child.command(settings, job, MODULE, work)
+                code = cpu_child.run(command, env, work, work / OUTPUT, WALL_S)
                 if code == 0 and (work / RESULT_FILE).is_file():
                     result = json.loads((work / RESULT_FILE).read_text(encoding="utf-8"))
                     _update(store, evaluation_id, status=COMPLETED, result=result, completed_at=now())
@@ -329,7 +272,7 @@ def _run(store: Store, settings: Settings, job: dict, evaluation_id: str, spec: 
                 else:
                     error = {
                         "code": "evaluation_failed",
-                        "message": f"The evaluation ended with exit code {code}: {_tail(work / OUTPUT)}",
+                        "message": f"The evaluation ended with exit code {code}: {cpu_child.tail(work / OUTPUT)}",
                     }
             finally:
                 shutil.rmtree(work, ignore_errors=True)

@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import signal
-import subprocess
 import threading
 from pathlib import Path
 from typing import Any
@@ -32,9 +29,7 @@ from litestar import Controller
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
-from trainers.contract import DatasetConfig, Devices, JobConfig
-
-from . import artifacts, executors, paths, sandbox
+from . import artifacts, cpu_child, paths
 from .auth import Signer
 from .errors import ApiError, bad_request, conflict
 from .inventory import CPU
@@ -49,7 +44,6 @@ MODULE = "trainers.merge"
 WORK_DIR = "merged.partial"  # inside the job dir, beside merged/: the rename stays on one filesystem
 SPEC_FILE, ERROR_FILE, MODEL_DIR = "merge.json", "error.json", "model"  # trainers/merge.py's names
 MERGE_TIMEOUT_S = 4 * 3600.0  # loading a 70B base from disk on CPU takes a while; a hung one must end
-LOG_TAIL = 2000
 STARTED, COMPLETED, FAILED = "merge_started", "merge_completed", "merge_failed"
 
 _guard = threading.Lock()
@@ -129,45 +123,6 @@ def _event(store: Store, job_id: str, event_type: str, **metadata: Any) -> None:
         log.warning("job %s: could not record %s", job_id, event_type)
 
 
-def _command(settings: Settings, job: dict, work: Path) -> tuple[list[str], dict[str, str]]:
-    """The child's command line and environment, sandboxed as a trainer is: the job directory
-    (config, progress, adapter) read-only as its "dataset", the work folder its only writable
-    one, the base model where the job found it (its folder, the HF cache, the built-in models)."""
-    threads = max(1, (os.cpu_count() or 1) // max(settings.cpu_slots, 1))
-    command, env = executors.trainer_command(MODULE, work, CPU, [], cpu_threads=threads)
-    if sandbox.resolve(settings.sandbox) != sandbox.Mode.BWRAP:
-        return command, env
-    job_dir = paths.job_dir(settings.data_dir, job["id"])
-    config = JobConfig(
-        job_id=job["id"],
-        method=job["method"],
-        trainer=MODULE,
-        base_model=job["base_model"],
-        output_name=job["output_name"],
-        dataset=DatasetConfig(id="", format="", columns=[], num_rows=0, path=str(job_dir)),
-        reward_functions=[],
-        environments=None,
-        openreward=None,
-        hyperparameters={},
-        seed=None,
-        devices=Devices(type=CPU, count=1, indices=[]),
-        job_dir=str(work),
-        output_dir=str(work),
-        models_dir=str(paths.models_dir(settings.data_dir)),
-        checkpoints_dir=str(work),
-    )
-    return executors.sandboxed_command(config, command, env, sandbox.host(settings.data_dir, env))
-
-
-def _tail(path: Path) -> str:
-    try:
-        with path.open("rb") as fh:
-            fh.seek(max(0, path.stat().st_size - LOG_TAIL))
-            return fh.read().decode("utf-8", errors="replace").strip()
-    except OSError:
-        return ""
-
-
 def _merge(settings: Settings, store: Store, job: dict) -> MergeError | None:
     """Run the child and move its model into place; the error if it failed. Records the events."""
     job_id = job["id"]
@@ -184,18 +139,9 @@ def _merge(settings: Settings, store: Store, job: dict) -> MergeError | None:
     log_path = job_dir / paths.MERGE_LOG
     _event(store, job_id, STARTED, device=CPU)
     try:
-        command, env = _command(settings, job, work)
-        with open(log_path, "ab") as output, _one_at_a_time:
-            child = subprocess.Popen(
-                command, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-            try:
-                code = child.wait(timeout=MERGE_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                os.killpg(child.pid, signal.SIGKILL)  # its own group: the sandbox's shell, bwrap, the child
-                child.wait()
-                code = None
+        command, env = cpu_child.command(settings, job, MODULE, work)
+        with _one_at_a_time:
+            code = cpu_child.run(command, env, work, log_path, MERGE_TIMEOUT_S, mode="ab")
         error = None
         if code == 0 and (work / MODEL_DIR / "config.json").is_file():
             (work / MODEL_DIR).rename(target)
@@ -205,7 +151,7 @@ def _merge(settings: Settings, store: Store, job: dict) -> MergeError | None:
             reported = json.loads((work / ERROR_FILE).read_text(encoding="utf-8"))
             error = MergeError(str(reported.get("code", "merge_failed")), str(reported.get("message", "")))
         else:
-            error = MergeError("merge_failed", f"The merge ended with exit code {code}: {_tail(log_path)}")
+            error = MergeError("merge_failed", f"The merge ended with exit code {code}: {cpu_child.tail(log_path)}")
     except OSError as err:  # the job's folder went away (deleted meanwhile), the disk is full
         error = MergeError("merge_failed", f"The merge could not be written: {err}")
     finally:
