@@ -264,6 +264,10 @@ def test_playground_deploys_a_job_in_one_click_and_streams_a_chat(tmp_path: Path
             expect(page.locator(".turn.assistant[data-done=true]")).to_have_count(1, timeout=60_000)
             expect(page.locator(".turn.user")).to_contain_text("Say something:")
             assert page.locator("#chat-error").is_hidden(), page.locator("#chat-error").text_content()
+            # Is it better? The job's own base-vs-trained evaluation is one click away.
+            page.click("#compare-hint a")
+            page.wait_for_url(lambda url: f"/jobs/{job}" in url)
+            expect(page.locator("#evaluation-section")).to_contain_text("Evaluate: base vs trained")
             browser.close()
         deployment = client.get("/v1/deployments").json()["data"][0]
         assert deployment["model"] == job and deployment["total_requests"] == 1, deployment
