@@ -354,11 +354,12 @@ def test_only_an_online_wandb_job_gets_the_network_in_its_sandbox(tmp_path: Path
 
 
 class _RefusingWandb(http.server.BaseHTTPRequestHandler):
-    """A W&B server that refuses every key, as W&B answers a revoked one: 401 on its GraphQL API."""
+    """A W&B server that refuses every key, as W&B answers a revoked one: 401 on its GraphQL API,
+    here quoting the key (as a proxy or a self-hosted server may), which must not reach the event."""
 
     def _refuse(self):
         self.rfile.read(int(self.headers.get("content-length") or 0))
-        body = b'{"errors": [{"message": "user is not logged in"}]}'
+        body = json.dumps({"errors": [{"message": f"user is not logged in (api key {KEY})"}]}).encode()
         self.send_response(401)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
@@ -388,6 +389,7 @@ def test_a_key_wandb_refuses_is_a_wandb_failed_event_and_the_job_trains_on(box: 
         e for e in box.get(f"/v1/training_jobs/{job_id}/events").json()["items"] if e["event_type"] == "wandb_failed"
     ]
     assert len(failed) == 1 and "not logged in" in failed[0]["metadata"]["message"]
+    assert KEY not in failed[0]["metadata"]["message"] and KEY not in log
     assert "warning: W&B run not started" in log
     assert [e.step for e in tensorboard_events(paths.job_dir(box.settings.data_dir, job_id)).Scalars("loss")] == [1, 2]
 

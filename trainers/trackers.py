@@ -295,7 +295,8 @@ class _Wandb(_Tracker):
                 settings=settings,
             )
         except Exception as err:  # noqa: BLE001 - a refused key or an unreachable W&B: train on
-            message = f"{type(err).__name__}: {err}"
+            # The event reaches the API and the dashboard: never with the key, should W&B quote it.
+            message = f"{type(err).__name__}: {err}".replace(cfg.api_key, "***")
             log(f"warning: W&B run not started, this job logs to TensorBoard only: {message}")
             progress.event("wandb_failed", message=message[:2000])
             return None
