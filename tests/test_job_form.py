@@ -224,6 +224,8 @@ def test_a_job_from_the_form_keeps_its_written_reward_source(tmp_path, monkeypat
 def test_the_panel_names_a_device_count_the_api_would_refuse(web):
     text = panel(web, gpu_count="0")
     assert 'data-code="invalid_value"' in text and "<code>gpu.count</code>" in text and ">= 1" in text
+    superscript = panel(web, gpu_count="²")  # a digit to str.isdigit, not a number to int()
+    assert "data-code=" in superscript and "<code>gpu.count</code>" in superscript
     two = panel(web, base_model="Qwen/Qwen3-0.6B", hp__lora_rank="16", gpu_count="2")
     assert 'data-state="estimate"' in two  # counted even beyond the box's one card: the API names that at submit
 

@@ -80,7 +80,8 @@ def job_body(form: dict[str, Any]) -> dict:
     }
     count = (form.get("gpu_count") or "").strip()
     if count:
-        body["gpu"]["count"] = int(count) if count.isdigit() else count
+        # isdecimal, not isdigit: "²" is a digit int() refuses; as text the API names the field.
+        body["gpu"]["count"] = int(count) if count.isdecimal() else count
     if method in hyperparameters.SCHEMAS:
         hp = {}
         for field in hyperparameters.describe(method):
