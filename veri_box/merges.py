@@ -128,17 +128,19 @@ def _merge(settings: Settings, store: Store, job: dict) -> MergeError | None:
     job_id = job["id"]
     job_dir = paths.job_dir(settings.data_dir, job_id)
     work, target = job_dir / WORK_DIR, merged_dir(settings, job_id)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
     spec = {
         "job_dir": str(job_dir),
         "adapter": str(paths.output_dir(settings.data_dir, job_id)),
         "models_dir": str(paths.models_dir(settings.data_dir)),
     }
-    (work / SPEC_FILE).write_text(json.dumps(spec), encoding="utf-8")
     log_path = job_dir / paths.MERGE_LOG
     _event(store, job_id, STARTED, device=CPU)
     try:
+        # In the try: a failure here must end in merge_failed, not in a dead thread that state()
+        # would report as a server restart (merge_interrupted).
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+        (work / SPEC_FILE).write_text(json.dumps(spec), encoding="utf-8")
         command, env = cpu_child.command(settings, job, MODULE, work)
         with _one_at_a_time:
             code = cpu_child.run(command, env, work, log_path, MERGE_TIMEOUT_S, mode="ab")
@@ -154,6 +156,8 @@ def _merge(settings: Settings, store: Store, job: dict) -> MergeError | None:
             error = MergeError("merge_failed", f"The merge ended with exit code {code}: {cpu_child.tail(log_path)}")
     except OSError as err:  # the job's folder went away (deleted meanwhile), the disk is full
         error = MergeError("merge_failed", f"The merge could not be written: {err}")
+    except ValueError as err:  # an error.json the child did not finish writing (killed meanwhile)
+        error = MergeError("merge_failed", f"The merge failed and its report could not be read: {err}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if error is None:

@@ -508,22 +508,10 @@ async def evaluate_job(
         body["max_tokens"] = form["max_tokens"]
     error = None
     try:
-        data = _form_request(body)
+        data = convert(body, evaluations.EvaluateRequest, strict=False)
         await anyio.to_thread.run_sync(evaluations.start, store, settings, job_id, data, auth.caller_id(request))
     except ApiError as exc:
         error = error_context(exc)
     job = await anyio.to_thread.run_sync(jobs.get, store, job_id)
     context = await anyio.to_thread.run_sync(_evaluation_context, store, job_id)
     return render(request, "_evaluation.html", job=job, error=error, **context)
-
-
-def _form_request(body: dict) -> Any:
-    """The form's text fields as the API's request (numbers from their text, strictly)."""
-    from .. import evaluations
-
-    try:
-        return msgspec.convert(body, evaluations.EvaluateRequest, strict=False)
-    except msgspec.ValidationError as err:
-        from ..errors import split_validation_error, validation_error
-
-        raise validation_error(*split_validation_error(err)) from None

@@ -198,10 +198,11 @@ def dashboard_errors(request: Request, exc: Exception) -> Response:
     return render(request, "error.html", status_code=error["status"], error=error)
 
 
-def convert(body: dict, type_: type) -> Any:
-    """msgspec.convert with the API's own reading of a validation failure."""
+def convert(body: dict, type_: type, strict: bool = True) -> Any:
+    """msgspec.convert with the API's own reading of a validation failure; strict=False reads
+    numbers from a form's text ("4")."""
     try:
-        return msgspec.convert(body, type=type_)
+        return msgspec.convert(body, type=type_, strict=strict)
     except msgspec.ValidationError as err:
         raise validation_error(*split_validation_error(err)) from None
 
