@@ -46,7 +46,9 @@ DEFAULT_MAX_TOKENS = 256  # capped by the job's max_response_length
 WALL_S = 4 * 3600.0  # two generations with a big model on CPU take a while; a hung one must end
 PENDING, RUNNING, COMPLETED, FAILED = "pending", "running", "completed", "failed"
 
-_active: set[str] = set()  # evaluation ids this process runs or will run
+# Evaluation id -> its job id, for those this process runs or will run: the one-per-job check
+# reads it under _guard, so two POSTs at once cannot both start (the row is inserted after it).
+_active: dict[str, str] = {}
 _guard = threading.Lock()
 _one_at_a_time = threading.Lock()
 
@@ -280,7 +282,7 @@ def _run(store: Store, settings: Settings, job: dict, evaluation_id: str, spec: 
         error = {"code": "evaluation_failed", "message": f"The evaluation could not run: {err}"}
     finally:
         with _guard:
-            _active.discard(evaluation_id)
+            _active.pop(evaluation_id, None)
     log.warning("evaluation %s of job %s failed: %s: %s", evaluation_id, job["id"], error["code"], error["message"])
     _update(store, evaluation_id, status=FAILED, error=error, completed_at=now())
 
@@ -309,14 +311,13 @@ def start(store: Store, settings: Settings, job_id: str, body: EvaluateRequest, 
         "dataset_rows": numbers,
     }
     with _guard:
-        busy = [e for e in list_rows(store, job_id) if e["status"] in (PENDING, RUNNING) and e["id"] in _active]
-        if busy:
+        busy = next((e for e, j in _active.items() if j == job_id), None)
+        if busy is not None:
             raise conflict(
-                "evaluation_running",
-                f"Job {job_id} has an evaluation {busy[0]['status']} ({busy[0]['id']}); wait for it to end.",
+                "evaluation_running", f"Job {job_id} has an evaluation pending or running ({busy}); wait for it to end."
             )
         evaluation_id = f"eval_{uuid.uuid4().hex[:24]}"
-        _active.add(evaluation_id)
+        _active[evaluation_id] = job_id
     try:
         spec = _spec(store, settings, job, request, rows)
         _insert(
@@ -332,7 +333,7 @@ def start(store: Store, settings: Settings, job_id: str, body: EvaluateRequest, 
         )
     except BaseException:
         with _guard:
-            _active.discard(evaluation_id)
+            _active.pop(evaluation_id, None)
         raise
     threading.Thread(
         target=_run, args=(store, settings, job, evaluation_id, spec), name=f"evaluate-{job_id}", daemon=True
