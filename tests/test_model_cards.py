@@ -5,6 +5,7 @@ sizes it shows."""
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import os
@@ -44,7 +45,9 @@ def test_full_fine_tune_card_names_the_hub_id_and_demo_and_page_show_its_snippet
     for section in SECTIONS:
         assert section in card, section
     assert f'base_model: "{HUB_ID}"' in card and "library_name: transformers" in card
-    assert "a fully fine-tuned model" in card and "`letter_a`" in card and f"- Dataset: ds (`{job['dataset_id']}`)" in card
+    assert (
+        "a fully fine-tuned model" in card and "`letter_a`" in card and f"- Dataset: ds (`{job['dataset_id']}`)" in card
+    )
     assert "| `learning_rate` | 0.01 |" in card and "At step 2:" in card and "| `reward` |" in card
     snippet = model_card.load_snippet("model", HUB_ID)
     assert snippet in card and "AutoModelForCausalLM.from_pretrained" in snippet
@@ -162,3 +165,7 @@ def test_card_text_for_each_kind():
     with pytest.raises(ValueError):
         model_card.load_snippet("nope", "x")
     assert "No metrics were logged." in model_card.card(config, "adapter", None, {})
+    # A multi-line system prompt stays one cell: the rows after it are still the table's.
+    prompted = dataclasses.replace(config, hyperparameters={"system_prompt": "Be brief.\nAnswer in English.", "z": 1})
+    table = model_card.card(prompted, "adapter", None, {}).split("### Hyperparameters")[1].split("## Final")[0]
+    assert "| `system_prompt` | Be brief.<br>Answer in English. |" in table and "| `z` | 1 |" in table

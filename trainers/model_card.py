@@ -111,7 +111,8 @@ def _value(value: Any) -> str:
         return "–"
     if isinstance(value, float):
         return f"{value:.6g}"
-    return str(value).replace("|", "\\|")
+    # A line break would end the Markdown table (a multi-line system_prompt): <br> keeps the cell.
+    return str(value).replace("|", "\\|").replace("\r\n", "<br>").replace("\n", "<br>")
 
 
 def card(config: Any, kind: str, step: int | None, metrics: dict[str, float]) -> str:
