@@ -120,6 +120,7 @@ def test_an_unknown_provider_is_404_on_every_method(api):
         ({"api_key": "two words"}, "invalid_value", "api_key"),
         ({"api_key": "k" * 501}, "invalid_value", "api_key"),
         ({"api_key": "k" * 20, "base_url": "ftp://x"}, "invalid_value", "base_url"),
+        ({"api_key": "k" * 20, "base_url": "http://[oops"}, "invalid_value", "base_url"),  # urlparse raises
         ({"api_key": "k" * 20, "image": "an image"}, "invalid_value", "image"),
         ({"api_key": "k" * 20, "region": "us"}, "unknown_field", "region"),
         ({"api_key": 12}, "invalid_value", "api_key"),

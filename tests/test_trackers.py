@@ -319,6 +319,7 @@ def test_the_settings_page_sets_and_removes_wandb_without_showing_the_key(api: A
         ("data:text/html,hi", False),
         ("https://wandb.ai/a b", False),
         ("https://" + "x" * 2000, False),
+        ("http://[not-an-ipv6", False),  # urlparse raises: the record is kept, the link dropped
         (42, False),
     ],
 )

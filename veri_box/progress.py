@@ -118,7 +118,10 @@ def tracker_url(value: Any) -> str | None:
     dashboard makes it a link, so a javascript: or data: URL from a reward function never is."""
     if not isinstance(value, str) or len(value) > MAX_URL_CHARS or any(c.isspace() or ord(c) < 32 for c in value):
         return None
-    parsed = urlparse(value)
+    try:
+        parsed = urlparse(value)
+    except ValueError:  # "http://[x": raised out of parse(), it would stop the job's progress being read
+        return None
     return value if parsed.scheme in ("http", "https") and parsed.netloc else None
 
 

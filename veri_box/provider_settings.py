@@ -121,7 +121,10 @@ def _ssh_user(name: str, value: str | None) -> str | None:
 def _base_url(value: str | None) -> str | None:
     base_url = (value or "").strip().rstrip("/") or None
     if base_url:
-        parsed = urlparse(base_url)
+        try:
+            parsed = urlparse(base_url)
+        except ValueError:  # "http://[": not a URL at all (a 400, not a 500)
+            parsed = urlparse("")
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise bad_request(
                 "invalid_value",
