@@ -169,3 +169,9 @@ def test_card_text_for_each_kind():
     prompted = dataclasses.replace(config, hyperparameters={"system_prompt": "Be brief.\nAnswer in English.", "z": 1})
     table = model_card.card(prompted, "adapter", None, {}).split("### Hyperparameters")[1].split("## Final")[0]
     assert "| `system_prompt` | Be brief.<br>Answer in English. |" in table and "| `z` | 1 |" in table
+    # A base loaded from a folder on the box: the card names the folder, never the box's path, and
+    # claims no Hub base_model (the Hub's metadata wants an id).
+    folder = dataclasses.replace(config, base_model="/srv/lab/models/qwen-sft-7")
+    text = model_card.card(folder, "adapter", None, {})
+    assert "/srv/lab" not in text and "`qwen-sft-7` (a model folder on the box that trained it)" in text
+    assert "base_model:" not in text.split("---")[1]

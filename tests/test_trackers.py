@@ -121,6 +121,7 @@ def test_wandb_settings_as_the_official_client_sends_them_never_return_the_key(a
         ({"api_key": ""}, "api_key"),
         ({"api_key": "two words"}, "api_key"),
         ({"api_key": KEY, "project": "a/b"}, "project"),
+        ({"api_key": KEY, "project": "two\nlines"}, "project"),
         ({"api_key": KEY, "project": "x" * 129}, "project"),
         ({"api_key": KEY, "entity": "team:x"}, "entity"),
         ({"api_key": KEY, "base_url": "ftp://wandb.example"}, "base_url"),

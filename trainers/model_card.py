@@ -117,7 +117,10 @@ def _value(value: Any) -> str:
 
 def card(config: Any, kind: str, step: int | None, metrics: dict[str, float]) -> str:
     """The README.md text for an output of the job `config` (a trainers.contract.JobConfig)."""
-    base = config.base_model
+    # A base loaded from a folder on the box is named by the folder's name only: its absolute
+    # path means nothing elsewhere (and would travel to the Hub), and the Hub's metadata wants an id.
+    local = os.path.isabs(config.base_model)
+    base = Path(config.base_model).name if local else config.base_model
     hp = dict(config.hyperparameters)
     lora = kind in ("adapter", "merged", "video_lora")
     library = {"adapter": "peft", "video_lora": "diffusers"}.get(kind, "transformers")
@@ -133,7 +136,7 @@ def card(config: Any, kind: str, step: int | None, metrics: dict[str, float]) ->
     tags = ["veri-box", config.method, *(["lora"] if lora else [])]
     front = [
         "---",
-        f"base_model: {_q(base)}",
+        *([] if local else [f"base_model: {_q(base)}"]),
         f"library_name: {library}",
         f"pipeline_tag: {'text-to-video' if kind == 'video_lora' else 'text-generation'}",
         "tags:",
@@ -143,7 +146,7 @@ def card(config: Any, kind: str, step: int | None, metrics: dict[str, float]) ->
     ]
     lines = [*front, f"# {config.output_name or config.job_id}", ""]
     lines += [f"This folder holds {what}, trained by veri-box (job `{config.job_id}`).", ""]
-    lines += ["## Base model", "", f"`{base}`", ""]
+    lines += ["## Base model", "", f"`{base}`" + (" (a model folder on the box that trained it)" if local else ""), ""]
     if base.startswith(BUILT_IN_PREFIX):
         lines += [
             "A built-in tiny model of veri-box (random weights, for demos and tests); it is not on the "

@@ -376,7 +376,8 @@ def completion_hook(box: Any):
 
 def recover(box: Any) -> None:
     """At start-up: a push the stopped server was running is failed (it can be pushed again); a
-    completed job whose push never started gets it now. Never stops the server from starting."""
+    completed job whose push never started gets it now (a push that cannot start is logged, not
+    raised: the server starts anyway)."""
     store = box.store
     for job in store.jobs_with_hf_push("pushing"):
         reason = f"The server stopped during the push; push again with POST /v1/training_jobs/{job['id']}/push."

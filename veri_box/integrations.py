@@ -27,7 +27,7 @@ OPENREWARD = "openreward"
 WANDB = "wandb"
 DEFAULT_WANDB_PROJECT = "veri-training"  # the official client's default (`veri wandb set`)
 # W&B's own rule for project and entity names: no slashes, backslashes, #, ?, % or colons.
-WANDB_NAME = r"^[^/\\#?%:\s][^/\\#?%:]*$"
+WANDB_NAME = r"^[^/\\#?%:\s][^/\\#?%:\x00-\x1f]*$"  # W&B's forbidden characters, and no line breaks or tabs
 
 
 class OpenRewardSettings(msgspec.Struct, forbid_unknown_fields=True):

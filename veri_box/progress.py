@@ -221,4 +221,8 @@ def parse(data: bytes, job_id: str, window: int = READ_PER_TICK) -> tuple[Batch,
                 batch.add(record)
             except RecursionError:  # nested deeper than a sample's bounds can walk
                 log.warning("%s: skipped a progress record nested too deep", job_id)
+            except (ValueError, TypeError) as exc:
+                # The file is written by untrusted code (reward functions run in the trainer): a
+                # record no check foresaw is skipped, else ingestion would stop at it for good.
+                log.warning("%s: skipped a progress record it could not read (%s): %r", job_id, exc, line[:200])
     return batch, end + 1
