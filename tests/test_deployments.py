@@ -164,6 +164,9 @@ def test_deploy_chat_stream_concurrency_and_stop_frees_the_device(box: Server):
             )
         )
     assert len(many) == 8 and all(r.usage.completion_tokens > 0 for r in many), time.monotonic() - started
+    # Chats are model reads: the audit trail keeps the deployment's writes, not every inference call.
+    actions = {row["action"] for row in client.get("/v1/audit?limit=100").json()["data"]}
+    assert "POST /v1/deployments" in actions and not any("chat/completions" in a for a in actions), actions
 
     # Bad chats: 4xx in OpenAI's shape; the client raises its BadRequestError.
     url = f"/v1/deployments/{tuned['id']}/chat/completions"

@@ -768,7 +768,7 @@ class DeploymentController(Controller):
         delete(store, settings, deployment_id)
         return Deleted(id=deployment_id, object="deployment")
 
-    @litestar.post("/{deployment_id:str}/chat/completions", status_code=200, opt={"rule": "member"})
+    @litestar.post("/{deployment_id:str}/chat/completions", status_code=200, opt={"rule": "member", "audit": False})
     async def chat_(
         self,
         request: Request,
