@@ -89,6 +89,9 @@ def test_evaluate_compares_base_and_trained_with_the_jobs_rewards(box, tiny_mode
     # One at a time per job: a second request while this one runs is refused.
     again = box.post(f"/v1/training_jobs/{job_id}/evaluate", json={"rows": 1})
     assert (again.status_code, again.json()["error"]["code"]) == (409, "evaluation_running")
+    # Nor is the job deleted from under it (its child reads the job's files).
+    gone = box.delete(f"/v1/training_jobs/{job_id}")
+    assert (gone.status_code, gone.json()["error"]["code"]) == (409, "evaluation_running")
     done = wait(box, job_id, started["id"])
     assert done["status"] == "completed", done["error"]
     assert [row["prompt"] for row in done["rows"]] == [demo.PROMPTS[i] for i in done["dataset_rows"]]

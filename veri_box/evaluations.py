@@ -53,6 +53,11 @@ _guard = threading.Lock()
 _one_at_a_time = threading.Lock()
 
 
+def running(job_id: str) -> str | None:
+    """The id of this job's evaluation that is pending or running in this server, if any."""
+    return next((e for e, j in list(_active.items()) if j == job_id), None)
+
+
 class EvaluateRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     rows: Annotated[int, Meta(ge=1, le=MAX_PROMPTS)] | None = None
     prompts: (
@@ -311,7 +316,7 @@ def start(store: Store, settings: Settings, job_id: str, body: EvaluateRequest, 
         "dataset_rows": numbers,
     }
     with _guard:
-        busy = next((e for e, j in _active.items() if j == job_id), None)
+        busy = running(job_id)
         if busy is not None:
             raise conflict(
                 "evaluation_running", f"Job {job_id} has an evaluation pending or running ({busy}); wait for it to end."

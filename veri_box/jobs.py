@@ -536,10 +536,14 @@ def delete(store: Store, settings: Settings, job_id: str) -> None:
         )
     if job["devices"] is not None:
         raise ApiError(409, "job_active", f"Job {job_id}'s trainer is still stopping; delete it in a few seconds.")
-    from . import merges  # merges imports this module for get()
+    from . import evaluations, merges  # both import this module for get()
 
     if merges.merging(settings, job_id):
         raise ApiError(409, "merge_in_progress", f"Job {job_id} is being merged; delete it once the merge has ended.")
+    if (evaluation := evaluations.running(job_id)) is not None:
+        raise ApiError(
+            409, "evaluation_running", f"Job {job_id} is being evaluated ({evaluation}); delete it once that has ended."
+        )
     if hub.pushing(job):
         raise ApiError(409, "hf_push_in_progress", f"Job {job_id} is being pushed to the Hub; delete it after that.")
     job_dir = paths.job_dir(settings.data_dir, job_id)

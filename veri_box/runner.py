@@ -118,13 +118,15 @@ class Runner:
                     self._supervise(job)
                 except Exception:  # one broken job must not stop the others being supervised
                     log.exception("supervising %s failed", job["id"])
-            self._enforce_spend()
-            self._record_system_metrics()
+            # Side duties of the tick: a failure in one is logged and must never stop jobs being placed.
+            duties = [self._enforce_spend, self._record_system_metrics]
             if self.deployments is not None:
+                duties.append(self.deployments.tick)
+            for duty in duties:
                 try:
-                    self.deployments.tick()
-                except Exception:  # deployments must never stop jobs being placed
-                    log.exception("supervising deployments failed")
+                    duty()
+                except Exception:
+                    log.exception("%s failed", getattr(duty, "__qualname__", duty))
             self._place()
 
     def _enforce_spend(self) -> None:
