@@ -30,12 +30,12 @@ from .audit import audit_middleware, list_audit
 from .auth import Signer, api_key_guard, rule_guard
 from .datasets import DatasetController
 from .errors import JSON_BODY_LIMIT, ErrorBody, exception_handler
+from .evaluations import EvaluationController
 from .integrations import IntegrationController, WandbController
 from .inventory import Inventory, build_inventory
 from .job_outputs import JobOutputController
-from .merges import MergeController
-from .evaluations import EvaluationController
 from .jobs import JobController
+from .merges import MergeController
 from .models import ModelController
 from .placement import CLOUDS, SLURM, Placement
 from .provider_settings import ProviderSettingsController

@@ -35,7 +35,7 @@ from litestar.response import Stream
 
 from trainers.contract import DatasetConfig, Devices, JobConfig
 
-from . import executors, models, paths, sandbox
+from . import executors, models, paths
 from .auth import caller_id
 from .errors import ApiError, bad_request, conflict, not_found
 from .inventory import Inventory
@@ -311,30 +311,8 @@ def delete(store: Store, settings: Settings, deployment_id: str) -> None:
 class ServeExecutor(executors.LocalExecutor):
     """The local executor, its child's log in the deployment's folder rather than a job's."""
 
-    def start(self, job: dict, config: JobConfig) -> dict:  # type: ignore[override]
-        import subprocess
-
-        work = Path(config.job_dir)
-        command, env = executors.trainer_command(
-            MODULE, work, config.devices.type, config.devices.indices, self.cpu_threads
-        )
-        if self.sandbox == sandbox.Mode.BWRAP:
-            building = sandbox.model_to_build(config)
-            Path(building or config.models_dir).mkdir(parents=True, exist_ok=True)
-            command, env = executors.sandboxed_command(config, command, env, sandbox.host(self.data_dir, env))
-            self._sandboxed.add(job["id"])
-        with open(work / "serve.log", "ab") as log_file:
-            child = subprocess.Popen(
-                command,
-                cwd=work,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self._children[job["id"]] = child
-        return {"pid": child.pid, "pid_started": executors.process_start_time(child.pid)}
+    def _log_path(self, job: dict, config: JobConfig) -> Path:
+        return Path(config.job_dir) / "serve.log"
 
 
 class Supervisor:

@@ -141,6 +141,10 @@ class LocalExecutor:
         self._children: dict[str, subprocess.Popen] = {}
         self._sandboxed: set[str] = set()
 
+    def _log_path(self, job: dict, config: JobConfig) -> Path:
+        """Where the child's stdout and stderr go (a deployment's executor puts it elsewhere)."""
+        return paths.train_log(self.data_dir, job["id"])
+
     def start(self, job: dict, config: JobConfig) -> dict:
         job_dir = Path(config.job_dir)
         command, env = trainer_command(
@@ -152,7 +156,7 @@ class LocalExecutor:
             Path(building or config.models_dir).mkdir(parents=True, exist_ok=True)
             command, env = sandboxed_command(config, command, env, sandbox.host(self.data_dir, env))
             self._sandboxed.add(job["id"])
-        with open(paths.train_log(self.data_dir, job["id"]), "ab") as log_file:
+        with open(self._log_path(job, config), "ab") as log_file:
             child = subprocess.Popen(
                 command,
                 cwd=job_dir,

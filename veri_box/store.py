@@ -338,7 +338,6 @@ def m010_hf_push(db: Database) -> None:
     )
 
 
-
 @migrations()
 def m009_trackers(db: Database) -> None:
     """wandb_run_url: the W&B page of the job's run, as its trainer reported it (NULL without W&B)."""
@@ -611,7 +610,8 @@ class Store:
         return cursor.rowcount > 0
 
     def count_admin_keys(self) -> int:
-        return self.db.execute("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL AND role = 'admin'").fetchone()[0]
+        live_admins = "SELECT count(*) FROM api_keys WHERE revoked_at IS NULL AND role = 'admin'"
+        return self.db.execute(live_admins).fetchone()[0]
 
     def count_api_keys(self) -> int:
         return self.db.execute("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL").fetchone()[0]
@@ -1086,9 +1086,7 @@ class Store:
 
     # -- integrations ----------------------------------------------------------------------
 
-    def put_integration(
-        self, provider: str, api_key: str, base_url: str | None, options: dict | None = None
-    ) -> dict:
+    def put_integration(self, provider: str, api_key: str, base_url: str | None, options: dict | None = None) -> dict:
         stamp = now()
         self.db.execute(
             """INSERT INTO integrations (provider, api_key, base_url, options, created_at, updated_at)
