@@ -345,8 +345,10 @@ class Runner:
         local = [j for j in self.store.jobs_holding_devices() if j["provider"] in (LOCAL, None) and j["pid"]]
         for job_id, values in self.system.tick(local).items():
             job = self.store.get_job(job_id)
-            if job and job["status"] not in TERMINAL and values:
-                self.store.add_metrics(job_id, [(job["current_step"] or 0, values)])
+            # Before the trainer's first step there is no step to put a sample at (a step 0 would
+            # also sit before a resumed job's first step); the load phase goes unrecorded.
+            if job and job["status"] not in TERMINAL and values and job["current_step"]:
+                self.store.add_metrics(job_id, [(job["current_step"], values)])
 
     def _cancel_silent_clients(self) -> None:
         """Cancel the jobs whose client sent heartbeats and then fell silent for longer than
