@@ -6,6 +6,7 @@ or written reward function in the trainers' sandbox before the job is submitted.
 from __future__ import annotations
 
 import html
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -219,6 +220,19 @@ def test_a_job_from_the_form_keeps_its_written_reward_source(tmp_path, monkeypat
         job = web.api.get(r.headers["HX-Redirect"].replace("/jobs/", "/v1/training_jobs/")).json()
         source = web.api.get(f"/v1/reward_functions/{job['reward_function_id']}/source")
         assert source.status_code == 200 and 'c.strip() == "4"' in source.text
+
+        # Health thresholds: typed as JSON, kept on the job, and carried by Clone.
+        bad = web.post("/jobs/new", data={**form, "output_name": "bad-health", "health": '{"kl_maximum": 3}'})
+        assert 'data-code="unknown_field"' in bad.text and "hyperparameters.health.kl_maximum" in bad.text
+        garbled = web.post("/jobs/new", data={**form, "output_name": "garbled", "health": "{not JSON"}).text
+        assert "data-code=" in garbled and "<code>hyperparameters.health</code>" in garbled
+        r = web.post("/jobs/new", data={**form, "output_name": "stops", "health": '{"on_alert": "stop", "kl_max": 3}'})
+        assert "HX-Redirect" in r.headers, r.text
+        job = web.api.get(r.headers["HX-Redirect"].replace("/jobs/", "/v1/training_jobs/")).json()
+        assert (job["hyperparameters"]["health"]["on_alert"], job["hyperparameters"]["health"]["kl_max"]) == ("stop", 3)
+        clone = web.get(f"/jobs/new?clone={job['id']}").text
+        carried = re.search(r'<textarea id="health" name="health"[^>]*>([^<]*)</textarea>', clone).group(1)
+        assert json.loads(html.unescape(carried)) == job["hyperparameters"]["health"]
 
 
 def test_the_panel_names_a_device_count_the_api_would_refuse(web):

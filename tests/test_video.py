@@ -199,7 +199,8 @@ def test_video_job_trains_validates_and_delivers_a_loadable_lora(box, tmp_path, 
     for f in model["files"]:
         (lora_dir / f["path"]).parent.mkdir(parents=True, exist_ok=True)
         (lora_dir / f["path"]).write_bytes(box.client.get(f["url"].removeprefix(box.settings.base_url)).content)
-    assert [f["path"] for f in model["files"]] == ["README.md", "pytorch_lora_weights.safetensors"]  # the card, the LoRA
+    # The model card, then the LoRA.
+    assert [f["path"] for f in model["files"]] == ["README.md", "pytorch_lora_weights.safetensors"]
 
     pipe = CogVideoXPipeline.from_pretrained(tiny_pipeline)
     pipe.set_progress_bar_config(disable=True)

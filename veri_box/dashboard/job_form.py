@@ -95,6 +95,12 @@ def job_body(form: dict[str, Any]) -> dict:
             body["environments"] = {e: {"splits": ["train"]} for e in environments}
         if (form.get("reward_source") or "").strip():
             body["reward_source"] = form["reward_source"]
+        health = (form.get("health") or "").strip()
+        if health:
+            try:
+                body["hyperparameters"]["health"] = json.loads(health)
+            except ValueError:
+                body["hyperparameters"]["health"] = health  # as text: the API names the field
     if (form.get("resume_from") or "").strip():
         body["resume_from"] = form["resume_from"].strip()
     return body
@@ -141,7 +147,10 @@ def _form_from_job(job: dict) -> dict[str, Any]:
     for rf in job["reward_functions"] or []:
         form[f"weight.{rf['id']}"] = _form_value(rf.get("weight", 1.0))
     for name, value in (job["hyperparameters"] or {}).items():
-        form[f"hp.{name}"] = _form_value(value)
+        if name == "health":  # an object, not one of describe()'s flat fields: its own JSON field
+            form["health"] = json.dumps(value)
+        else:
+            form[f"hp.{name}"] = _form_value(value)
     return form
 
 
