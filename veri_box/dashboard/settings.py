@@ -4,6 +4,9 @@ so a slow provider never slows it)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import anyio
 from litestar import Request, Response, get, post
 from litestar.di import NamedDependency
@@ -54,10 +57,34 @@ def _panel(
     new_key: api_keys.NewApiKey | None = None,
     error: dict | None = None,
     message: str | None = None,
+    **extra: Any,
 ) -> Response:
     """The page, or one of its panels after a change, with the outcome shown in it."""
     context = {**_settings_context(store, inventory, settings), **_quota_context(request, store)}
-    return render(request, template, new_key=new_key, error=error, message=message, **context)
+    return render(request, template, new_key=new_key, error=error, message=message, **context, **extra)
+
+
+async def _submit(
+    request: Request,
+    template: str,
+    store: Store,
+    inventory: Inventory,
+    settings: Settings,
+    change: Callable[[dict[str, str]], str],
+    **extra: Any,
+) -> Response:
+    """A settings form's post: `change(form)` validates and saves (in a thread: some call out,
+    e.g. the Hub's whoami) and says what it did; a refusal is shown in the panel instead, and
+    then nothing was saved."""
+    form = await text_fields(request)
+    error, message = None, None
+    try:
+        message = await anyio.to_thread.run_sync(change, form)
+    except ApiError as exc:
+        error = error_context(exc)
+    return await anyio.to_thread.run_sync(
+        lambda: _panel(request, template, store, inventory, settings, error=error, message=message, **extra)
+    )
 
 
 def _quota_context(request: Request, store: Store) -> dict:
@@ -69,6 +96,11 @@ def _quota_context(request: Request, store: Store) -> dict:
         context["lab_quotas"] = quotas.lab(store)
         context["key_quotas"] = [(k, quotas.key_quotas(store, k["id"])) for k in keys]
     return context
+
+
+def _text(form: dict[str, str], name: str) -> str | None:
+    """An optional text field: blank is not given."""
+    return (form.get(name) or "").strip() or None
 
 
 _KINDS = {"max_running_jobs": int, "max_gpus": int, "monthly_spend_usd": float, "monthly_budget_usd": float}
@@ -92,23 +124,13 @@ async def save_lab_quotas(
     inventory: NamedDependency[Inventory],
     settings: NamedDependency[Settings],
 ) -> Response:
-    form = await text_fields(request)
-    error, message = None, None
-    try:
-        body = convert(
-            {
-                "default": {k: _limit(form, k) for k in quotas.LIMITS},
-                "monthly_budget_usd": _limit(form, "monthly_budget_usd"),
-            },
-            quotas.LabQuotas,
-        )
-        await anyio.to_thread.run_sync(quotas.set_lab, store, body)
-        message = "Lab quotas saved."
-    except ApiError as exc:
-        error = error_context(exc)
-    return await anyio.to_thread.run_sync(
-        lambda: _panel(request, "_quotas.html", store, inventory, settings, error=error, message=message)
-    )
+    def change(form: dict[str, str]) -> str:
+        default = {k: _limit(form, k) for k in quotas.LIMITS}
+        body = {"default": default, "monthly_budget_usd": _limit(form, "monthly_budget_usd")}
+        quotas.set_lab(store, convert(body, quotas.LabQuotas))
+        return "Lab quotas saved."
+
+    return await _submit(request, "_quotas.html", store, inventory, settings, change)
 
 
 @post("/settings/api-keys/{key_id:str}/quotas", include_in_schema=False, opt={"rule": "admin"})
@@ -119,17 +141,11 @@ async def save_key_quotas(
     settings: NamedDependency[Settings],
     key_id: FromPath[str],
 ) -> Response:
-    form = await text_fields(request)
-    error, message = None, None
-    try:
-        body = convert({k: _limit(form, k) for k in quotas.LIMITS}, quotas.Limits)
-        await anyio.to_thread.run_sync(quotas.set_key, store, key_id, body)
-        message = f"Quotas of key {key_id} saved."
-    except ApiError as exc:
-        error = error_context(exc)
-    return await anyio.to_thread.run_sync(
-        lambda: _panel(request, "_quotas.html", store, inventory, settings, error=error, message=message)
-    )
+    def change(form: dict[str, str]) -> str:
+        quotas.set_key(store, key_id, convert({k: _limit(form, k) for k in quotas.LIMITS}, quotas.Limits))
+        return f"Quotas of key {key_id} saved."
+
+    return await _submit(request, "_quotas.html", store, inventory, settings, change)
 
 
 @get("/settings", include_in_schema=False, sync_to_thread=True)
@@ -193,18 +209,12 @@ async def save_openreward(
     inventory: NamedDependency[Inventory],
     settings: NamedDependency[Settings],
 ) -> Response:
-    form = await text_fields(request)
-    error, message = None, None
-    try:
-        body = convert(
-            {"api_key": form.get("api_key") or "", "base_url": (form.get("base_url") or "").strip() or None},
-            OpenRewardSettings,
-        )
-        await anyio.to_thread.run_sync(integrations.put, store, body)
-        message = "OpenReward key saved."
-    except ApiError as exc:
-        error = error_context(exc)
-    return _panel(request, "_integration.html", store, inventory, settings, error=error, message=message)
+    def change(form: dict[str, str]) -> str:
+        body = {"api_key": form.get("api_key") or "", "base_url": _text(form, "base_url")}
+        integrations.put(store, convert(body, OpenRewardSettings))
+        return "OpenReward key saved."
+
+    return await _submit(request, "_integration.html", store, inventory, settings, change)
 
 
 @post("/settings/openreward/delete", include_in_schema=False, sync_to_thread=True, opt={"rule": "admin"})
@@ -225,19 +235,13 @@ async def save_wandb(
     inventory: NamedDependency[Inventory],
     settings: NamedDependency[Settings],
 ) -> Response:
-    form = await text_fields(request)
-    error, message = None, None
-    try:
-        fields = {name: (form.get(name) or "").strip() or None for name in ("project", "entity", "base_url")}
-        body = convert(
-            {"api_key": form.get("api_key") or "", "mode": form.get("mode") or "online", **fields}, WandbSettings
-        )
-        await anyio.to_thread.run_sync(integrations.put_wandb, store, body)
-        message = "W&B key saved: new jobs log to W&B."
-    except ApiError as exc:
-        error = error_context(exc)
-    context = _settings_context(store, inventory, settings)
-    return render(request, "_integration.html", panel="wandb", error=error, message=message, **context)
+    def change(form: dict[str, str]) -> str:
+        fields = {name: _text(form, name) for name in ("project", "entity", "base_url")}
+        body = {"api_key": form.get("api_key") or "", "mode": form.get("mode") or "online", **fields}
+        integrations.put_wandb(store, convert(body, WandbSettings))
+        return "W&B key saved: new jobs log to W&B."
+
+    return await _submit(request, "_integration.html", store, inventory, settings, change, panel="wandb")
 
 
 @post("/settings/wandb/delete", include_in_schema=False, sync_to_thread=True, opt={"rule": "admin"})
@@ -248,8 +252,7 @@ def delete_wandb(
     settings: NamedDependency[Settings],
 ) -> Response:
     integrations.delete_wandb(store)
-    context = _settings_context(store, inventory, settings)
-    return render(request, "_integration.html", panel="wandb", error=None, message="W&B key removed.", **context)
+    return _panel(request, "_integration.html", store, inventory, settings, message="W&B key removed.", panel="wandb")
 
 
 @post("/settings/huggingface", include_in_schema=False, opt={"rule": "admin"})
@@ -261,16 +264,12 @@ async def save_huggingface(
 ) -> Response:
     """The API's PUT /v1/settings/integrations/huggingface: the token is checked with the Hub's
     whoami first (--hf-endpoint), nothing is saved otherwise."""
-    form = await text_fields(request)
-    error, message = None, None
-    try:
-        body = convert({"token": form.get("token") or ""}, hub.HuggingFaceSettings)
-        saved = await anyio.to_thread.run_sync(hub.put, store, settings, body)
-        message = f"Hugging Face token saved: jobs can push to the Hub as {saved.username}."
-    except ApiError as exc:
-        error = error_context(exc)
-    context = await anyio.to_thread.run_sync(_settings_context, store, inventory, settings)
-    return render(request, "_hf_integration.html", error=error, message=message, **context)
+
+    def change(form: dict[str, str]) -> str:
+        saved = hub.put(store, settings, convert({"token": form.get("token") or ""}, hub.HuggingFaceSettings))
+        return f"Hugging Face token saved: jobs can push to the Hub as {saved.username}."
+
+    return await _submit(request, "_hf_integration.html", store, inventory, settings, change)
 
 
 @post("/settings/huggingface/delete", include_in_schema=False, sync_to_thread=True, opt={"rule": "admin"})
@@ -281,8 +280,7 @@ def delete_huggingface(
     settings: NamedDependency[Settings],
 ) -> Response:
     hub.delete(store)
-    context = _settings_context(store, inventory, settings)
-    return render(request, "_hf_integration.html", error=None, message="Hugging Face token removed.", **context)
+    return _panel(request, "_hf_integration.html", store, inventory, settings, message="Hugging Face token removed.")
 
 
 @get("/settings/quotes", include_in_schema=False, sync_to_thread=True)
@@ -302,24 +300,15 @@ async def save_provider(
     settings: NamedDependency[Settings],
     name: FromPath[str],
 ) -> Response:
-    form = await text_fields(request)
-    error, message = None, None
-    try:
-        body = convert(
-            {
-                "api_key": form.get("api_key") or "",
-                "base_url": (form.get("base_url") or "").strip() or None,
-                "image": (form.get("image") or "").strip() or None,
-                # Only Lambda's form has the field; a PUT replaces every setting, so it is sent back.
-                "ssh_user": (form.get("ssh_user") or "").strip() or None,
-            },
-            ProviderSettings,
+    def change(form: dict[str, str]) -> str:
+        # Only Lambda's form has ssh_user; a PUT replaces every setting, so it is sent back.
+        fields = {field: _text(form, field) for field in ("base_url", "image", "ssh_user")}
+        saved = provider_settings.put(
+            store, name, convert({"api_key": form.get("api_key") or "", **fields}, ProviderSettings)
         )
-        saved = await anyio.to_thread.run_sync(provider_settings.put, store, name, body)
-        message = saved.warning or f"{TITLES[name]} key saved."
-    except ApiError as exc:
-        error = error_context(exc)
-    return _panel(request, "_providers.html", store, inventory, settings, error=error, message=message)
+        return saved.warning or f"{TITLES[name]} key saved."
+
+    return await _submit(request, "_providers.html", store, inventory, settings, change)
 
 
 @post("/settings/providers/{name:str}/delete", include_in_schema=False, sync_to_thread=True, opt={"rule": "admin"})
