@@ -18,13 +18,16 @@ run the stdlib test trainer (tests/fake_trainer.py, behaviour set by base_model)
 
 from __future__ import annotations
 
+import base64
 import getpass
+import http.server
 import json
 import os
 import signal
 import statistics
 import sys
 import tarfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -44,6 +47,7 @@ FAKE_ARGS = ("--gpus", "none", "--cpu-slots", "1", "--trainers", FAKE_TRAINERS, 
 REWARD_SOURCE = "def reward(completions, **kwargs):\n    return [float('4' in c) for c in completions]\n"
 ROWS = [{"prompt": "What is 2+2?", "answer": "4"}, {"prompt": "What is 3+1?", "answer": "4"}]
 TERMINAL = ("completed", "failed", "cancelled")
+WANDB_KEY = "0123456789abcdef0123456789abcdef01234567"  # W&B's keys are 40 characters
 
 
 # ---- the clouds ------------------------------------------------------------------------------
@@ -564,6 +568,61 @@ def test_a_provider_key_is_nowhere_but_the_database_and_the_ssh_key_is_private(s
     private = box.data_dir / "ssh" / "id_ed25519"
     assert private.read_text().startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
     assert private.stat().st_mode & 0o777 == 0o600
+
+
+class _RefusingWandb(http.server.BaseHTTPRequestHandler):
+    """A W&B server that refuses every key, as W&B answers a revoked one (401, the key not quoted:
+    wandb's own debug log keeps what the server says), and records the Authorization header each
+    request came with: the key the trainer really sent."""
+
+    seen: list[str] = []
+
+    def _refuse(self):
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.seen.append(self.headers.get("authorization") or "")
+        body = json.dumps({"errors": [{"message": "user is not logged in"}]}).encode()
+        self.send_response(401)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _refuse
+
+    def log_message(self, *args):
+        pass
+
+
+def test_the_wandb_key_reaches_the_remote_trainer_but_never_the_instances_disk(start_box, clouds):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RefusingWandb)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        box = start_box("--gpus", "none", "--cpu-slots", "1", "--trainers", "grpo=tests.tracking_trainer")
+        http_ = box.http
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        ok(http_.put("/v1/settings/integrations/wandb", json={"api_key": WANDB_KEY, "project": "p", "base_url": url}))
+        job_id = create_job(http_, "fake:steps=2")["id"]
+        launched = instance_of(http_, job_id)
+        done = wait_status(http_, job_id, "completed", timeout=300)
+    finally:
+        server.shutdown()
+    assert done["error"] is None, done
+    # The trainer on the instance had the key: W&B was asked with it (basic auth "api:KEY")...
+    sent = {base64.b64decode(a.split()[1]).decode() for a in _RefusingWandb.seen if a.lower().startswith("basic ")}
+    assert f"api:{WANDB_KEY}" in sent, (_RefusingWandb.seen, box.server.output()[-3000:])
+    # ...and what W&B said back reached the job, as a local job's does.
+    failed = event(http_, job_id, "wandb_failed")["metadata"]["message"]
+    assert "not logged in" in failed and WANDB_KEY not in failed, failed
+    # The instance is a third party's machine: the key is in none of the files the box left there.
+    remote = [home for home in clouds.remote_dirs() if (home / "veri-box" / "jobs" / job_id).is_dir()]
+    assert remote, clouds.remote_dirs()
+    uploaded = remote[0] / "veri-box" / "jobs" / job_id
+    assert json.loads((uploaded / "config.json").read_text())["wandb"]["project"] == "p"
+    searched = [p for p in remote[0].parent.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert len(searched) > 10, searched
+    leaked = [p for p in searched if WANDB_KEY.encode() in p.read_bytes()]
+    assert not leaked, f"the W&B key is on the instance's disk in {leaked}"
+    assert_terminated(clouds.runpod, launched["instance_id"])
 
 
 # ---- asking before submitting: the SDK, and the 400s -----------------------------------------

@@ -39,6 +39,7 @@ ROLLOUT_EVERY = 10  # steps between rollout tables (and at the last step): a tab
 ROLLOUT_ROWS = 64  # rows per table, as many as the dashboard's samples per step
 TEXT_CHARS = 2000  # of a prompt or completion in a table cell
 DEFAULT_APP_URL = "https://wandb.ai"
+WANDB_KEY_VAR = "VERI_BOX_WANDB_API_KEY"  # veri_box/remote.py sets it for a trainer on a rented instance
 
 
 def attach(config: JobConfig, progress: Any) -> Any:
@@ -64,6 +65,13 @@ def run_settings(config: JobConfig) -> dict[str, Any]:
         "resumed": config.resume_from is not None,
         **config.hyperparameters,
     }
+
+
+def wandb_key(cfg: WandbConfig) -> str:
+    """The W&B key: on a rented instance it comes in the environment (the box keeps it off that
+    machine's disk: config.json has it blank), on the box in config.json. The variable is unset
+    once read, so nothing the trainer starts later (a reward function's subprocess) inherits it."""
+    return os.environ.pop(WANDB_KEY_VAR, "") or cfg.api_key
 
 
 def run_url(cfg: WandbConfig, run_id: str, live_url: str | None) -> str | None:
@@ -273,9 +281,10 @@ class _Wandb(_Tracker):
         cache = job_dir / ".cache" / "wandb"
         for var, sub in (("WANDB_CONFIG_DIR", "config"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data")):
             os.environ[var] = str(cache / sub)
-        os.environ.pop("WANDB_API_KEY", None)  # only the box's key, from config.json
+        os.environ.pop("WANDB_API_KEY", None)  # only the box's key
+        api_key = wandb_key(cfg)
         settings = wandb.Settings(
-            api_key=cfg.api_key,
+            api_key=api_key,
             mode=cfg.mode,
             console="off",  # train.log is ours; W&B would wrap stdout and stderr
             save_code=False,
@@ -296,7 +305,8 @@ class _Wandb(_Tracker):
             )
         except Exception as err:  # noqa: BLE001 - a refused key or an unreachable W&B: train on
             # The event reaches the API and the dashboard: never with the key, should W&B quote it.
-            message = f"{type(err).__name__}: {err}".replace(cfg.api_key, "***")
+            message = f"{type(err).__name__}: {err}"
+            message = message.replace(api_key, "***") if api_key else message
             log(f"warning: W&B run not started, this job logs to TensorBoard only: {message}")
             progress.event("wandb_failed", message=message[:2000])
             return None

@@ -24,7 +24,9 @@ The instance is terminated in `release`, however the job ended; a lost instance 
 says terminated or error, or SSH is unreachable for --instance-lost-s) fails the job with
 provider_error, and one not training within --provisioning-timeout-s with provisioning_timeout.
 Provider API keys stay in this process: an instance gets the box's public SSH key and the job's
-files, nothing else.
+files, nothing else. The W&B key, which the trainer needs, is not in those files: the uploaded
+config.json has it blank, and it reaches the trainer on the start command's stdin, into its
+environment (WANDB_KEY_VAR), never onto the instance's disk or a command line there.
 
 On the instance (ROOT is ~/veri-box unless the executor is given another):
 
@@ -117,14 +119,22 @@ trap ':' TERM
 echo "$?" >exit_code.tmp && mv exit_code.tmp exit_code
 """
 
-# $1 the job dir, $2... the trainer's command line. `cd`, the detached start and `echo $!` are
-# separate lines: on one line the backgrounded subshell keeps the SSH channel open and $! is the
-# subshell's pid. A job dir with a pid file has a trainer already (the box restarted between
-# starting it and saving its pid): that one is followed, never a second one started.
-START_SH = """\
+# The variable the trainer finds the W&B key in (trainers/trackers.py reads and unsets it).
+WANDB_KEY_VAR = "VERI_BOX_WANDB_API_KEY"
+
+# $1 the job dir, $2... the trainer's command line; stdin one line, the W&B key or nothing. `cd`,
+# the detached start and `echo $!` are separate lines: on one line the backgrounded subshell
+# keeps the SSH channel open and $! is the subshell's pid. A job dir with a pid file has a
+# trainer already (the box restarted between starting it and saving its pid): that one is
+# followed, never a second one started. The key is read by the shell's builtin and exported, so
+# it is in the trainer's environment only: not in a file, nor on a command line `ps` shows.
+START_SH = f"""\
 cd "$1" || exit 1
 shift
 if [ -s pid ]; then read pid started <pid; echo "veri-box-pid=$pid"; echo "veri-box-started=$started"; exit 0; fi
+IFS= read -r key || true
+if [ -n "$key" ]; then {WANDB_KEY_VAR}=$key; export {WANDB_KEY_VAR}; fi
+unset key
 setsid nohup /bin/sh run.sh "$@" </dev/null >/dev/null 2>&1 &
 pid=$!
 echo "veri-box-pid=$pid"
@@ -904,8 +914,9 @@ class RemoteExecutor:
 
     def _remote_config(self, config: JobConfig, remote: Remote, model: tuple[str, Path] | None = None) -> JobConfig:
         """config.json as the trainer on the instance reads it: every path under the remote job
-        dir (the job's own files keep their places relative to it), and a model folder of this
-        box at its copy on the instance (a Hub id stays as it is: the instance has it cached)."""
+        dir (the job's own files keep their places relative to it), a model folder of this box at
+        its copy on the instance (a Hub id stays as it is: the instance has it cached), and the
+        W&B key blank: the instance is a third party's disk (the key goes on stdin, START_SH)."""
         job = remote.job(config.job_id)
         base_model = config.base_model
         if model is not None and model[0] == "local":
@@ -924,6 +935,7 @@ class RemoteExecutor:
             dataset=dataclasses.replace(config.dataset, path=f"{job}/dataset/{Path(config.dataset.path).name}"),
             reward_functions=[dataclasses.replace(rf, path=moved(rf.path)) for rf in config.reward_functions],
             resume_from=moved(config.resume_from) if config.resume_from else None,
+            wandb=dataclasses.replace(config.wandb, api_key="") if config.wandb else None,
         )
 
     def _local_model(self, remote: Remote, folder: Path) -> str:
@@ -1038,7 +1050,8 @@ class RemoteExecutor:
         }
         if config.devices.type == CPU:
             env["OMP_WAIT_POLICY"] = "PASSIVE"  # see executors.trainer_command
-        result = await ssh.run(run.conn, START_SH, env, job, *argv, timeout=60)
+        key = config.wandb.api_key if config.wandb else ""
+        result = await ssh.run(run.conn, START_SH, env, job, *argv, timeout=60, input=f"{key}\n".encode())
         found = ssh.marked(result.stdout)
         if result.exit_status != 0 or not found.get("pid", "").isdigit():
             raise Failed(
