@@ -10,13 +10,20 @@ still runs (its pid and start time are in SQLite; a deployment whose process is 
 (data_dir/deployments/ID/serve.sock), which only the box can reach: the sandbox has no network.
 
 Statuses are the ones veri-sdk reads: queued (waiting for a device), provisioning (the model
-loading), serving, stopped, failed. Engine: transformers (+ PEFT, the adapter merged); vLLM is
-not used yet (`engine: "vllm"` is a 400 saying so).
+loading), serving, stopped, failed. Engine: vLLM (trainers/serve_vllm.py: vLLM's own OpenAI
+server on the socket, the job's LoRA adapter served beside its base) when vLLM is installed for
+the trainers' interpreter and the device is a GPU; else transformers (trainers/serve.py, the
+adapter merged through PEFT). The proxy speaks OpenAI to the client either way.
+
+Placement is FIFO per device type across jobs and deployments: a queued deployment waits behind
+an older queued local job of its type. The other way round needs nothing: this tick runs before
+the runner places jobs, so an older deployment that fits takes its device first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import logging
 import os
@@ -35,10 +42,10 @@ from litestar.response import Stream
 
 from trainers.contract import DatasetConfig, Devices, JobConfig
 
-from . import executors, models, paths
+from . import executors, models, paths, quotas
 from .auth import caller_id
 from .errors import ApiError, bad_request, conflict, not_found
-from .inventory import Inventory
+from .inventory import CPU, Inventory
 from .schemas import After, Deleted, ListOf
 from .settings import Settings
 from .store import Store, new_id, now, seconds_between
@@ -48,8 +55,10 @@ log = logging.getLogger("veri_box.deployments")
 QUEUED, PROVISIONING, SERVING, STOPPED, FAILED = "queued", "provisioning", "serving", "stopped", "failed"
 LIVE = (QUEUED, PROVISIONING, SERVING)
 ENDED = (STOPPED, FAILED)
-MODULE = "trainers.serve"
-ENGINE = "transformers"
+TRANSFORMERS, VLLM, AUTO = "transformers", "vllm", "auto"
+MODULES = {TRANSFORMERS: "trainers.serve", VLLM: "trainers.serve_vllm"}
+LORA_NAME = "trained"  # the name vLLM serves a job's LoRA adapter (or full fine-tune) under
+INSTALL_VLLM = "./install.sh --vllm"
 SOURCES = ("training_job", "huggingface")
 MAX_N, MAX_TOKENS, MAX_STOP = 8, 4096, 4
 ROLES = ("system", "user", "assistant")
@@ -231,6 +240,45 @@ def _model(body: CreateDeployment, store: Store, settings: Settings) -> tuple[st
     raise bad_request("invalid_source", f"source must be one of {', '.join(SOURCES)}, not {body.source!r}.", "source")
 
 
+def vllm_installed() -> bool:
+    """Whether the trainers' interpreter (this one, on the same PYTHONPATH) has vLLM: found, not
+    imported, as importing it would load torch into the server."""
+    importlib.invalidate_caches()  # a vLLM installed while the box runs is seen without a restart
+    return importlib.util.find_spec("vllm") is not None
+
+
+def choose_engine(requested: str | None, kind: str) -> str:
+    """The engine a deployment on device type `kind` runs on, or a 400 saying why not and how."""
+    if requested in (None, AUTO):
+        return VLLM if kind != CPU and vllm_installed() else TRANSFORMERS
+    if requested == TRANSFORMERS:
+        return TRANSFORMERS
+    if requested != VLLM:
+        raise bad_request(
+            "invalid_engine", f"engine must be one of auto, vllm, transformers, not {requested!r}.", "engine"
+        )
+    if kind == CPU:
+        raise bad_request(
+            "engine_unavailable",
+            "vLLM serves on GPUs only; on the cpu pool a deployment runs on transformers "
+            "(omit engine, or send engine: 'transformers').",
+            "engine",
+        )
+    if not vllm_installed():
+        raise bad_request(
+            "engine_unavailable",
+            f"vLLM is not installed on this box: install it with `{INSTALL_VLLM}` (GPU machines only), "
+            "or omit engine to serve with transformers.",
+            "engine",
+        )
+    return VLLM
+
+
+def served_model(row: dict) -> str:
+    """The `model` vLLM answers to for this deployment: its job's adapter, or the base by name."""
+    return LORA_NAME if row["adapter_job_id"] else row["base_model"]
+
+
 def create(
     store: Store, settings: Settings, inventory: Inventory, body: CreateDeployment, created_by: str | None
 ) -> dict:
@@ -239,17 +287,12 @@ def create(
         raise bad_request(
             "invalid_provider", "A box serves its deployments itself: provider must be 'local'.", "provider"
         )
-    if body.engine not in (None, ENGINE):
-        raise bad_request(
-            "engine_unavailable",
-            f"engine {body.engine!r} is not available on this box; deployments run on transformers (omit engine).",
-            "engine",
-        )
     if body.num_replicas not in (None, 1):
         raise bad_request("invalid_num_replicas", "A box serves one replica per deployment.", "num_replicas")
     if not body.name.strip():
         raise bad_request("invalid_name", "name must not be blank.", "name")
     gpu = _gpu(body.gpu, inventory)
+    engine = choose_engine(body.engine, gpu["type"])
     base_model, job_id = _model(body, store, settings)
     row = {
         "id": new_id("dep_"),
@@ -259,7 +302,7 @@ def create(
         "base_model": base_model,
         "adapter_job_id": job_id,
         "status": QUEUED,
-        "engine": ENGINE,
+        "engine": engine,
         "gpu_requested": gpu,
         "created_by": created_by,
         "created_at": now(),
@@ -403,6 +446,10 @@ class Supervisor:
                 )
 
     def _place(self) -> None:
+        """FIFO per device type across jobs and deployments: a deployment takes a free device
+        only when no older queued job of its type waits for the box's devices (the runner,
+        placing after this, gives such a job the device); jobs held at a quota do not count,
+        as other keys' jobs go past them too."""
         queued = self.store.deployments_with_status(QUEUED)
         if not queued:
             return
@@ -410,11 +457,29 @@ class Supervisor:
         for job in self.store.jobs_holding_devices():
             if job["gpu"] and job["provider"] in ("local", None):
                 held.setdefault(job["gpu"]["type"], set()).update(job["devices"])
+        waiting = [
+            job
+            for job in self.store.jobs_with_status("queued")
+            if job["provider_requested"] in (None, "local") and quotas.waiting_for(self.store, job) is None
+        ]
+        blocked: set[str] = set()
         for row in queued:
             kind = row["gpu_requested"]["type"]
             device = self.inventory.types.get(kind)
-            free = [i for i in device.indices if i not in held.get(kind, set())] if device else []
+            if kind in blocked or device is None:
+                continue
+            free = [i for i in device.indices if i not in held.get(kind, set())]
+            ahead = [j for j in waiting if j["gpu_requested"]["type"] == kind and j["created_at"] < row["created_at"]]
+            for job in ahead:  # each older job takes the devices it asks for; one that does not fit holds the rest
+                count = job["gpu_requested"]["count"]
+                if count > len(free):
+                    free = []
+                    break
+                held.setdefault(kind, set()).update(free[:count])
+                free = free[count:]
+            waiting = [j for j in waiting if j not in ahead]  # reserved once, not again for the next deployment
             if not free:
+                blocked.add(kind)  # the deployments of its type behind it wait too
                 continue
             held.setdefault(kind, set()).add(free[0])
             self._start(row, [free[0]])
@@ -436,13 +501,14 @@ class Supervisor:
         data_dir = self.settings.data_dir
         adapter = str(paths.output_dir(data_dir, row["adapter_job_id"])) if row["adapter_job_id"] else None
         models_dir = str(paths.models_dir(data_dir))
-        (work / "serve.json").write_text(
-            json.dumps({"base_model": row["base_model"], "models_dir": models_dir, "adapter_dir": adapter})
-        )
+        serve = {"base_model": row["base_model"], "models_dir": models_dir, "adapter_dir": adapter}
+        if row["engine"] == VLLM:
+            serve |= {"served_model": served_model(row), "lora_name": LORA_NAME, "tensor_parallel_size": len(indices)}
+        (work / "serve.json").write_text(json.dumps(serve))
         config = JobConfig(
             job_id=row["id"],
             method="grpo",
-            trainer=MODULE,
+            trainer=MODULES.get(row["engine"], MODULES[TRANSFORMERS]),
             base_model=row["base_model"],
             output_name="",
             # The sandbox binds the "dataset" read-only: here the job output the child serves.
@@ -602,6 +668,8 @@ async def chat(request: Request, store: Store, settings: Settings, deployment_id
     _counting.add(counted)
     counted.add_done_callback(_counting.discard)
     client = _client(_socket(settings, deployment_id))
+    if row["engine"] == VLLM:
+        return await _chat_vllm(client, row, body, generate)
     upstream = client.build_request("POST", "/generate", json=generate)
     try:
         response = await client.send(upstream, stream=True)
@@ -688,6 +756,73 @@ async def chat(request: Request, store: Store, settings: Settings, deployment_id
                 yield chunk([{"index": c["index"], "delta": delta, "finish_reason": c["finish_reason"]}])
             if include_usage:
                 yield chunk([], item["usage"])
+        yield b"data: [DONE]\n\n"
+
+    return EventStream(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _vllm_error(status: int, text: str) -> ApiError:
+    """vLLM's error ({"error": {message, type, param, code: HTTP status}}) as ours: a 4xx keeps
+    its status, message and param; anything else is the model failing."""
+    try:
+        error = json.loads(text)["error"]
+        message, param = str(error["message"]), error.get("param")
+    except (ValueError, KeyError, TypeError):
+        message, param = text[:500], None
+    if 400 <= status < 500:
+        return ApiError(status, "invalid_request", f"The model refused the request: {message[:500]}", param)
+    return ApiError(500, "generation_failed", f"The model failed: {message[:500]}")
+
+
+async def _chat_vllm(client: httpx.AsyncClient, row: dict, body: ChatRequest, generate: dict) -> Any:
+    """Proxy to vLLM's own /v1/chat/completions: the body checked as for transformers, its
+    `model` the name vLLM serves the deployment under, usage always asked for in a stream (a
+    client that did not ask gets no usage chunk, as from transformers), and every answer naming
+    the model the client sent, as a transformers deployment's do."""
+    model = body.model or row["name"]
+    upstream_body = {**generate, "model": served_model(row)}
+    if not upstream_body["stop"]:
+        del upstream_body["stop"]
+    if body.stream:
+        upstream_body |= {"stream": True, "stream_options": {"include_usage": True}}
+    upstream = client.build_request("POST", "/v1/chat/completions", json=upstream_body)
+    try:
+        response = await client.send(upstream, stream=True)
+    except httpx.TransportError as err:
+        raise _unavailable(row["id"], type(err).__name__) from None
+    if response.status_code != 200:
+        text = (await response.aread()).decode(errors="replace")
+        await response.aclose()
+        raise _vllm_error(response.status_code, text)
+    if not body.stream:
+        try:
+            answer = json.loads(await response.aread())
+        finally:
+            await response.aclose()
+        return {**answer, "model": model}
+    include_usage = bool((body.stream_options or {}).get("include_usage"))
+
+    async def events():
+        try:
+            async for line in response.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                data = line[len("data: ") :].strip()
+                if data == "[DONE]":
+                    break
+                item = json.loads(data)
+                if "error" in item:
+                    failed = _vllm_error(500, data)
+                    error = {"message": failed.message, "type": "server_error", "param": None, "code": failed.code}
+                    yield b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
+                    break
+                if not item.get("choices") and item.get("usage") is not None and not include_usage:
+                    continue  # the usage chunk the box asked for, not the client
+                if not include_usage:
+                    item.pop("usage", None)
+                yield b"data: " + json.dumps({**item, "model": model}).encode() + b"\n\n"
+        finally:
+            await response.aclose()
         yield b"data: [DONE]\n\n"
 
     return EventStream(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

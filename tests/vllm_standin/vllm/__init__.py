@@ -1,0 +1,5 @@
+"""A stand-in for vLLM, for tests only (tests/test_deployments_vllm.py puts this folder on the
+trainers' PYTHONPATH): real vLLM needs a CUDA GPU, which the test machines lack. Only its
+OpenAI server's entrypoint is here, written from vLLM 0.31.0's source; see api_server.py."""
+
+__version__ = "0.31.0+standin"
