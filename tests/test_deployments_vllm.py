@@ -1,0 +1,238 @@
+"""Deployments on vLLM, through a real `veri-box serve` with a declared GPU (no /dev/nvidia*
+here: the sandbox binds the device nodes there are, none).
+
+Real vLLM needs a CUDA GPU, which this machine lacks, so the trainers' PYTHONPATH of this test
+box holds tests/vllm_standin: a stand-in for vLLM's OpenAI server process, written from vLLM
+0.31.0's source (its flags, socket, /health, errors), that rejects flags vLLM does not have.
+Everything of ours is real: the engine choice, trainers/serve_vllm.py in the sandbox, the
+proxy, the official `openai` client. One test, skipped unless a real vLLM is importable, checks
+the argv serve_vllm builds with vLLM's own argument parser.
+
+Also here: placement is FIFO across jobs and deployments of a device type (the cpu pool)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from serving import KEY, REPO, Server
+from test_deployments import HELLO, deploy, http, openai_error, submit, wait
+
+GPU = "A100-80GB"
+STANDIN = REPO / "tests" / "vllm_standin"
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A box with a declared GPU whose trainers see the vLLM stand-in; its data holds a tiny
+    GRPO job trained first without the stand-in (TRL, seeing a `vllm` package, would import
+    parts of vLLM the stand-in does not have)."""
+    root = tmp_path_factory.mktemp("vllm")
+    args = ("--gpus", f"{GPU}:1", "--cpu-slots", "1")
+    trainer = Server(root / "data", root / "train.log", *args)
+    trainer.key = KEY.search(trainer.start()).group(0)
+    try:
+        client = http(trainer)
+        job = submit(client)
+        assert wait(client, f"/v1/training_jobs/{job}", "completed", "failed")["status"] == "completed"
+    finally:
+        trainer.stop()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(STANDIN), os.environ.get("PYTHONPATH")])))
+        server = Server(root / "data", root / "serve.log", *args)
+        server.start()
+    server.key, server.job = trainer.key, job
+    yield server
+    server.stop()
+
+
+def free(client: httpx.Client, kind: str) -> int:
+    rows = client.get("/v1/gpu/availability", params={"provider": "local", "gpu_type": kind}).json()["availability"]
+    return rows[0]["available"]
+
+
+def argv_of(server: Server, deployment_id: str) -> list[str]:
+    return json.loads((server.data_dir / "deployments" / deployment_id / "standin-argv.json").read_text())
+
+
+def test_a_gpu_deployment_runs_on_vllm_with_the_jobs_lora_and_speaks_openai(box: Server):
+    client, job = http(box), box.job
+
+    # The engine: vLLM on the GPU when it is installed (omitted engine), transformers on cpu.
+    on_cpu = deploy(client, "veri-box/tiny-lm", "huggingface")
+    assert on_cpu.status_code == 200 and on_cpu.json()["engine"] == "transformers", on_cpu.text
+    client.post(f"/v1/deployments/{on_cpu.json()['id']}/stop")
+    body = {"model": "veri-box/tiny-lm", "source": "huggingface", "name": "x", "gpu": {"gpu_type": "cpu"}}
+    error = openai_error(client.post("/v1/deployments", json={**body, "engine": "vllm"}), 400, "engine")
+    assert error["code"] == "engine_unavailable" and "GPU" in error["message"], error
+    wrong = openai_error(client.post("/v1/deployments", json={**body, "engine": "tgi"}), 400, "engine")
+    assert wrong["code"] == "invalid_engine"
+    explicit = client.post("/v1/deployments", json={**body, "engine": "transformers"})
+    assert explicit.json()["engine"] == "transformers"
+    client.post(f"/v1/deployments/{explicit.json()['id']}/stop")
+
+    created = deploy(client, job, "training_job", gpu_type=GPU, gpu_count=1)
+    assert created.status_code == 200, created.text
+    dep = created.json()
+    assert dep["engine"] == "vllm" and dep["gpu"]["gpu_type"] == GPU
+    served = wait(client, f"/v1/deployments/{dep['id']}", "serving", "failed", timeout=240)
+    assert served["status"] == "serving", served
+    assert served["engine"] == "vllm" and free(client, GPU) == 0
+    assert "load_s" in next(e for e in served["events"] if e["type"] == "serving")["metadata"]
+
+    # The exact command vLLM got: the base by its name, the job's adapter as LoRA "trained", the socket.
+    output = box.data_dir / "jobs" / job / "output"
+    rank = json.loads((output / "adapter_config.json").read_text())["r"]
+    argv = argv_of(box, dep["id"])
+    model_dir = argv[argv.index("--model") + 1]
+    assert Path(model_dir, "config.json").is_file()
+    assert argv == [
+        "--model",
+        model_dir,
+        "--served-model-name",
+        "veri-box/tiny-lm",
+        "--uds",
+        "serve.sock",
+        "--tensor-parallel-size",
+        "1",
+        "--disable-uvicorn-access-log",
+        "--enable-lora",
+        "--lora-modules",
+        f"trained={output}",
+        "--max-lora-rank",
+        str(next(r for r in (1, 8, 16, 32, 64, 128, 256, 320, 512) if r >= rank)),
+    ]
+
+    # The official client: the box sends vLLM the adapter's name; the answer names the client's model.
+    oa = openai.OpenAI(base_url=dep["endpoint_url"], api_key=box.key)
+    answer = oa.chat.completions.create(model="mine", messages=HELLO, max_tokens=4, n=2)
+    assert answer.model == "mine" and [c.index for c in answer.choices] == [0, 1]
+    assert answer.choices[0].message.content == "standin trained w1 w2"  # vLLM was asked for "trained"
+    assert answer.choices[0].finish_reason == "length" and answer.usage.completion_tokens == 8
+
+    # Streaming: usage when asked (the box always asks vLLM), none when not.
+    chunks = list(
+        oa.chat.completions.create(
+            model="s", messages=HELLO, max_tokens=3, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant" and all(c.model == "s" for c in chunks)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "standin trained w1"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 3
+    plain = list(oa.chat.completions.create(model="s", messages=HELLO, max_tokens=3, stream=True))
+    assert all(c.choices and c.usage is None for c in plain), plain[-1]
+    with client.stream(
+        "POST", f"/v1/deployments/{dep['id']}/chat/completions", json={"messages": HELLO, "stream": True}
+    ) as raw:
+        lines = [line for line in raw.iter_lines() if line]
+    assert raw.headers["content-type"].startswith("text/event-stream") and lines[-1] == "data: [DONE]"
+
+    # Errors stay OpenAI's shape: ours before vLLM sees a request, vLLM's own (past its context) after.
+    url = f"/v1/deployments/{dep['id']}/chat/completions"
+    openai_error(client.post(url, json={"messages": HELLO, "temperature": 5}), 400, "temperature")
+    past = openai_error(client.post(url, json={"messages": HELLO, "max_tokens": 4000}), 400, "max_tokens")
+    assert past["code"] == "invalid_request" and "maximum context length" in past["message"], past
+    with pytest.raises(openai.BadRequestError):
+        oa.chat.completions.create(model="s", messages=HELLO, max_tokens=4000)
+    assert client.get(f"/v1/deployments/{dep['id']}").json()["total_requests"] == 1 + 2 + 1 + 2
+
+    # Stop frees the GPU; the serving process and vLLM under it end.
+    assert client.post(f"/v1/deployments/{dep['id']}/stop").json()["status"] == "stopped"
+    deadline = time.monotonic() + 30
+    while free(client, GPU) != 1 and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert free(client, GPU) == 1
+
+
+def test_a_vllm_that_dies_while_loading_fails_the_deployment_with_why(box: Server, tmp_path: Path):
+    from trainers.tiny import build_tiny_lm
+
+    model = build_tiny_lm(tmp_path / "tiny-oom", seed=0)  # the stand-in runs out of memory on it
+    client = http(box)
+    created = deploy(client, str(model), "huggingface", gpu_type=GPU, gpu_count=1)
+    assert created.status_code == 200 and created.json()["engine"] == "vllm", created.text
+    failed = wait(client, f"/v1/deployments/{created.json()['id']}", "failed", "serving", timeout=120)
+    assert failed["status"] == "failed" and failed["failure_code"] == "server_crashed", failed
+    assert "CUDA out of memory" in failed["error"]  # vLLM's own line, in the log's tail
+    assert "does not fit in the GPU's memory" in failed["error"], failed["error"]  # and what it means
+    deadline = time.monotonic() + 15
+    while free(client, GPU) != 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert free(client, GPU) == 1
+
+
+def test_a_deployment_waits_behind_an_older_queued_job_of_its_type(tmp_path: Path):
+    """FIFO per device type across jobs and deployments: a freed cpu slot goes to the job that
+    queued first, not to the deployment that queued after it."""
+    box = Server(tmp_path / "data", tmp_path / "serve.log", "--gpus", "none", "--cpu-slots", "1")
+    box.key = KEY.search(box.start()).group(0)
+    try:
+        _fifo(http(box))
+    finally:
+        box.stop()
+
+
+def _fifo(client: httpx.Client) -> None:
+    first = deploy(client, "veri-box/tiny-lm", "huggingface").json()
+    wait(client, f"/v1/deployments/{first['id']}", "serving", timeout=240)
+    job = submit(client, max_steps=500)  # queued: the one cpu slot serves
+    time.sleep(1.5)
+    later = deploy(client, "veri-box/tiny-lm", "huggingface").json()
+    time.sleep(1.5)
+    assert client.get(f"/v1/training_jobs/{job}").json()["status"] == "queued"
+    client.post(f"/v1/deployments/{first['id']}/stop")
+    wait(client, f"/v1/training_jobs/{job}", "running", timeout=60)
+    time.sleep(2)
+    assert client.get(f"/v1/deployments/{later['id']}").json()["status"] == "queued"
+    client.post(f"/v1/training_jobs/{job}/cancel")
+    # ...and the deployment gets the slot once the job has let it go.
+    served = wait(client, f"/v1/deployments/{later['id']}", "serving", "provisioning", timeout=60)
+    assert served["status"] in ("serving", "provisioning")
+    client.post(f"/v1/deployments/{later['id']}/stop")
+
+
+def _real_vllm() -> str | None:
+    """A Python that imports the real vLLM (this one, or REAL_VLLM_PYTHON), or None."""
+    for python in filter(None, [os.environ.get("REAL_VLLM_PYTHON"), sys.executable]):
+        probe = subprocess.run(
+            [python, "-c", "import vllm, sys; sys.exit('standin' in vllm.__version__)"], capture_output=True
+        )
+        if probe.returncode == 0:
+            return python
+    return None
+
+
+def test_vllms_own_parser_accepts_the_command_serve_vllm_builds(tmp_path: Path):
+    python = _real_vllm()
+    if python is None:
+        pytest.skip("needs a real vLLM (./install.sh --vllm, or REAL_VLLM_PYTHON=/path/to/python)")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 8, "peft_type": "LORA"}))
+    script = f"""
+import json, sys
+sys.path.insert(0, {str(REPO)!r})
+from trainers import serve_vllm
+from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+config = {{"base_model": "org/base", "adapter_dir": {str(adapter)!r}, "served_model": "trained",
+          "lora_name": "trained", "tensor_parallel_size": 2}}
+args = make_arg_parser(FlexibleArgumentParser()).parse_args(serve_vllm.command(config, "/models/base")[3:])
+validate_parsed_serve_args(args)
+print(json.dumps([args.model, args.served_model_name, args.uds, args.tensor_parallel_size, args.enable_lora,
+                  [[m.name, m.path] for m in args.lora_modules], args.max_lora_rank]))
+"""
+    # VLLM_TARGET_DEVICE=cpu: building vLLM's parser instantiates its configs, which need a platform.
+    env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu"}
+    done = subprocess.run([python, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    parsed = json.loads(done.stdout.strip().splitlines()[-1])
+    assert parsed == ["/models/base", ["org/base"], "serve.sock", 2, True, [["trained", str(adapter)]], 8]
