@@ -4,15 +4,19 @@
 #                        where apt-get and root or sudo are at hand
 #   ./install.sh --dev   also the test tools: Python ones, Debian's chromium, openssh-server,
 #                        slurm and munge (the tests start their own daemons)
+#   ./install.sh --vllm  also vLLM (GPU machines: its wheels are CUDA builds), which GRPO's
+#                        use_vllm and deployments on a GPU then use
 # TORCH_SPEC overrides which torch is installed when none is (default: torch==2.13.0).
 set -euo pipefail
 cd "$(dirname "$0")"
 
 dev=0
+vllm=0
 for arg in "$@"; do
   case "$arg" in
     --dev) dev=1 ;;
-    -h|--help) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --vllm) vllm=1 ;;
+    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "install.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -41,6 +45,23 @@ if [ "$dev" = 1 ]; then
   "${pip[@]}" -e '.[dev]'
 else
   "${pip[@]}" -e .
+fi
+
+# vLLM into the same .venv: GRPO's use_vllm imports it in the trainer's own interpreter, and
+# a deployment's serving process runs it there too. 0.31.0 because it is the newest vLLM that
+# TRL 1.16 supports (0.22.0 to 0.31.0) and it pins torch==2.13.0, the torch installed above (a
+# CUDA build on a GPU machine, through TORCH_SPEC); it wants transformers >=5.10.4,<5.18, so pip
+# moves transformers to such a version. About 1.5 minutes and 5.8 GB with its CUDA libraries.
+# Never in --dev: the CI machines have no GPU, and the tests use a stand-in (tests/vllm_standin).
+if [ "$vllm" = 1 ]; then
+  torch_now=$(.venv/bin/python -c 'import torch; print(torch.__version__.split("+")[0])')
+  echo "==> installing vllm==0.31.0 (keeping torch $torch_now)"
+  [ "$torch_now" = 2.13.0 ] || echo "install.sh: vllm 0.31.0 needs torch 2.13.0; pip will replace torch $torch_now" >&2
+  "${pip[@]}" "vllm==0.31.0" "torch==2.13.0"
+  if ! .venv/bin/python -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
+    echo "install.sh: vLLM is installed but this machine has no CUDA GPU it can use: deployments on the cpu pool" \
+      "keep serving with transformers" >&2
+  fi
 fi
 
 # The sandbox trainers run in (veri-box serve --sandbox). Without it the box still works, and

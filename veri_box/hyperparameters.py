@@ -215,7 +215,7 @@ def _check_grpo(hp: dict[str, Any]) -> dict[str, Any]:
     if hp["use_vllm"] and importlib.util.find_spec("vllm") is None:
         raise bad_request(
             "vllm_unavailable",
-            "use_vllm needs vLLM installed on this box (pip install vllm in its environment); "
+            "use_vllm needs vLLM installed on this box (./install.sh --vllm, on a GPU machine); "
             "leave use_vllm false to generate with transformers.",
             "hyperparameters.use_vllm",
         )
