@@ -13,8 +13,8 @@ tiny HTTP protocol the box translates to OpenAI's:
 
 Engine: transformers, a job's LoRA adapter loaded through PEFT and merged into its base (one
 matmul per layer, as fast as the base). Requests that arrive while a batch runs wait and form
-the next batch (up to MAX_BATCH rows): one forward pass per token for all of them. vLLM is not
-used yet (see the note in veri_box/deployments.py).
+the next batch (up to MAX_BATCH rows): one forward pass per token for all of them. On a GPU with
+vLLM installed the box runs trainers/serve_vllm.py instead.
 
 `serve.json` in the folder says what to load: {"base_model", "models_dir", "adapter_dir",
 "max_batch"}. `ready` is written once the model is loaded and the socket listens. This module
