@@ -62,7 +62,7 @@ import msgspec
 from trainers.contract import CONFIG_FILE, JobConfig, read_config
 from trainers.progress import PROGRESS_FILE
 
-from . import job_config, models, paths, ssh
+from . import job_config, models, paths, python_source, ssh
 from .inventory import CPU
 from .progress import READ_PER_TICK, safe_relative_path
 from .providers import TITLES, Offer, ProviderError, Providers
@@ -248,7 +248,7 @@ def _module_file(package_dir: Path, name: str) -> Path | None:
 def _imports(path: Path, name: str) -> set[str]:
     """The absolute names a module's import statements name (relative ones resolved; each
     `from M import x` also as M.x, which is a module when x is one)."""
-    tree = ast.parse(path.read_bytes(), str(path))
+    tree = python_source.parse(path.read_bytes(), str(path))
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
     for node in ast.walk(tree):

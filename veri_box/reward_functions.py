@@ -19,7 +19,7 @@ from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
 from litestar.params import Body, FromPath
 
-from . import paths
+from . import paths, python_source
 from . import store as store_mod
 from .auth import Owner, caller_id, owner
 from .errors import bad_request, conflict, not_found
@@ -35,7 +35,7 @@ def find_entrypoint(source: str, param: str = "file") -> str:
     """The name of the function the trainer will call: `reward`, or else the only public
     top-level function. Raises a 400 naming the problem and its line."""
     try:
-        tree = ast.parse(source)
+        tree = python_source.parse(source)
     except SyntaxError as err:
         raise bad_request(
             "invalid_reward_function", f"The reward function has a syntax error on line {err.lineno}: {err.msg}.", param
