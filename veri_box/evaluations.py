@@ -264,7 +264,7 @@ def _run(store: Store, settings: Settings, job: dict, evaluation_id: str, spec: 
             try:
                 (work / SPEC_FILE).write_text(json.dumps(spec), encoding="utf-8")
                 command, env = cpu_child.command(settings, job, MODULE, work)
-                code = cpu_child.run(command, env, work, work / OUTPUT, WALL_S)
+                code = cpu_child.run(command, env, work, work / OUTPUT, WALL_S, grace_s=settings.cancel_grace_s)
                 if code == 0 and (work / RESULT_FILE).is_file():
                     result = json.loads((work / RESULT_FILE).read_text(encoding="utf-8"))
                     _update(store, evaluation_id, status=COMPLETED, result=result, completed_at=now())

@@ -143,7 +143,9 @@ def _merge(settings: Settings, store: Store, job: dict) -> MergeError | None:
         (work / SPEC_FILE).write_text(json.dumps(spec), encoding="utf-8")
         command, env = cpu_child.command(settings, job, MODULE, work)
         with _one_at_a_time:
-            code = cpu_child.run(command, env, work, log_path, MERGE_TIMEOUT_S, mode="ab")
+            code = cpu_child.run(
+                command, env, work, log_path, MERGE_TIMEOUT_S, mode="ab", grace_s=settings.cancel_grace_s
+            )
         error = None
         if code == 0 and (work / MODEL_DIR / "config.json").is_file():
             (work / MODEL_DIR).rename(target)
