@@ -85,9 +85,9 @@ def test_login_sets_a_signed_httponly_samesite_cookie_and_logout_ends_it(api):
 
 def test_login_refuses_bad_keys_and_forged_forms(api):
     r = login(api, key="vk_" + "0" * 40)
-    assert r.status_code == 200 and "not valid or has been revoked" in r.text
+    assert r.status_code == 401 and "not valid or has been revoked" in r.text
     r = api.client.post("/login", data={"_csrf": "forged", "api_key": api.key}, follow_redirects=False)
-    assert r.status_code == 200 and "expired" in r.text
+    assert r.status_code == 403 and "expired" in r.text
     assert "vb_session" not in api.client.cookies
     # an open redirect is not possible
     for target in ["//evil.example/", "/\\evil.example/", "/logout"]:

@@ -440,6 +440,32 @@ def test_writes_are_audited_with_who_what_and_where_and_reads_are_not(clean: Lab
     assert page.status_code == 200 and "POST /datasets/{dataset_id}/delete" in page.text
 
 
+def test_dashboard_logins_are_audited_refused_ones_too_and_never_with_the_key(clean: Lab):
+    lab = clean
+    alice = lab.keys["alice"]
+    typo = alice["key"][:-4] + "0000"
+    web = httpx.Client(base_url=lab.server.url, timeout=30)
+    token = re.search(r'name="_csrf" value="([^"]+)"', web.get("/login").text).group(1)
+    refused = web.post("/login", data={"_csrf": token, "api_key": typo, "next": "/jobs"})
+    assert refused.status_code == 401 and "not valid or has been revoked" in refused.text
+    expired = web.post("/login", data={"_csrf": "forged", "api_key": alice["key"]})
+    assert expired.status_code == 403 and "expired" in expired.text
+    lab.browser(alice["key"])
+    page = lab.admin.get("/v1/audit?action=POST%20/login&limit=10")
+    assert page.status_code == 200, page.text
+    ok, forged, wrong = page.json()["data"][:3]
+    assert ok["status"] == 303 and ok["api_key"] == {"id": alice["id"], "name": "alice"}
+    assert (ok["object_type"], ok["object_id"]) == ("api_key", alice["id"])
+    assert forged["status"] == 403 and forged["api_key"] is None
+    assert wrong["status"] == 401 and wrong["api_key"] is None and wrong["object_id"] is None
+    assert wrong["client"] == "127.0.0.1"  # where someone tries keys from
+    assert typo not in page.text and alice["key"] not in page.text
+    assert typo not in lab.server.output() and alice["key"] not in lab.server.output()
+    admin_web, _ = lab.browser(lab.server.key)
+    listed = admin_web.get("/audit?action=/login").text
+    assert "POST /login" in listed and "<strong>401</strong>" in listed and typo not in listed
+
+
 def test_the_dashboard_hides_what_a_member_may_not_do_and_the_server_still_refuses_it(clean: Lab):
     lab = clean
     web, csrf = lab.browser(lab.keys["alice"]["key"])

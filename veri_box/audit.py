@@ -5,7 +5,9 @@ audited without doing anything: the middleware reads who asked from the request'
 the key or rule guard), the route's path template, the object from the path parameters or the
 JSON answer, and the status the route answered (refusals too: a member's 403 is worth seeing).
 Reads are not recorded. Requests nobody could be identified for (no or a bad key) are not
-writes by anyone and are not recorded either.
+writes by anyone and are not recorded either, except dashboard logins (`opt["audit"] ==
+"login"`): each one is, refused ones too (401, no key; 403, an expired form), with the client's
+address, so that someone trying keys shows; never with what was typed.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ _PARAM_OBJECTS = {
     "key_id": "api_key",
     "deployment_id": "deployment",
 }
+LOGIN_SCOPE_KEY = "veri_box.login"  # (key id, name) the login route sets on success
 _BODY_LIMIT = 64 * 1024  # enough for the id of what a write made; larger answers are not parsed
 
 
@@ -128,10 +131,14 @@ async def _record(store: Store, scope: Scope, answer: dict) -> None:
     handler = scope.get("route_handler")
     if handler is not None and handler.opt.get("audit") is False:
         return  # a POST that changes nothing (a chat completion of a deployment): a read, for the trail
-    who = caller_of(scope)
-    if who is None:
-        return
-    object_type, object_id = _object(scope, answer["body"] if answer["json"] else b"", answer["status"])
+    if handler is not None and handler.opt.get("audit") == "login":
+        who = scope.get(LOGIN_SCOPE_KEY) or (None, None)
+        object_type, object_id = ("api_key", who[0]) if who[0] else (None, None)
+    else:
+        who = caller_of(scope)
+        if who is None:
+            return
+        object_type, object_id = _object(scope, answer["body"] if answer["json"] else b"", answer["status"])
     client = scope.get("client")
     row = {
         "key_id": who[0],

@@ -10,6 +10,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromQuery
 from litestar.response import Redirect
 
+from ..audit import LOGIN_SCOPE_KEY
 from ..sessions import COOKIE, CSRF_FIELD, LOGIN_COOKIE, SESSION_TTL_S, Sessions, current, tokens_match
 from ..settings import Settings
 from ..store import Store
@@ -61,7 +62,7 @@ def login_page(
     return response
 
 
-@post("/login", include_in_schema=False, status_code=303, opt={"rule": "public"})
+@post("/login", include_in_schema=False, status_code=303, opt={"rule": "public", "audit": "login"})
 async def login(
     request: Request,
     store: NamedDependency[Store],
@@ -74,21 +75,23 @@ async def login(
     target = _safe_next(form.get("next"))
     given_token = form.get(CSRF_FIELD)
     cookie_token = request.cookies.get(LOGIN_COOKIE)
-    error = None
+    error, status = None, 200
     if not tokens_match(cookie_token or "", given_token) or signer.loads(given_token or "") is None:
-        error = "The login form expired; try again."
+        error, status = "The login form expired; try again.", 403
     else:
         key = (form.get("api_key") or "").strip()
         row = await anyio.to_thread.run_sync(store.authenticate, key) if key else None
         if row is None:
-            error = "This API key is not valid or has been revoked."
+            error, status = "This API key is not valid or has been revoked.", 401
         else:
+            # Who logged in, for the audit trail (audit.LOGIN_SCOPE_KEY): the key's id, never the key.
+            request.scope[LOGIN_SCOPE_KEY] = (row["id"], row["name"])  # type: ignore[literal-required]
             response = Redirect(target, status_code=303)
             response.cookies.append(_cookie(settings, COOKIE, signer.new_session(row["id"]), SESSION_TTL_S))
             response.cookies.append(_cookie(settings, LOGIN_COOKIE, "", 0, "/login"))
             return response
     token = signer.login_token()
-    response = render(request, "login.html", next=target, login_token=token, error=error)
+    response = render(request, "login.html", status_code=status, next=target, login_token=token, error=error)
     response.cookies.append(_cookie(settings, LOGIN_COOKIE, token, 3600, "/login"))
     return response
 
