@@ -14,8 +14,15 @@ next one runs, and phases that no longer fit the total budget are skipped with t
           trainer (`python -m trainers.grpo` on a job dir written with trainers.contract) against
           bench/gpu_bare_grpo.py (TRL alone), full / LoRA / 4-bit QLoRA: median step time after
           warm-up, peak memory, generated tokens/s, box/bare (target <= 1.03).
-3. video  bench/video_lora_step.py at CogVideoX-2b's shape, and 5b's when time allows.
-4. oom    a GRPO job through the API whose batch cannot fit in the GPU memory left to it: it must
+3. deploy POST /v1/deployments of the demo GRPO job's output (`source: "training_job"`, the user's
+          path; the built-in tiny model if that job did not complete) on the GPU type the box reports,
+          then of the grpo phase's model folder when time allows: the engine the API names, create ->
+          serving, what the serving process says it runs on, TTFT and tokens/s of streamed chats
+          through the box, requests/s of 8 concurrent clients, peak memory while serving, and after
+          the stop the time until GET /v1/gpu/availability counts the device free (and, on a GPU,
+          its memory back near idle).
+4. video  bench/video_lora_step.py at CogVideoX-2b's shape, and 5b's when time allows.
+5. oom    a GRPO job through the API whose batch cannot fit in the GPU memory left to it: it must
           fail with out_of_memory and the runner's hint, and leave the GPU's memory as it found it.
 
 Writes $OUT (default ./gpu_check_out) /gpu_check.json (everything), /gpu_check.md (a short
@@ -76,32 +83,44 @@ class Profile:
     steps: int  # optimizer steps, the first of which is warm-up
     grpo_run_s: float  # about what one GRPO run takes (start, load, steps): a mode is skipped without room for two
     video_shapes: tuple[str, ...]
+    deploy_max_tokens: int  # per streamed chat request
+    deploy_streams: int  # timed streamed requests after one warm-up
+    deploy_concurrent_s: float  # how long the 8 clients keep asking
+    deploy_run_s: float  # about what one deployment takes (serving, chats, stop): a second one needs this much
     demo_overrides: dict[str, Any] = field(default_factory=dict)
     video_overrides: dict[str, Any] = field(default_factory=dict)
 
 
 GPU = Profile(
     cpu=False,
-    budgets={"demo": 130, "grpo": 280, "video": 150, "oom": 60},
-    minimums={"demo": 60, "grpo": 100, "video": 40, "oom": 45},
+    budgets={"demo": 130, "grpo": 280, "deploy": 80, "video": 150, "oom": 60},
+    minimums={"demo": 60, "grpo": 100, "deploy": 40, "video": 40, "oom": 45},
     model_shape="0.5b",
     completions=64,
     tokens=256,
     steps=4,
     grpo_run_s=40,
     video_shapes=("2b", "5b"),
+    deploy_max_tokens=128,
+    deploy_streams=5,
+    deploy_concurrent_s=5,
+    deploy_run_s=30,
 )
 # Shorter demo jobs than demo.py's (the same settings otherwise), so the test fits ~3 minutes on 2 cores.
 CPU = Profile(
     cpu=True,
-    budgets={"demo": 110, "grpo": 90, "video": 40, "oom": 5},
-    minimums={"demo": 40, "grpo": 30, "video": 10, "oom": 1},
+    budgets={"demo": 110, "grpo": 90, "deploy": 40, "video": 40, "oom": 5},
+    minimums={"demo": 40, "grpo": 30, "deploy": 15, "video": 10, "oom": 1},
     model_shape="tiny",
     completions=16,
     tokens=16,
     steps=3,
     grpo_run_s=5,
     video_shapes=("tiny",),
+    deploy_max_tokens=32,
+    deploy_streams=3,
+    deploy_concurrent_s=2,
+    deploy_run_s=12,
     demo_overrides={"max_steps": 8},
     video_overrides={"num_epochs": 2, "validation_steps": 4, "save_steps": 4},
 )
@@ -614,6 +633,221 @@ def phase_grpo(ctx: Context, budget: float) -> dict:
     return result
 
 
+# ---------------------------------------------------------------------------------- phase: deploy
+
+CHAT = [{"role": "user", "content": "Count to five:"}]
+CLIENTS = 8
+STOP_WAIT_S = 25  # the server's default --cancel-grace-s (5 s) before SIGKILL, ticks, and the driver
+
+
+def phase_deploy(ctx: Context, budget: float) -> dict:
+    """Deployments through the box: the demo GRPO job's output first (the user's path: a trained
+    job, `source: "training_job"`), then the grpo phase's model folder when time allows."""
+    deadline = time.monotonic() + budget
+    box = ctx.box
+    device = box.device_type()
+    targets: list[tuple[str, dict[str, str]]] = []
+    job = ((ctx.report["phases"].get("demo") or {}).get("jobs") or {}).get("grpo") or {}
+    if job.get("status") == "completed":
+        targets.append(("demo_job", {"model": job["id"], "source": "training_job"}))
+    else:  # the demo's job did not complete: the built-in model still proves the serving path
+        targets.append(("tiny_lm", {"model": demo.TINY_LM, "source": "huggingface"}))
+    if ctx.model:
+        targets.append((f"model_{ctx.profile.model_shape}", {"model": str(ctx.model[0]), "source": "huggingface"}))
+    result: dict[str, Any] = {"gpu_type": device, "clients": CLIENTS, "targets": {}}
+    for i, (name, spec) in enumerate(targets):
+        left = deadline - time.monotonic()
+        if i and left < ctx.profile.deploy_run_s:
+            result["targets"][name] = {"status": "skipped", "reason": f"time: {left:.0f} s left of the phase"}
+            continue
+        result["targets"][name] = deploy_once(ctx, name, device, spec, left)
+        ctx.save(("deploy", result))
+    first = result["targets"][targets[0][0]]
+    if first["status"] != "ok":
+        raise RuntimeError(f"{targets[0][0]}: {first.get('error')}")
+    return result
+
+
+def local_free(box: Box, device: str) -> int:
+    rows = [r for r in box.availability()["availability"] if r["provider"] == "local" and r["gpu_type"] == device]
+    return rows[0]["available"] if rows else 0
+
+
+def deploy_once(ctx: Context, name: str, device: str, spec: dict[str, str], timeout: float) -> dict:
+    """One deployment, created, measured, stopped; its error recorded rather than raised, so that it is
+    always stopped and the device's release is always checked."""
+    box, p = ctx.box, ctx.profile
+    deadline = time.monotonic() + timeout
+    free_before = local_free(box, device)
+    idle = 0.0 if p.cpu else gpu_used_gib()
+    # On a CPU the serving process is a child of the server: the server's tree less its RSS before.
+    poller = MemoryPoller(p.cpu, box.proc.pid)
+    if p.cpu:
+        poller.baseline = poller.peak = tree_rss_gib(box.proc.pid)
+    poller.start()
+    out: dict[str, Any] = {"status": "ok", **spec, "free_before": free_before}
+    body = {**spec, "name": f"gpu-check-{name}", "gpu": {"gpu_type": device, "gpu_count": 1}}
+    started = time.monotonic()
+    dep_id = None
+    try:
+        created = box.call("POST", "/v1/deployments", json=body)
+        dep_id = out["id"] = created["id"]
+        out["engine_at_create"] = created["engine"]
+        row = wait_serving(box, dep_id, deadline - time.monotonic() - 15)
+        out["create_to_serving_s"] = round(time.monotonic() - started, 2)
+        out["engine"] = row["engine"]
+        events = {e["type"]: e["metadata"] for e in row["events"]}
+        out["device_index"] = (events.get("provisioning") or {}).get("device")
+        out["load_s"] = (events.get("serving") or {}).get("load_s")
+        out["serving_device"] = serving_device(box, dep_id)
+        if not p.cpu:
+            out["gpu_processes_serving"] = gpu_processes()
+        out["free_while_serving"] = local_free(box, device)
+        out.update(stream_chats(box, dep_id, p.deploy_max_tokens, p.deploy_streams))
+        out.update(concurrent_chats(box, dep_id, p.deploy_concurrent_s))
+        out["total_requests"] = box.call("GET", f"/v1/deployments/{dep_id}")["total_requests"]
+    except Exception as err:  # noqa: BLE001 - recorded; the deployment is still stopped below
+        out.update(status="failed", error=f"{type(err).__name__}: {err}"[-3000:])
+    finally:
+        out["peak_gib"] = poller.stop()
+        out["peak_measured"] = "server tree RSS over before" if p.cpu else "nvidia-smi memory.used over idle"
+    if dep_id:
+        try:
+            out.update(stop_and_free(ctx, dep_id, device, free_before, idle))
+        except Exception as err:  # noqa: BLE001
+            out.update(status="failed", error=f"{out.get('error') or ''}; stop: {type(err).__name__}: {err}"[-3000:])
+    if out["status"] == "ok" and not out.get("device_freed"):
+        out.update(status="failed", error=f"the {device} device was not free again after the stop")
+    if out["status"] == "ok" and not out.get("gpu_memory_released", True):
+        used = out["used_after_stop_gib"]
+        out.update(status="failed", error=f"GPU memory {used} GiB in use after the stop, {idle:.2f} idle before")
+    return out
+
+
+def wait_serving(box: Box, dep_id: str, timeout: float) -> dict:
+    deadline = time.monotonic() + max(timeout, 5)
+    while True:
+        row = box.call("GET", f"/v1/deployments/{dep_id}")
+        if row["status"] == "serving":
+            return row
+        if row["status"] in ("failed", "stopped"):
+            raise RuntimeError(f"deployment {row['status']} ({row.get('failure_code')}): {row.get('error')}")
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"deployment still {row['status']} after {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+def serving_device(box: Box, dep_id: str) -> str | None:
+    """What the serving process itself says it runs on (`cuda` or `cpu`), asked on its socket."""
+    sock = box.data_dir / "deployments" / dep_id / "serve.sock"
+    try:
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://serve", timeout=5) as c:
+            return c.get("/health").json().get("device")
+    except (httpx.HTTPError, ValueError, OSError):
+        return None
+
+
+def stream_one(box: Box, dep_id: str, max_tokens: int) -> tuple[float, float, int]:
+    """(seconds to the first content chunk, seconds in all, completion tokens) of one streamed chat."""
+    body = {
+        "messages": CHAT,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    t0 = time.perf_counter()
+    first, tokens = None, 0
+    with box.client().stream("POST", f"/v1/deployments/{dep_id}/chat/completions", json=body) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"chat: {response.status_code} {response.read()[:300]!r}")
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if "error" in chunk:
+                raise RuntimeError(f"chat stream: {chunk['error']}")
+            if first is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                first = time.perf_counter() - t0
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+    return first or 0.0, time.perf_counter() - t0, tokens
+
+
+def stream_chats(box: Box, dep_id: str, max_tokens: int, count: int) -> dict:
+    stream_one(box, dep_id, max_tokens)  # warm-up: first-call allocations, CUDA kernels, the connection
+    runs = [stream_one(box, dep_id, max_tokens) for _ in range(count)]
+    ttft = statistics.median(r[0] for r in runs)
+    decode = [(r[2] - 1) / (r[1] - r[0]) for r in runs if r[2] > 1 and r[1] > r[0]]
+    return {
+        "stream_requests": count,
+        "max_tokens": max_tokens,
+        "completion_tokens": [r[2] for r in runs],
+        "ttft_ms_median": round(ttft * 1000, 1),
+        "stream_s_median": round(statistics.median(r[1] for r in runs), 3),
+        "tokens_per_s_median": round(statistics.median(r[2] / r[1] for r in runs if r[1] > 0), 1),
+        "decode_tokens_per_s_median": round(statistics.median(decode), 1) if decode else None,
+    }
+
+
+def concurrent_chats(box: Box, dep_id: str, seconds: float) -> dict:
+    """CLIENTS threads asking non-streaming 16-token chats for `seconds`; requests/s over the
+    time until the last answer."""
+    body = {"messages": CHAT, "max_tokens": 16, "temperature": 0}
+    done, errors = [0] * CLIENTS, []
+    end = time.monotonic() + seconds
+
+    def client(i: int) -> None:
+        while time.monotonic() < end:
+            response = box.client().post(f"/v1/deployments/{dep_id}/chat/completions", json=body)
+            if response.status_code == 200:
+                done[i] += 1
+            else:
+                errors.append(f"{response.status_code} {response.text[:200]}")
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(seconds + 120)
+    elapsed = time.monotonic() - t0
+    if errors and not sum(done):
+        raise RuntimeError(f"{len(errors)} concurrent chats refused, none answered: {errors[0]}")
+    return {
+        "concurrent_requests": sum(done),
+        "concurrent_s": round(elapsed, 2),
+        "requests_per_s": round(sum(done) / elapsed, 2),
+        "concurrent_errors": len(errors),
+        "concurrent_first_error": errors[0] if errors else None,
+    }
+
+
+def stop_and_free(ctx: Context, dep_id: str, device: str, free_before: int, idle: float) -> dict:
+    """POST stop, then until the device counts as free again (GET /v1/gpu/availability) and, on a
+    GPU, its memory is back near the idle reading."""
+    box = ctx.box
+    t0 = time.monotonic()
+    status = box.call("POST", f"/v1/deployments/{dep_id}/stop")["status"]
+    out: dict[str, Any] = {"status_after_stop": status, "device_freed": False}
+    deadline = t0 + STOP_WAIT_S
+    while time.monotonic() < deadline:
+        if local_free(box, device) >= free_before:
+            out.update(device_freed=True, stop_to_free_s=round(time.monotonic() - t0, 2))
+            break
+        time.sleep(0.1)
+    out["final_status"] = box.call("GET", f"/v1/deployments/{dep_id}")["status"]
+    if not ctx.profile.cpu:
+        used = gpu_used_gib()
+        while used > idle + 0.5 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            used = gpu_used_gib()
+        out.update(used_after_stop_gib=round(used, 2), gpu_memory_released=used <= idle + 0.5)
+        out["stop_to_memory_free_s"] = round(time.monotonic() - t0, 2)
+        out["gpu_processes_after_stop"] = gpu_processes()
+    return out
+
+
 # ----------------------------------------------------------------------------------- phase: video
 
 
@@ -721,6 +955,7 @@ def phase_oom(ctx: Context, budget: float) -> dict:
 PHASES: list[tuple[str, Callable[[Context, float], dict]]] = [
     ("demo", phase_demo),
     ("grpo", phase_grpo),
+    ("deploy", phase_deploy),
     ("video", phase_video),
     ("oom", phase_oom),
 ]
@@ -824,6 +1059,22 @@ def table(report: dict) -> str:
             lines.append(
                 f"| {mode} | {b['step_s_median']} | {r['step_s_median']} | {e['ratio_box_over_bare']} | "
                 f"{b['peak_gib']} | {r['peak_gib']} | {b['generated_tokens_per_s']} |"
+            )
+    targets = phases.get("deploy", {}).get("targets", {})
+    if targets:
+        lines += [
+            "",
+            "| deploy | engine | device | create->serving s | TTFT ms | tok/s | req/s x8 | peak GiB | stop->free s |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for target, e in targets.items():
+            if e.get("status") != "ok":
+                lines.append(f"| {target} | {e.get('status')}: {(e.get('reason') or e.get('error', ''))[:80]} |")
+                continue
+            lines.append(
+                f"| {target} | {e['engine']} | {e['serving_device']} | {e['create_to_serving_s']} | "
+                f"{e['ttft_ms_median']} | {e['tokens_per_s_median']} | {e['requests_per_s']} | {e['peak_gib']} | "
+                f"{e.get('stop_to_free_s')} |"
             )
     shapes = phases.get("video", {}).get("shapes", {})
     if shapes:

@@ -1,6 +1,7 @@
 """bench/gpu_check.py --cpu end to end: the device's one prepared script keeps working between the
 rare tasks lent a GPU. Same code paths as on the GPU (server, API, demo jobs, the box's trainer
-against bare TRL, the video step), tiny shapes."""
+against bare TRL, deployments of the demo job's model and chats through the box, the video step),
+tiny shapes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-PHASES = ("demo", "grpo", "video", "oom")
+PHASES = ("demo", "grpo", "deploy", "video", "oom")
 
 
 def test_gpu_check_cpu_run_reports_every_phase(tmp_path: Path) -> None:
@@ -44,6 +45,23 @@ def test_gpu_check_cpu_run_reports_every_phase(tmp_path: Path) -> None:
         assert modes[mode]["ratio_box_over_bare"] > 0, detail
         assert modes[mode]["box"]["step_s_median"] > 0 and modes[mode]["bare"]["step_s_median"] > 0, detail
     assert modes["qlora"]["status"] == "skipped" and "CUDA" in modes["qlora"]["reason"], detail
+    deploy = phases["deploy"]
+    assert deploy["status"] == "ok" and deploy["gpu_type"] == "cpu", detail
+    targets = deploy["targets"]
+    assert targets["demo_job"]["source"] == "training_job", detail  # the demo's GRPO job, as a user deploys it
+    for name, target in targets.items():
+        if name != "demo_job" and target["status"] == "skipped":
+            continue
+        assert target["status"] == "ok" and target["engine"] == "transformers", detail  # vLLM serves GPUs only
+        assert target["serving_device"] == "cpu" and target["free_before"] == 1, detail
+        assert target["free_while_serving"] == 0, detail  # the deployment holds the cpu slot
+        assert 0 < target["create_to_serving_s"] < 60 and target["ttft_ms_median"] > 0, detail
+        assert target["tokens_per_s_median"] > 0 and min(target["completion_tokens"]) > 0, detail
+        assert target["requests_per_s"] > 0 and target["concurrent_errors"] == 0, detail
+        assert target["total_requests"] == target["concurrent_requests"] + 1 + target["stream_requests"], detail
+        assert target["peak_gib"] > 0, detail
+        assert target["device_freed"] and 0 < target["stop_to_free_s"] < 30, detail
+        assert target["final_status"] == "stopped", detail
     assert phases["video"]["shapes"]["tiny"]["status"] == "ok", detail
     assert phases["oom"]["status"] == "skipped", detail
 
@@ -57,4 +75,4 @@ def test_gpu_check_cpu_run_reports_every_phase(tmp_path: Path) -> None:
     for row in rows:
         assert row["model_params"] > 0 and row["completions"] == 16 and row["tokens"] == 16 and row["peak_gib"] > 0
     table = (out / "gpu_check.md").read_text()
-    assert "| GRPO |" in table and "| demo | ok |" in table, table
+    assert "| GRPO |" in table and "| demo | ok |" in table and "| demo_job | " in table, table
