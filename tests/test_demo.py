@@ -21,10 +21,12 @@ def demo(*args: str, home: Path | None = None, timeout: float = 600) -> subproce
     return subprocess.run([str(VERI_BOX), "demo", *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def demo_keys(data_dir: Path) -> list[str]:
+def demo_keys(data_dir: Path) -> list[tuple[str, str]]:
+    """(id, role) of each live key named "demo"."""
     listed = run_cli("keys", "list", "--data-dir", str(data_dir))
     assert listed.returncode == 0, listed.stderr
-    return [line.split()[0] for line in listed.stdout.splitlines()[1:] if line.split()[1] == "demo"]
+    rows = [line.split() for line in listed.stdout.splitlines()[1:]]
+    return [(row[0], row[2]) for row in rows if row[1] == "demo"]
 
 
 def test_demo_trains_the_tiny_model_and_the_reward_climbs(tmp_path):
@@ -80,7 +82,9 @@ def test_demo_finds_the_box_and_reuses_one_key_without_flags(tmp_path):
             result = demo(home=server.data_dir, timeout=120)
             assert result.returncode == 0, result.stdout + result.stderr + server.output()[-3000:]
             assert "status: completed" in result.stdout and server.url in result.stdout, result.stdout
-        assert len(demo_keys(server.data_dir)) == 1, "the second run reuses the first run's key"
+        keys = demo_keys(server.data_dir)
+        assert len(keys) == 1, "the second run reuses the first run's key"
+        assert keys[0][1] == "member", "the demo's kept key cannot change settings or other keys"
         key_file = server.data_dir / "demo-key"
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
         assert "Running job" not in server.output(), "no per-tick scheduler lines at the default log level"

@@ -131,7 +131,9 @@ def demo_key(data_dir: Path) -> str:
         key = ""
     if key and store.authenticate(key) is not None:
         return key
-    _, key = store.create_api_key(KEY_NAME)
+    # A member: the demo only uploads and trains, and a key kept in a file should not be able to
+    # change the box's settings or other users' keys.
+    _, key = store.create_api_key(KEY_NAME, "member")
     _write_private(data_dir / KEY_FILE, key)
     return key
 
