@@ -12,11 +12,8 @@ prompts through the model's chat template first, which needs the model).
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import statistics
-import subprocess
 import tempfile
 import threading
 from pathlib import Path
@@ -30,7 +27,7 @@ from msgspec import Meta
 
 from trainers.contract import DatasetConfig, Devices, JobConfig
 
-from . import dataset_files, datasets, executors, paths, sandbox
+from . import cpu_child, dataset_files, datasets, executors, paths, sandbox
 from . import reward_functions as rf_mod
 from .errors import ApiError, bad_request
 from .inventory import CPU
@@ -233,28 +230,12 @@ def _command(settings: Settings, work: Path) -> tuple[list[str], dict[str, str]]
 
 
 def _run_child(settings: Settings, work: Path, wall_s: float) -> tuple[int | None, bool]:
-    """(exit code, whether the wall-clock limit killed it). The child is a process group of its
-    own, killed whole: the sandbox's shell, bwrap and the function's own children."""
+    """(exit code, whether the wall-clock limit killed it): cpu_child.run, so the child's whole
+    process group goes at the limit, and with the server should it stop first."""
     command, env = _command(settings, work)
-    with open(work / OUTPUT, "wb") as output, _RUNNING:
-        child = subprocess.Popen(
-            command,
-            cwd=work,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            return child.wait(timeout=wall_s), False
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(child.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            child.wait()
-            return None, True
+    with _RUNNING:
+        code = cpu_child.run(command, env, work, work / OUTPUT, wall_s, grace_s=settings.cancel_grace_s)
+    return code, code is None
 
 
 def _short(value: Any) -> str:
