@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from trainers.tiny_video import square_clip
-from veri_box.dataset_files import DatasetError, Limits, compatible_methods, inspect_upload, preview_rows
+from veri_box.dataset_files import DatasetError, Limits, compatible_methods, inspect_upload, preview_rows, rows_at
 
 
 def _clip_bytes(frames: int) -> bytes:
@@ -78,6 +78,12 @@ class Upload:
     def preview(self, inspected, offset: int, limit: int) -> list[dict]:
         return preview_rows(self.dest, inspected.format, inspected.stored_path, offset, limit)
 
+    def rows_at(self, inspected, numbers: list[int]) -> list[dict]:
+        return rows_at(self.dest, inspected.format, inspected.stored_path, numbers)
+
+    def one_by_one(self, inspected, numbers: list[int]) -> list[dict]:
+        return [self.preview(inspected, n, 1)[0] for n in numbers]
+
 
 @pytest.fixture
 def upload(tmp_path: Path):
@@ -124,6 +130,34 @@ def test_jsonl_is_stored_byte_for_byte_with_bom_and_blank_lines(upload):
     assert (inspected.format, inspected.num_rows) == ("prompt_only", 2)
     assert (up.dest / "data.jsonl").read_bytes() == content
     assert up.preview(inspected, 0, 10) == [{"prompt": "café"}, {"prompt": "b"}]
+
+
+# An evaluation's sample of rows: read in one pass, the same rows as reading each one.
+SAMPLE = [0, 1, 7, 13, 38, 39]
+
+
+def test_sampled_jsonl_rows_in_one_pass_with_bom_and_blank_lines(upload):
+    rows = [{"prompt": f"q{i}", "answer": str(i)} for i in range(40)]
+    lines = jsonl(*rows).splitlines(keepends=True)
+    lines[5:5] = [b"\n", b"   \r\n"]  # blank lines are not rows
+    up = upload(b"\xef\xbb\xbf" + b"".join(lines))
+    inspected = up.inspect()
+    assert inspected.num_rows == 40
+    assert up.rows_at(inspected, SAMPLE) == [rows[n] for n in SAMPLE] == up.one_by_one(inspected, SAMPLE)
+    assert up.rows_at(inspected, [39, 0]) == [rows[39], rows[0]]  # the order asked for
+    assert up.rows_at(inspected, []) == []
+    with pytest.raises(IndexError):
+        up.rows_at(inspected, [3, 40])
+
+
+@pytest.mark.parametrize("row_group_size", [None, 7], ids=["one_group", "groups_of_7"])
+def test_sampled_parquet_rows_in_one_pass(upload, row_group_size):
+    rows = [{"prompt": f"q{i}", "completion": str(i), "level": i % 3} for i in range(40)]
+    up = upload(parquet_bytes(rows, row_group_size=row_group_size), filename="train.parquet")
+    inspected = up.inspect()
+    assert up.rows_at(inspected, SAMPLE) == [rows[n] for n in SAMPLE] == up.one_by_one(inspected, SAMPLE)
+    with pytest.raises(IndexError):
+        up.rows_at(inspected, [40])
 
 
 def test_file_name_does_not_decide_the_kind(upload):
@@ -299,6 +333,8 @@ def test_video_zip_with_metadata_jsonl(upload):
     assert up.preview(inspected, 1, 5) == [
         {"video": "videos/b.webm", "caption": "a dog", **FACTS, "bytes": len(VIDEO)},
     ]
+    assert up.rows_at(inspected, [0, 1]) == up.one_by_one(inspected, [0, 1])
+    assert up.rows_at(inspected, [1])[0]["bytes"] == len(VIDEO)
 
 
 def test_single_top_level_folder_is_stripped_and_mac_junk_ignored(upload):

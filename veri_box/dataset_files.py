@@ -111,6 +111,32 @@ def preview_rows(dest_dir: Path, inspected_format: str, stored_path: str, offset
     return _jsonl_slice(path, offset, limit)
 
 
+def rows_at(dest_dir: Path, inspected_format: str, stored_path: str, numbers: Iterable[int]) -> list[dict]:
+    """The rows at these 0-based row numbers of a stored dataset, in the order given, read in one pass.
+
+    An evaluation samples rows across the whole dataset; reading each with preview_rows would
+    scan a JSON Lines file from the top once per row, or open a Parquet file once per row.
+    """
+    numbers = list(numbers)
+    wanted = sorted(set(numbers))
+    if wanted and wanted[0] < 0:
+        raise IndexError(f"row {wanted[0]} is not a row number")
+    path = Path(dest_dir) / stored_path
+    if inspected_format == "video_captions":
+        found = _jsonl_at(path / "metadata.jsonl", wanted)
+        for row in found.values():
+            video = path / row["video"]
+            row["bytes"] = video.stat().st_size if video.is_file() else None
+    elif path.suffix == ".parquet":
+        found = _parquet_at(path, wanted)
+    else:
+        found = _jsonl_at(path, wanted)
+    missing = [n for n in wanted if n not in found]
+    if missing:
+        raise IndexError(f"row {missing[0]} is past the end of {stored_path}")
+    return [found[n] for n in numbers]
+
+
 # ---- row shapes -------------------------------------------------------------------------
 # Each check returns None when the row fits, or what is wrong, phrased to follow "Line 7 ".
 
@@ -284,6 +310,27 @@ def _jsonl_slice(path: Path, offset: int, limit: int) -> list[dict]:
     return rows
 
 
+def _jsonl_at(path: Path, wanted: list[int]) -> dict[int, dict]:
+    """{row number: row} for the sorted `wanted`, stopping at the last of them; blank lines are not rows."""
+    found: dict[int, dict] = {}
+    if not wanted:
+        return found
+    targets = iter(wanted)
+    target = next(targets)
+    index = 0
+    with open(path, "rb") as f:
+        for raw in f:
+            if not raw.strip():
+                continue
+            if index == target:  # only parse the lines that are returned
+                found[index] = json.loads(raw.removeprefix(BOM))
+                target = next(targets, None)
+                if target is None:
+                    break
+            index += 1
+    return found
+
+
 # ---- Parquet ----------------------------------------------------------------------------
 
 
@@ -339,3 +386,25 @@ def _parquet_slice(path: Path, offset: int, limit: int) -> list[dict]:
             return []
         table = parquet.read_row_groups(groups)
     return table.slice(offset - first_row, limit).to_pylist()
+
+
+def _parquet_at(path: Path, wanted: list[int]) -> dict[int, dict]:
+    """{row number: row} for the sorted `wanted`: only the row groups that hold one are read, one at a time."""
+    import pyarrow.parquet as pq
+
+    found: dict[int, dict] = {}
+    with pq.ParquetFile(path) as parquet:
+        start, k = 0, 0
+        for i in range(parquet.num_row_groups):
+            if k == len(wanted):
+                break
+            end = start + parquet.metadata.row_group(i).num_rows
+            local = []
+            while k < len(wanted) and wanted[k] < end:
+                local.append(wanted[k] - start)
+                k += 1
+            if local:
+                rows = parquet.read_row_group(i).take(local).to_pylist()
+                found.update(zip((start + j for j in local), rows))
+            start = end
+    return found

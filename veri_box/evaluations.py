@@ -213,7 +213,7 @@ def _rows(
     count = min(body.rows or DEFAULT_ROWS, dataset["num_rows"])
     numbers = sorted(random.Random(seed).sample(range(dataset["num_rows"]), count))
     folder = paths.dataset_dir(settings.data_dir, dataset["id"])
-    rows = [dataset_files.preview_rows(folder, dataset["format"], dataset["path"], n, 1)[0] for n in numbers]
+    rows = dataset_files.rows_at(folder, dataset["format"], dataset["path"], numbers)
     return "dataset", rows, numbers
 
 
