@@ -970,7 +970,7 @@ class RemoteExecutor:
             if result.exit_status == 0 and ssh.marked(result.stdout).get("path"):
                 source = "hub"
             else:
-                why = ssh._text(result.stderr).splitlines()[-1:] or [f"exit status {result.exit_status}"]
+                why = ssh.output_tail(result.stderr).splitlines()[-1:] or [f"exit status {result.exit_status}"]
                 log.warning(
                     "%s: %s could not download %s from %s (%s); uploading the box's copy",
                     run.job_id,
@@ -1009,7 +1009,8 @@ class RemoteExecutor:
             return found["python"], found["how"]
         if result.exit_status != 3:
             raise Failed(
-                "bootstrap_failed", f"Checking python on {self._where(instance)} failed: {ssh._text(result.stderr)}"
+                "bootstrap_failed",
+                f"Checking python on {self._where(instance)} failed: {ssh.output_tail(result.stderr)}",
             )
         log.info("%s: building the training venv on %s (%s)", run.job_id, self._where(instance), ", ".join(self._pins))
         built = await ssh.run(
@@ -1018,7 +1019,7 @@ class RemoteExecutor:
         if built.exit_status != 0:
             raise Failed(
                 "bootstrap_failed",
-                f"Installing the training stack on {self._where(instance)} failed:\n{ssh._text(built.stderr)}",
+                f"Installing the training stack on {self._where(instance)} failed:\n{ssh.output_tail(built.stderr)}",
             )
         return f"{venv}/bin/python", "new venv"
 
@@ -1055,7 +1056,7 @@ class RemoteExecutor:
         found = ssh.marked(result.stdout)
         if result.exit_status != 0 or not found.get("pid", "").isdigit():
             raise Failed(
-                "bootstrap_failed", f"Starting the trainer failed: {ssh._text(result.stderr) or result.stdout}"
+                "bootstrap_failed", f"Starting the trainer failed: {ssh.output_tail(result.stderr) or result.stdout}"
             )
         return int(found["pid"]), found.get("started", "")
 

@@ -193,7 +193,7 @@ async def put_tree(
         process.stdin.write_eof()
         result = await asyncio.wait_for(process.wait(), timeout)
     if result.exit_status != 0:
-        raise OSError(f"unpacking into {remote_dir} failed: {_text(result.stderr)}")
+        raise OSError(f"unpacking into {remote_dir} failed: {output_tail(result.stderr)}")
 
 
 def _write_tar(fileobj, members: list[tuple[Path | bytes, str]]) -> None:
@@ -226,6 +226,7 @@ async def get_tree(sftp: asyncssh.SFTPClient, remote: str, local: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _text(data: bytes | str | None) -> str:
+def output_tail(data: bytes | str | None) -> str:
+    """A remote command's stdout or stderr for an error message: decoded, stripped, its last 2000 characters."""
     text = data.decode(errors="replace") if isinstance(data, bytes) else data or ""
     return text.strip()[-2000:]
