@@ -2,7 +2,9 @@
 check a token, create a repo and commit files to it, spoken as the Hub speaks them (read from
 hf_api.py, _commit_api.py and lfs.py of that version):
 
-    GET  /api/whoami-v2                                   the token's user (401 for a bad token)
+    GET  /api/whoami-v2                                   the token's user, its orgs with roleInOrg, the
+                                                          token's role (fineGrained: its scoped entries);
+                                                          401 for a bad token
     POST /api/repos/create                                {name, organization, visibility}; 409 if it exists
     GET  /api/models/{ns}/{name}[/revision/{rev}]         repo info (create_repo's exist_ok fallback)
     POST /api/validate-yaml                               a README.md's metadata block
@@ -45,14 +47,34 @@ class Repo:
     commits: list[dict] = field(default_factory=list)
 
 
+WRITE_ROLES = ("admin", "write", "contributor")  # org roles that may create repos (the Hub's docs)
+
+
 class HubStandIn:
     """Start with `with HubStandIn(root, tokens={"hf_good": "alice"}) as hub:`; `hub.url` is the
-    endpoint to give the box. `fail` makes a route answer an error: {"commit": (500, "message")}."""
+    endpoint to give the box. `fail` makes a route answer an error: {"commit": (500, "message")}.
 
-    def __init__(self, root: Path, tokens: dict[str, str], orgs: dict[str, list[str]] | None = None):
+    `orgs`: user -> its organizations, a list (role `write` in each) or {org: roleInOrg}.
+    `roles`: token -> its role when not `write` (`read`, or `fineGrained` with `scoped`).
+    `scoped`: a fine-grained token -> {entity name: permissions}, the entity the token's user or
+    one of its orgs (the Hub's fineGrained.scoped entries). Writes are refused (403) as the Hub
+    refuses them: a read token, a namespace that is not the user's or a writable org's, a
+    fine-grained token without repo.write there (a `contributor` writes to any repo of its org
+    here, where the Hub lets it write only to the repos it created)."""
+
+    def __init__(
+        self,
+        root: Path,
+        tokens: dict[str, str],
+        orgs: dict[str, list[str] | dict[str, str]] | None = None,
+        roles: dict[str, str] | None = None,
+        scoped: dict[str, dict[str, list[str]]] | None = None,
+    ):
         self.root = Path(root)
         self.tokens = dict(tokens)  # token -> user name
-        self.orgs = orgs or {}  # user name -> organizations it may write to
+        self.orgs = orgs or {}
+        self.roles = roles or {}
+        self.scoped = scoped or {}
         self.repos: dict[str, Repo] = {}
         self.lfs_objects: dict[str, bytes] = {}  # oid -> content, once PUT
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, in order
@@ -77,6 +99,20 @@ class HubStandIn:
 
     def repo_dir(self, repo_id: str) -> Path:
         return self.root / repo_id
+
+    def org_roles(self, user: str) -> dict[str, str]:
+        """{org: roleInOrg} of a user."""
+        orgs = self.orgs.get(user, [])
+        return dict(orgs) if isinstance(orgs, dict) else {o: "write" for o in orgs}
+
+    def may_write(self, token: str, namespace: str) -> bool:
+        user = self.tokens[token]
+        role = self.roles.get(token, "write")
+        if role == "read":
+            return False
+        if namespace != user and self.org_roles(user).get(namespace) not in WRITE_ROLES:
+            return False
+        return role != "fineGrained" or "repo.write" in self.scoped.get(token, {}).get(namespace, [])
 
     def routes_called(self) -> list[str]:
         """The names of the routes called so far, in order ("unknown" for a path it has no route for)."""
@@ -121,10 +157,12 @@ def _handler(hub: HubStandIn) -> type[BaseHTTPRequestHandler]:
                 headers["X-Error-Code"] = code
             self._send(status, {"error": message}, headers)
 
-        def _user(self) -> str | None:
+        def _token(self) -> str:
             auth = self.headers.get("Authorization", "")
-            token = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else ""
-            return hub.tokens.get(token)
+            return auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else ""
+
+        def _user(self) -> str | None:
+            return hub.tokens.get(self._token())
 
         def _route(self, method: str) -> None:
             path = urlparse(self.path).path
@@ -158,7 +196,28 @@ def _handler(hub: HubStandIn) -> type[BaseHTTPRequestHandler]:
             if user is None:
                 self._error(401, "Invalid credentials in Authorization header")
                 return
-            orgs = [{"type": "org", "name": o} for o in hub.orgs.get(user, [])]
+            orgs = [
+                {"type": "org", "id": hashlib.sha1(o.encode()).hexdigest()[:24], "name": o, "roleInOrg": role}
+                for o, role in hub.org_roles(user).items()
+            ]
+            token = self._token()
+            access = {"displayName": "veri-box", "role": hub.roles.get(token, "write")}
+            if access["role"] == "fineGrained":
+                access["fineGrained"] = {
+                    "canReadGatedRepos": True,
+                    "global": ["discussion.write", "post.write"],
+                    "scoped": [
+                        {
+                            "entity": {
+                                "_id": hashlib.sha1(name.encode()).hexdigest()[:24],
+                                "type": "user" if name == user else "org",
+                                "name": name,
+                            },
+                            "permissions": permissions,
+                        }
+                        for name, permissions in hub.scoped.get(token, {}).items()
+                    ],
+                }
             self._send(
                 200,
                 {
@@ -167,7 +226,7 @@ def _handler(hub: HubStandIn) -> type[BaseHTTPRequestHandler]:
                     "name": user,
                     "fullname": user.title(),
                     "orgs": orgs,
-                    "auth": {"type": "access_token", "accessToken": {"displayName": "veri-box", "role": "write"}},
+                    "auth": {"type": "access_token", "accessToken": access},
                 },
             )
 
@@ -177,7 +236,7 @@ def _handler(hub: HubStandIn) -> type[BaseHTTPRequestHandler]:
             if user is None:
                 self._error(401, "Invalid credentials in Authorization header")
                 return None
-            if namespace != user and namespace not in hub.orgs.get(user, []):
+            if not hub.may_write(self._token(), namespace):
                 self._error(403, f'You don\'t have the rights to create a model under the namespace "{namespace}"')
                 return None
             return user

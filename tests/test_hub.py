@@ -19,12 +19,25 @@ from veri_box.app import Box, create_app
 from veri_box.settings import Settings
 
 GOOD, OTHER, BAD = "hf_good_token_0123456789", "hf_bob_token_0123456789", "hf_revoked_token_0123456789"
+READ, FINE, FINE_READ = "hf_read_token_0123456789", "hf_fine_token_0123456789", "hf_fine_read_token_0123456789"
 SETTINGS_URL = "/v1/settings/integrations/huggingface"
+# alice's organizations and her role in each, as the Hub's whoami-v2 lists them (roleInOrg).
+ALICE_ORGS = {"veri-lab": "write", "helpers": "contributor", "bosses": "admin", "readers": "read"}
 
 
 @pytest.fixture
 def hub(tmp_path: Path):
-    with HubStandIn(tmp_path / "hub", tokens={GOOD: "alice", OTHER: "bob"}, orgs={"alice": ["veri-lab"]}) as h:
+    with HubStandIn(
+        tmp_path / "hub",
+        tokens={GOOD: "alice", OTHER: "bob", READ: "alice", FINE: "alice", FINE_READ: "alice"},
+        orgs={"alice": ALICE_ORGS},
+        roles={READ: "read", FINE: "fineGrained", FINE_READ: "fineGrained"},
+        scoped={
+            # a fine-grained token that writes to alice's repos only, and reads veri-lab's
+            FINE: {"alice": ["repo.content.read", "repo.write"], "veri-lab": ["repo.content.read"]},
+            FINE_READ: {"alice": ["repo.content.read"]},
+        },
+    ) as h:
         yield h
 
 
@@ -198,6 +211,130 @@ def test_hf_push_without_the_integration_is_a_400(api):
     error = r.json()["error"]
     assert (error["code"], error["param"]) == ("integration_not_configured", "hf_push")
     assert SETTINGS_URL in error["message"]
+
+
+def _submit(api: Api, repo: str, dataset: str, rf: str):
+    return api.post(
+        "/v1/training_jobs",
+        json={
+            "base_model": "Qwen/Qwen3-4B",
+            "dataset_id": dataset,
+            "reward_function_id": rf,
+            "gpu": {"type": "cpu", "count": 1},
+            "hyperparameters": LORA,
+            "hf_push": {"repo": repo, "artifact": "adapter"},
+        },
+    )
+
+
+def _jobs(api: Api) -> int:
+    return len(api.get("/v1/training_jobs?limit=100").json()["data"])
+
+
+def test_hf_push_to_a_namespace_the_token_cannot_write_to_is_a_400_naming_those_it_can(api, hub):
+    """Checked at submit, not after an hour of training: the token's user and the organizations
+    where whoami says it has a write, contributor or admin role; a read role or someone else's
+    namespace is a 400 naming where it could push, and no job is stored."""
+    connect(api)
+    dataset, rf = api.dataset(), api.reward_function()
+    for repo in ("readers/m", "someone-else/m", "bob/m"):
+        r = _submit(api, repo, dataset, rf)
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert (error["code"], error["param"]) == ("hf_namespace_forbidden", "hf_push.repo"), error
+        namespace = repo.split("/")[0]
+        assert f"cannot write to the namespace '{namespace}'" in error["message"]
+        assert "it can write to: alice, veri-lab, helpers, bosses." in error["message"]
+        assert "set the token again" in error["message"] and SETTINGS_URL in error["message"]
+    assert _jobs(api) == 0 and not api.store.any_job()
+    assert "create_repo" not in hub.routes_called()  # refused by the box, not found out from the Hub
+
+    for repo in ("alice/m", "veri-lab/m", "helpers/m", "bosses/m", "Veri-Lab/m2"):
+        r = _submit(api, repo, dataset, rf)
+        assert r.status_code == 200, (repo, r.text)
+        assert r.json()["hf_push"]["repo"] == repo
+    assert _jobs(api) == 5
+
+
+def test_joining_an_organization_counts_once_the_token_is_set_again(api, hub):
+    connect(api)
+    dataset, rf = api.dataset(), api.reward_function()
+    hub.orgs["alice"] = {**ALICE_ORGS, "new-lab": "write"}  # alice joins new-lab on the Hub
+    r = _submit(api, "new-lab/m", dataset, rf)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "hf_namespace_forbidden"
+    connect(api)  # the same token, set again: whoami is read again
+    assert _submit(api, "new-lab/m", dataset, rf).status_code == 200
+    hub.orgs["alice"] = {**ALICE_ORGS, "new-lab": "read"}  # and demoted to read there
+    connect(api)
+    r = _submit(api, "new-lab/m2", dataset, rf)
+    assert r.status_code == 400 and "it can write to: alice, veri-lab, helpers, bosses." in r.json()["error"]["message"]
+
+
+def test_a_fine_grained_token_pushes_only_where_it_has_repo_write(api, hub):
+    assert connect(api, FINE)["username"] == "alice"
+    dataset, rf = api.dataset(), api.reward_function()
+    assert _submit(api, "alice/m", dataset, rf).status_code == 200
+    # veri-lab: alice may write there, this token only reads it; bosses: not in the token's scope.
+    for repo in ("veri-lab/m", "bosses/m"):
+        r = _submit(api, repo, dataset, rf)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "hf_namespace_forbidden", r.text
+        assert "it can write to: alice." in r.json()["error"]["message"]
+    assert _jobs(api) == 1
+
+
+@pytest.mark.parametrize("token", [READ, FINE_READ])
+def test_a_token_that_can_write_nowhere_is_refused_when_set(api, hub, token):
+    connect(api)
+    r = api.put(SETTINGS_URL, json={"token": token})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert (error["code"], error["param"]) == ("hf_token_read_only", "token")
+    assert "write access" in error["message"] and token not in error["message"]
+    # The token set before stays, and with it where jobs may push.
+    assert api.store.get_integration("huggingface")["api_key"] == GOOD
+
+
+def test_a_token_set_before_the_box_kept_its_namespaces_is_checked_against_its_user_and_orgs(api, hub):
+    """What an older box stored at PUT: the user and its organizations' names, no roles. Every
+    organization counts (their roles are unknown); a stranger's namespace is refused."""
+    api.store.put_integration("huggingface", GOOD, hub.url, {"username": "alice", "orgs": ["veri-lab", "readers"]})
+    dataset, rf = api.dataset(), api.reward_function()
+    for repo in ("alice/m", "veri-lab/m", "readers/m"):
+        assert _submit(api, repo, dataset, rf).status_code == 200, repo
+    r = _submit(api, "someone-else/m", dataset, rf)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "hf_namespace_forbidden"
+    assert "it can write to: alice, veri-lab, readers." in r.json()["error"]["message"]
+
+
+def test_a_later_push_to_a_namespace_the_token_cannot_write_to_is_a_400(api, hub):
+    from veri_box.store import now
+
+    connect(api)
+    job_id = api.job(hyperparameters=LORA)["id"]
+    output = api.settings.data_dir / "jobs" / job_id / "output"  # as a trainer left it
+    output.mkdir(parents=True)
+    (output / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    api.store.transition_job(job_id, "completed", allowed_from=["queued"], completed_at=now())
+    for repo in ("someone-else/m", "readers/m"):
+        r = api.post(f"/v1/training_jobs/{job_id}/push", json={"repo": repo, "artifact": "adapter"})
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert (error["code"], error["param"]) == ("hf_namespace_forbidden", "repo")
+        assert "it can write to: alice, veri-lab, helpers, bosses." in error["message"]
+    # The later push's other 400s name the body's field as well (`repo`, not `repo.repo`).
+    r = api.post(f"/v1/training_jobs/{job_id}/push", json={"repo": "no-namespace", "artifact": "adapter"})
+    assert (r.json()["error"]["code"], r.json()["error"]["param"]) == ("invalid_value", "repo")
+    assert api.get(f"/v1/training_jobs/{job_id}").json()["hf_push"] is None
+    assert not [e for e in events(api, job_id) if e["event_type"].startswith("hf_push")]
+    assert "create_repo" not in hub.routes_called()
+
+    r = api.post(f"/v1/training_jobs/{job_id}/push", json={"repo": "veri-lab/m", "artifact": "adapter"})
+    assert r.status_code == 200 and r.json()["status"] == "pushing", r.text
+    deadline = time.monotonic() + 60
+    while api.store.get_job(job_id)["hf_push_state"]["status"] == "pushing" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert api.get(f"/v1/training_jobs/{job_id}").json()["hf_push"]["status"] == "completed"
+    assert set(hub.repos["veri-lab/m"].files) == {"adapter_config.json"}
 
 
 def test_push_later_needs_a_completed_job(api):
@@ -384,12 +521,17 @@ def test_a_failed_push_is_recorded_and_the_job_stays_completed(live, hub):
     assert 'data-hf-push="failed"' in page and "The Hub is having a bad day" in page
     assert 'id="hf-push-button"' in page and 'value="alice/tiny-grpo"' in page
 
-    # A namespace the token may not write to fails the push with the Hub's 403, named.
+    # A namespace the token may not write to is refused before the push starts; one it lost the
+    # rights to since the token was set (alice left veri-lab) fails the push with the Hub's 403, named.
     del hub.fail["commit"]
     r = live.post(f"/v1/training_jobs/{job_id}/push", json={"repo": "someone-else/m", "artifact": "adapter"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "hf_namespace_forbidden"
+    hub.orgs["alice"] = {o: role for o, role in ALICE_ORGS.items() if o != "veri-lab"}
+    r = live.post(f"/v1/training_jobs/{job_id}/push", json={"repo": "veri-lab/m", "artifact": "adapter"})
     assert r.status_code == 200
     job = push_ended(live, job_id)
-    assert job["hf_push"]["status"] == "failed" and "someone-else" in job["hf_push"]["error"]
+    assert job["hf_push"]["status"] == "failed" and "veri-lab" in job["hf_push"]["error"]
+    assert "403" in job["hf_push"]["error"]
 
     # The dashboard's form: a malformed repo is the API's 400 in the panel; a good one pushes.
     bad = web.post(f"/jobs/{job_id}/push", data={"repo": "no-namespace", "artifact": "adapter", "private": "true"})

@@ -13,12 +13,12 @@ from test_dashboard import Browser
 
 from veri_box.settings import Settings
 
-GOOD, BAD = "hf_good_token_0123456789", "hf_revoked_token_0123456789"
+GOOD, BAD, READ = "hf_good_token_0123456789", "hf_revoked_token_0123456789", "hf_read_token_0123456789"
 
 
 @pytest.fixture
 def hub(tmp_path: Path):
-    with HubStandIn(tmp_path / "hub", tokens={GOOD: "alice"}) as h:
+    with HubStandIn(tmp_path / "hub", tokens={GOOD: "alice", READ: "alice"}, roles={READ: "read"}) as h:
         yield h
 
 
@@ -35,6 +35,11 @@ def test_the_hugging_face_token_is_set_and_removed_from_the_settings_page(api, h
     r = web.post("/settings/huggingface", data={"token": BAD})
     assert r.status_code == 200 and 'data-code="hf_token_invalid"' in r.text
     assert BAD not in r.text and api.store.get_integration("huggingface") is None
+
+    # A read token: jobs could push nowhere with it, so it is refused as the API refuses it.
+    r = web.post("/settings/huggingface", data={"token": READ})
+    assert r.status_code == 200 and 'data-code="hf_token_read_only"' in r.text and "write access" in r.text
+    assert READ not in r.text and api.store.get_integration("huggingface") is None
 
     r = web.post("/settings/huggingface", data={"token": GOOD})
     assert r.status_code == 200 and "jobs can push to the Hub as alice" in r.text

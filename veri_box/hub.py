@@ -1,5 +1,6 @@
 """The Hugging Face Hub: the integration (a write token, checked against the Hub's whoami and
-never returned), `hf_push` on a job (checked at submit), and the push itself: when a job with
+never returned; whoami also says where it may push, kept with it), `hf_push` on a job (checked
+at submit, its namespace among those), and the push itself: when a job with
 hf_push completes, or when asked later (POST /v1/training_jobs/{job_id}/push), a background
 thread creates the repo and uploads the job's output folder as it is (model card, weights,
 tokenizer), recording hf_push_started, then hf_push_completed or hf_push_failed. A push never
@@ -43,6 +44,9 @@ REPO_ID = re.compile(rf"(?P<namespace>{_PART})/(?P<name>{_PART})")
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 120.0  # per read or write, not for a whole upload: weights take as long as they take
 REASON_CHARS = 2000
+# Organization roles that may create repos in the organization (the Hub's docs, "Access control in
+# organizations"): `contributor` creates repos and writes to those it created, `read` writes nothing.
+WRITE_ROLES = ("admin", "write", "contributor")
 
 
 class HuggingFaceSettings(msgspec.Struct, forbid_unknown_fields=True):
@@ -172,8 +176,54 @@ def whoami(settings: Settings, token: str) -> dict:
         ) from None
 
 
+def write_access(user: dict) -> dict:
+    """Where the token may push, from its whoami-v2: {"namespaces": [...], "repos": [...]}.
+
+    A classic token (auth.accessToken.role write or admin) writes where its user does: the
+    user's own namespace and each organization whose `roleInOrg` is not `read`. A read token
+    writes nowhere. A fine-grained token (role `fineGrained`) writes only where one of its
+    `fineGrained.scoped` entries grants `repo.write`: a user or organization entity (an
+    organization only if the user may write there too), or one repo. A role or org role the Hub
+    did not send (a private Hub may not) counts as write: the box refuses at submit only what it
+    knows the Hub would refuse at the end."""
+    name = user["name"]
+    token = (user.get("auth") or {}).get("accessToken") or {}
+    role = token.get("role")
+    org_roles = {
+        o["name"].casefold(): o.get("roleInOrg")
+        for o in user.get("orgs") or []
+        if isinstance(o, dict) and isinstance(o.get("name"), str)
+    }
+    orgs = [o["name"] for o in user.get("orgs") or [] if isinstance(o, dict) and isinstance(o.get("name"), str)]
+
+    def org_writable(org: str) -> bool:
+        return org_roles.get(org.casefold()) in (*WRITE_ROLES, None)
+
+    if role == "read":
+        return {"namespaces": [], "repos": []}
+    if role != "fineGrained":
+        return {"namespaces": [name, *(o for o in orgs if org_writable(o))], "repos": []}
+    namespaces: list[str] = []
+    repos: list[str] = []
+    for entry in (token.get("fineGrained") or {}).get("scoped") or []:
+        entity = entry.get("entity") if isinstance(entry, dict) else None
+        if not isinstance(entity, dict) or "repo.write" not in (entry.get("permissions") or []):
+            continue
+        kind, entity_name = entity.get("type"), entity.get("name")
+        if not isinstance(entity_name, str) or not entity_name:
+            continue
+        if kind == "user" and entity_name.casefold() == name.casefold():
+            namespaces.append(name)
+        elif kind == "org" and entity_name.casefold() in org_roles and org_writable(entity_name):
+            namespaces.append(entity_name)
+        elif kind not in ("user", "org", "dataset", "space") and "/" in entity_name:
+            repos.append(entity_name)  # a token scoped to single model repos
+    return {"namespaces": namespaces, "repos": repos}
+
+
 def put(store: Store, settings: Settings, body: HuggingFaceSettings) -> HuggingFaceIntegration:
-    """Store a token once the Hub has named its user; nothing is stored otherwise."""
+    """Store a token once the Hub has named its user, with where it may push (write_access: read
+    again each time the token is set); nothing is stored otherwise."""
     token = body.token.strip()
     if not token or any(c.isspace() for c in token):
         raise bad_request("invalid_value", "token must be a single Hugging Face token without spaces.", "token")
@@ -183,8 +233,18 @@ def put(store: Store, settings: Settings, body: HuggingFaceSettings) -> HuggingF
         raise bad_request(
             "hf_hub_unreachable", f"The Hub at {settings.hf_endpoint} answered whoami without a user name.", "token"
         )
+    access = write_access(user)
+    if not access["namespaces"] and not access["repos"]:
+        role = ((user.get("auth") or {}).get("accessToken") or {}).get("role")
+        raise bad_request(
+            "hf_token_read_only",
+            f"This token of {name} ({role or 'no role'}) cannot write to any repo on the Hub, so no job could "
+            "push with it: make a token with write access (or a fine-grained one with repo.write on your "
+            "namespace) at https://huggingface.co/settings/tokens and send it. Nothing was saved.",
+            "token",
+        )
     orgs = [o.get("name") for o in user.get("orgs") or [] if isinstance(o, dict) and isinstance(o.get("name"), str)]
-    options = {"username": name, "orgs": orgs}
+    options = {"username": name, "orgs": orgs, **access}
     return _to_api(store.put_integration(HUGGINGFACE, token, settings.hf_endpoint, options))
 
 
@@ -198,13 +258,19 @@ def delete(store: Store) -> HuggingFaceIntegration:
 
 def check_request(request: HfPush, store: Store, method: str, hyperparameters: dict, param: str = "hf_push") -> dict:
     """The push a job asks for, checked against the job (submit, or a later push): 400 when it
-    cannot work, before anything is stored. Returns it as the job row keeps it."""
-    if store.get_integration(HUGGINGFACE) is None:
+    cannot work, before anything is stored. Returns it as the job row keeps it. `param` is where
+    the push sits in the request: `hf_push` at submit, "" for a later push (its body is the push)."""
+
+    def field(name: str) -> str:
+        return f"{param}.{name}" if param else name
+
+    integration = store.get_integration(HUGGINGFACE)
+    if integration is None:
         raise bad_request(
             "integration_not_configured",
             "Pushing to the Hugging Face Hub needs a token: set it with PUT /v1/settings/integrations/huggingface "
             '{"token": "hf_..."} (veri hf set).',
-            param,
+            param or None,
         )
     repo = request.repo.strip()
     if not REPO_ID.fullmatch(repo) or "--" in repo or ".." in repo or repo.endswith(".git"):
@@ -212,24 +278,50 @@ def check_request(request: HfPush, store: Store, method: str, hyperparameters: d
             "invalid_value",
             f"'{request.repo}' is not a Hub repo id: send namespace/name (your user or organization, a slash, "
             "the model's name), with letters, digits, '-', '_' and '.' only.",
-            f"{param}.repo",
+            field("repo"),
         )
+    _check_namespace(repo, integration["options"] or {}, field("repo"))
     lora = bool(hyperparameters.get("lora_rank"))
     if request.artifact == "adapter" and not lora:
         raise bad_request(
             "hf_push_incompatible",
             "artifact 'adapter' needs a LoRA job (set hyperparameters.lora_rank); a full fine-tune's model is "
             "whole already: push it with artifact 'merged'.",
-            f"{param}.artifact",
+            field("artifact"),
         )
     if request.artifact == "merged" and method == "sft_video_gen":
         raise bad_request(
             "hf_push_incompatible",
             "A video job's LoRA loads into its diffusers pipeline (load_lora_weights) and is not merged: "
             "push it with artifact 'adapter'.",
-            f"{param}.artifact",
+            field("artifact"),
         )
     return {"repo": repo, "artifact": request.artifact, "private": request.private}
+
+
+def _check_namespace(repo: str, options: dict, param: str) -> None:
+    """400 `hf_namespace_forbidden` for a repo the token cannot write to, before a job trains for an
+    hour and its push fails at the end. What the token may write to is what the Hub's whoami said
+    when the token was set (put), so joining an organization, or a new role in one, counts once
+    the token is set again."""
+    username = options.get("username") or "?"
+    if "namespaces" in options:
+        namespaces, repos = list(options["namespaces"]), list(options.get("repos") or [])
+    else:  # a token set before the box kept its namespaces: the orgs' roles are unknown, all count
+        namespaces, repos = [username, *(options.get("orgs") or [])], []
+    namespace = repo.split("/", 1)[0]
+    if namespace.casefold() in {n.casefold() for n in namespaces} or repo.casefold() in {r.casefold() for r in repos}:
+        return
+    can = ", ".join([*namespaces, *repos]) or "nothing"
+    raise bad_request(
+        "hf_namespace_forbidden",
+        f"The Hugging Face token (user {username}) cannot write to the namespace '{namespace}'; it can write to: "
+        f"{can}. Push to one of those, or get write rights on '{namespace}' (a write, contributor or admin role "
+        "in the organization, or repo.write on it for a fine-grained token) and set the token again "
+        "(PUT /v1/settings/integrations/huggingface, veri hf set): the box reads where a token may write from "
+        "the Hub when the token is set. Nothing was stored.",
+        param,
+    )
 
 
 def waiting_state() -> dict:
@@ -279,7 +371,7 @@ def push_later(box: Any, job_id: str, request: HfPush) -> HfPushState:
             "job_not_completed",
             f"Job {job_id} is {job['status']}; only a completed job's model can be pushed to the Hub.",
         )
-    asked = check_request(request, store, job["method"], job["hyperparameters"], param="repo")
+    asked = check_request(request, store, job["method"], job["hyperparameters"], param="")
     started = start(box, job_id, asked)
     if started is None:
         raise conflict("hf_push_in_progress", f"Job {job_id} is being pushed already; wait for its hf_push_completed.")
