@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import Api, finished
+from conftest import Api, finished, run_until
 from test_grpo import grpo_job
 
 from trainers import trackers
@@ -74,6 +74,21 @@ def wandb_run(job_dir: Path) -> dict:
             history.setdefault(row["_step"], {}).update(row)
     assert run is not None
     return {"id": run.run_id, "name": run.display_name, "project": run.project, "entity": run.entity}, config, history
+
+
+def wandb_end(job_dir: Path) -> dict:
+    """How the run ended, as `wandb sync` reports it to W&B: the exit record's code (0 is the
+    Finished state, anything else Failed), the run's last tags, and its summary."""
+    exits, tags, summary = [], [], {}
+    for record in wandb_records(job_dir):
+        kind = record.WhichOneof("record_type")
+        if kind == "exit":
+            exits.append(record.exit.exit_code)
+        elif kind == "run":
+            tags = list(record.run.tags)
+        elif kind == "summary":
+            summary.update({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in record.summary.update})
+    return {"exit_codes": exits, "tags": tags, "summary": summary}
 
 
 def tensorboard_events(job_dir: Path):
@@ -189,6 +204,8 @@ def test_grpo_job_logs_metrics_rollouts_and_config_to_wandb_and_tensorboard(box:
     assert len(table["data"]) == len(samples) == 32
     assert {row[3] for row in table["data"]} == {s["completion"] for s in samples}
 
+    assert wandb_end(job_dir)["exit_codes"] == [0] and wandb_end(job_dir)["tags"] == []  # Finished
+
     events = tensorboard_events(job_dir)
     assert keys <= set(events.Tags()["scalars"])
     assert {e.step: e.value for e in events.Scalars("reward")} == pytest.approx(reward)
@@ -211,6 +228,76 @@ def test_grpo_job_logs_metrics_rollouts_and_config_to_wandb_and_tensorboard(box:
 
     page = Browser(box).get(f"/jobs/{job_id}").text
     assert f'id="wandb-run" href="{job["wandb_run_url"]}"' in page and 'id="tensorboard-note"' in page
+
+
+def test_a_cancelled_job_ends_its_wandb_run_finished_and_tagged_stopped(box: Api, tiny_model: Path):
+    """A cancel is SIGTERM, save and stop: W&B shows the run Finished (exit code 0), tagged
+    `stopped` with the step it stopped at, not Failed as a crash would be."""
+    from test_grpo import cpu_available
+
+    r = box.put(ROUTE, json={"api_key": KEY, "project": "veri-box-tests", "mode": "offline"})
+    assert r.status_code == 200, r.text
+    job_id = grpo_job(box, tiny_model, max_steps=200)
+    run_until(box, lambda: (box.store.get_job(job_id)["current_step"] or 0) >= 2, timeout=300)
+    r = box.post(f"/v1/training_jobs/{job_id}/cancel")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+    run_until(box, lambda: cpu_available(box) == 1, timeout=60)  # the trainer has exited
+    job = box.get(f"/v1/training_jobs/{job_id}").json()
+    log = box.get(f"/v1/training_jobs/{job_id}/logs/full").text
+    assert job["status"] == "cancelled" and f"stopped on SIGTERM at step {job['current_step']}" in log, log[-3000:]
+
+    end = wandb_end(paths.job_dir(box.settings.data_dir, job_id))
+    assert end["exit_codes"] == [0], (end, log[-3000:])
+    assert end["tags"] == ["stopped"]
+    assert end["summary"]["stopped_at_step"] == job["current_step"]
+
+
+@pytest.mark.parametrize(
+    "end, exit_code, tags",
+    [
+        ("stopped", 0, ["stopped"]),  # SIGTERM, saved, the `interrupted` error: Finished
+        ("failed", 1, []),  # a trainer error: Failed
+        ("stopped_then_crashed", 1, []),  # SIGTERM, then an exception nobody caught: a crash
+    ],
+)
+def test_how_a_trainer_ends_is_how_its_wandb_run_ends(tmp_path: Path, end, exit_code, tags):
+    """Through trainers.progress.run as every trainer's main(), with a real offline W&B run:
+    only a stop on SIGTERM that went as asked is Finished."""
+    script = f"""
+import os, signal, sys
+sys.path.insert(0, {str(REPO)!r})
+from trainers.contract import DatasetConfig, Devices, JobConfig, WandbConfig, write_config
+from trainers.errors import TrainerError
+from trainers import progress, trackers
+job_dir = {str(tmp_path)!r}
+config = JobConfig(
+    job_id="job_x", method="grpo", trainer=None, base_model="m", output_name="o",
+    dataset=DatasetConfig("ds", "prompt_only", ["prompt"], 1, "/nowhere"), reward_functions=[],
+    environments=None, openreward=None, hyperparameters={{}}, seed=0, devices=Devices("cpu", 1, []),
+    job_dir=job_dir, output_dir=job_dir + "/output", models_dir="/nowhere", checkpoints_dir=job_dir + "/c",
+    wandb=WandbConfig(api_key={KEY!r}, project="p", mode="offline"),
+)
+write_config(job_dir, config)
+
+def train(config, reported):
+    reported = trackers.attach(config, reported)
+    reported.started(total_steps=5)
+    for step in (1, 2):
+        reported.metrics(step, {{"loss": 1.0 / step}})
+    if {end!r}.startswith("stopped"):
+        os.kill(os.getpid(), signal.SIGTERM)
+    if {end!r} == "stopped_then_crashed":
+        raise OSError("No space left on device")
+    code = "interrupted" if {end!r} == "stopped" else "reward_failed"
+    raise TrainerError(code, "the end")
+
+sys.exit(progress.run(job_dir, train))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    ended = wandb_end(tmp_path)
+    assert (ended["exit_codes"], ended["tags"]) == ([exit_code], tags), (ended, done.stdout + done.stderr)
+    assert ended["summary"].get("stopped_at_step") == (2 if tags else None)
 
 
 def test_a_job_without_wandb_still_writes_tensorboard(box: Api, tiny_model: Path):

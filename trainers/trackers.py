@@ -12,7 +12,9 @@ the trackers too, so the GRPO and video trainers share one hook and neither know
   its config (never the key), every metric, and the GRPO rollouts as a `wandb.Table` (validation
   clips as `wandb.Video`) at the same interval. Its files are kept in JOB_DIR/wandb/; an
   offline-mode run stays there until `wandb sync`. The run's URL reaches the server in the
-  `running` event's metadata (`wandb_run_url`).
+  `running` event's metadata (`wandb_run_url`). A run ends Finished when training did, Failed
+  when it failed, and a job stopped on SIGTERM (a cancel: save and stop) ends Finished too,
+  tagged `stopped`, with `stopped_at_step` in its summary: it did what it was asked.
 
 A tracker is never a reason to fail training: a package that is not installed, or a W&B that
 refuses the key or cannot be reached, is one warning in train.log (and for W&B a `wandb_failed`
@@ -27,11 +29,12 @@ import atexit
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from trainers.contract import JobConfig, WandbConfig
-from trainers.progress import Progress, log
+from trainers.progress import Progress, log, stop_requested
 
 TENSORBOARD_DIR = "tensorboard"
 WANDB_DIR = "wandb"  # W&B's own files: wandb.init(dir=JOB_DIR) puts its runs in JOB_DIR/wandb/
@@ -39,6 +42,8 @@ ROLLOUT_EVERY = 10  # steps between rollout tables (and at the last step): a tab
 ROLLOUT_ROWS = 64  # rows per table, as many as the dashboard's samples per step
 TEXT_CHARS = 2000  # of a prompt or completion in a table cell
 DEFAULT_APP_URL = "https://wandb.ai"
+STOPPED = "interrupted"  # the error code of a trainer that saved and stopped on SIGTERM
+STOPPED_TAG = "stopped"
 WANDB_KEY_VAR = "VERI_BOX_WANDB_API_KEY"  # veri_box/remote.py sets it for a trainer on a rented instance
 
 
@@ -101,10 +106,11 @@ class Tracked:
         self._job_dir = Path(config.job_dir)
         self._pending: list[tuple[int, dict]] = []  # rollouts not yet in a table
         self._last_table: int | None = None
+        self._step: int | None = None  # the last step with metrics
         self._closed = False
         self.tensorboard = _TensorBoard.open(self._job_dir, config)
         self.wandb = _Wandb.open(config, progress) if config.wandb else None
-        atexit.register(self.close, 1)  # a crash still flushes what was logged, and marks the run failed
+        atexit.register(self._exit)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._progress, name)
@@ -116,6 +122,7 @@ class Tracked:
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
         self._progress.metrics(step, values)
+        self._step = step
         self._next_step(step)
         numbers = {str(k): float(v) for k, v in values.items() if _finite(v)}
         if not numbers:
@@ -136,16 +143,28 @@ class Tracked:
         self._progress.completed(**metadata)
 
     def error(self, code: str, message: str) -> None:
-        self.close(1)
+        # SIGTERM is the box asking to save and stop, nearly always a user's cancel: the trainer
+        # did as asked, so W&B must not list the run among the Failed ones (exit code != 0). It
+        # cannot tell a cancel from, say, a Slurm time limit, so the mark is `stopped`: what it knows.
+        self.close(0, stopped=True) if code == STOPPED and stop_requested() else self.close(1)
         self._progress.error(code, message)
 
-    def close(self, exit_code: int = 0) -> None:
+    def _exit(self) -> None:
+        """At exit without completed(): the trainer failed or crashed (the run Failed, with what was
+        logged flushed), or it stopped on SIGTERM as asked (progress.run writes the `interrupted`
+        error to the plain Progress, not here). An exception nobody caught is a crash even then."""
+        crashed = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)  # set when one was
+        self.close(0, stopped=True) if stop_requested() and not crashed else self.close(1)
+
+    def close(self, exit_code: int = 0, stopped: bool = False) -> None:
         """The last rollout table, then each tracker flushed and closed (once)."""
         if self._closed:
             return
         self._closed = True
         self._flush_rollouts()
         for tracker in self._trackers():
+            if stopped:
+                tracker.guarded("stopped", tracker.stopped, self._step)
             tracker.guarded("close", tracker.close, exit_code)
 
     def _trackers(self) -> list[Any]:
@@ -212,6 +231,8 @@ class _Tracker:
     def metrics(self, step: int, values: dict[str, float]) -> None: ...
 
     def rollouts(self, step: int, rows: list[list[Any]]) -> None: ...
+
+    def stopped(self, step: int | None) -> None: ...
 
     def close(self, exit_code: int) -> None: ...
 
@@ -323,6 +344,13 @@ class _Wandb(_Tracker):
     def video(self, step: int, path: Path, caption: str) -> None:
         if path.is_file():
             self.run.log({"validation": self.wb.Video(str(path), caption=caption[:TEXT_CHARS])}, step=step)
+
+    def stopped(self, step: int | None) -> None:
+        """Marks a run that stopped on request: W&B's states have none for it (Killed is only
+        W&B's own stop), so a tag to filter by and, in the summary, the step it stopped at."""
+        self.run.tags = (*self.run.tags, STOPPED_TAG)
+        if step is not None:
+            self.run.summary["stopped_at_step"] = step
 
     def close(self, exit_code: int) -> None:
         self.run.finish(exit_code=exit_code)
