@@ -2,11 +2,12 @@
 here: the sandbox binds the device nodes there are, none).
 
 Real vLLM needs a CUDA GPU, which this machine lacks, so the trainers' PYTHONPATH of this test
-box holds tests/vllm_standin: a stand-in for vLLM's OpenAI server process, written from vLLM
-0.31.0's source (its flags, socket, /health, errors), that rejects flags vLLM does not have.
-Everything of ours is real: the engine choice, trainers/serve_vllm.py in the sandbox, the
-proxy, the official `openai` client. One test, skipped unless a real vLLM is importable, checks
-the argv serve_vllm builds with vLLM's own argument parser.
+box holds tests/vllm_standin: a stand-in for `vllm serve` (vLLM's OpenAI server), written from
+vLLM 0.31.0's source (its flags, socket, /health, answers, errors), that rejects flags vLLM does
+not have. Everything of ours is real: the engine choice, trainers/serve_vllm.py in the sandbox,
+the proxy, the official `openai` client. One test, skipped unless a real vLLM is importable (it
+imports on a CPU machine: REAL_VLLM_PYTHON=/path/to/its/python), runs the argv serve_vllm
+builds through vLLM's own `vllm serve` up to where the engine would start.
 
 Also here: placement is FIFO across jobs and deployments of a device type (the cpu pool)."""
 
@@ -92,10 +93,10 @@ def test_a_gpu_deployment_runs_on_vllm_with_the_jobs_lora_and_speaks_openai(box:
     output = box.data_dir / "jobs" / job / "output"
     rank = json.loads((output / "adapter_config.json").read_text())["r"]
     argv = argv_of(box, dep["id"])
-    model_dir = argv[argv.index("--model") + 1]
+    model_dir = argv[1]
     assert Path(model_dir, "config.json").is_file()
     assert argv == [
-        "--model",
+        "serve",
         model_dir,
         "--served-model-name",
         "veri-box/tiny-lm",
@@ -106,7 +107,7 @@ def test_a_gpu_deployment_runs_on_vllm_with_the_jobs_lora_and_speaks_openai(box:
         "--disable-uvicorn-access-log",
         "--enable-lora",
         "--lora-modules",
-        f"trained={output}",
+        json.dumps({"name": "trained", "path": str(output), "base_model_name": "veri-box/tiny-lm"}),
         "--max-lora-rank",
         str(next(r for r in (1, 8, 16, 32, 64, 128, 256, 320, 512) if r >= rank)),
     ]
@@ -139,7 +140,7 @@ def test_a_gpu_deployment_runs_on_vllm_with_the_jobs_lora_and_speaks_openai(box:
     url = f"/v1/deployments/{dep['id']}/chat/completions"
     openai_error(client.post(url, json={"messages": HELLO, "temperature": 5}), 400, "temperature")
     past = openai_error(client.post(url, json={"messages": HELLO, "max_tokens": 4000}), 400, "max_tokens")
-    assert past["code"] == "invalid_request" and "maximum context length" in past["message"], past
+    assert past["code"] == "invalid_request" and "cannot be greater than max_model_len" in past["message"], past
     with pytest.raises(openai.BadRequestError):
         oa.chat.completions.create(model="s", messages=HELLO, max_tokens=4000)
     assert client.get(f"/v1/deployments/{dep['id']}").json()["total_requests"] == 1 + 2 + 1 + 2
@@ -210,29 +211,55 @@ def _real_vllm() -> str | None:
     return None
 
 
-def test_vllms_own_parser_accepts_the_command_serve_vllm_builds(tmp_path: Path):
+def test_vllms_own_serve_accepts_the_command_serve_vllm_builds(tmp_path: Path):
+    """`vllm serve` of the real vLLM, run as serve_vllm runs it (runpy of the module in its argv),
+    its whole launch path but the engine: the CLI's parser and checks, ServeSubcommand.cmd (one
+    API server, in this process), run_server's setup_server (its checks, the socket bound). Only
+    run_server_worker, which would start the engine, is swapped for one that reports what it got,
+    through vLLM's AsyncEngineArgs.from_cli_args as the real one takes it."""
     python = _real_vllm()
     if python is None:
         pytest.skip("needs a real vLLM (./install.sh --vllm, or REAL_VLLM_PYTHON=/path/to/python)")
-    adapter = tmp_path / "adapter"
+    # A comma in the adapter's path: vLLM reads such a --lora-modules item as JSON, never as name=path.
+    adapter, full = tmp_path / "lora, r12", tmp_path / "full"
     adapter.mkdir()
-    (adapter / "adapter_config.json").write_text(json.dumps({"r": 8, "peft_type": "LORA"}))
+    full.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 12, "peft_type": "LORA"}))
+    configs = [
+        {"base_model": "org/base", "adapter_dir": str(adapter), "served_model": "trained", "lora_name": "trained",
+         "tensor_parallel_size": 2},
+        {"base_model": "org/base", "adapter_dir": str(full), "served_model": "trained", "lora_name": "trained"},
+        {"base_model": "org/base", "adapter_dir": None, "served_model": "org/base", "lora_name": "trained"},
+    ]  # fmt: skip
     script = f"""
-import json, sys
+import json, os, runpy, sys
 sys.path.insert(0, {str(REPO)!r})
 from trainers import serve_vllm
-from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
-from vllm.utils.argparse_utils import FlexibleArgumentParser
-config = {{"base_model": "org/base", "adapter_dir": {str(adapter)!r}, "served_model": "trained",
-          "lora_name": "trained", "tensor_parallel_size": 2}}
-args = make_arg_parser(FlexibleArgumentParser()).parse_args(serve_vllm.command(config, "/models/base")[3:])
-validate_parsed_serve_args(args)
-print(json.dumps([args.model, args.served_model_name, args.uds, args.tensor_parallel_size, args.enable_lora,
-                  [[m.name, m.path] for m in args.lora_modules], args.max_lora_rank]))
+import vllm.entrypoints.launchers.api_server.entry as entry
+from vllm.engine.arg_utils import AsyncEngineArgs
+
+async def engine_would_start(listen_address, sock, args, **kwargs):
+    engine = AsyncEngineArgs.from_cli_args(args)
+    modules = [[m.name, m.path, m.base_model_name] for m in args.lora_modules or []]
+    print(json.dumps([listen_address, sock.getsockname(), args.api_server_count, engine.model,
+                      engine.served_model_name, engine.tensor_parallel_size, engine.enable_lora,
+                      engine.max_lora_rank, modules]))
+    sock.close()
+
+entry.run_server_worker = engine_would_start
+for config in json.loads({json.dumps(configs)!r}):
+    argv = serve_vllm.command(config, "/models/base")
+    assert argv[:2] == [sys.executable, "-m"], argv
+    sys.argv = argv[2:]
+    runpy.run_module(argv[2], run_name="__main__", alter_sys=True)
+    os.unlink(serve_vllm.SOCKET)
 """
-    # VLLM_TARGET_DEVICE=cpu: building vLLM's parser instantiates its configs, which need a platform.
+    # VLLM_TARGET_DEVICE=cpu: vLLM's engine arguments need a platform, and this machine has no GPU.
     env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu"}
-    done = subprocess.run([python, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run([python, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    parsed = json.loads(done.stdout.strip().splitlines()[-1])
-    assert parsed == ["/models/base", ["org/base"], "serve.sock", 2, True, [["trained", str(adapter)]], 8]
+    lora, whole, base = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("[")]
+    unix = ["unix:serve.sock", "serve.sock", None]  # one API server, in vLLM's process, on the socket
+    assert lora == [*unix, "/models/base", ["org/base"], 2, True, 16, [["trained", str(adapter), "org/base"]]]
+    assert whole == [*unix, str(full), ["trained"], 1, None, 16, []]
+    assert base == [*unix, "/models/base", ["org/base"], 1, None, 16, []]

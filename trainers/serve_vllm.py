@@ -1,12 +1,14 @@
 """The serving process of a deployment on vLLM: `python -m trainers.serve_vllm DEPLOYMENT_DIR`.
 
 The box starts it as it starts trainers/serve.py (the same sandbox, the same folder, the same
-`serve.json`, the same `ready` file) when the deployment's engine is vLLM. It runs vLLM's own
-OpenAI-compatible server (`python -m vllm.entrypoints.openai.api_server`) as its child, on the
-unix socket the box proxies to (`serve.sock`: vLLM's `--uds`), and the box speaks OpenAI to it:
-`/v1/chat/completions`, `/health`. A job's LoRA adapter is served by vLLM itself beside its
-base (`--enable-lora --lora-modules trained=ADAPTER`, its rank from adapter_config.json), a
-full fine-tune as the model; the deployment's devices are one tensor-parallel group.
+`serve.json`, the same `ready` file) when the deployment's engine is vLLM. It runs `vllm serve`
+(vLLM's OpenAI-compatible server, through the module its `vllm` script runs, with this
+interpreter) as its child, on the unix socket the box proxies to (`serve.sock`: vLLM's `--uds`),
+and the box speaks OpenAI to it: `/v1/chat/completions`, `/health`. A job's LoRA adapter is
+served by vLLM itself beside its base (`--enable-lora --lora-modules` with the adapter as JSON,
+its rank from adapter_config.json), a full fine-tune as the model; the deployment's devices are
+one tensor-parallel group. tests/test_deployments_vllm.py runs this argv through vLLM 0.31.0's
+own `vllm serve` up to where the engine would start.
 
 vLLM binds the socket before it loads the model, so the socket's existence says nothing: ready
 is /health answering 200. SIGTERM is passed to vLLM and this process exits with its code; when
@@ -30,7 +32,9 @@ import time
 from pathlib import Path
 
 SOCKET, READY, CONFIG, LOG = "serve.sock", "ready", "serve.json", "serve.log"
-SERVER = "vllm.entrypoints.openai.api_server"
+# `vllm serve` (vllm/entrypoints/cli/main.py is its console script's target). vLLM 0.31 deprecates
+# `python -m vllm.entrypoints.openai.api_server` ("may be removed in a future release").
+SERVER = ("vllm.entrypoints.cli.main", "serve")
 # vLLM 0.31's --max-lora-rank takes one of these (vllm/config/lora.py, MaxLoRARanks).
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 # What vLLM (or torch under it) prints when the model or its KV cache does not fit, and what to say.
@@ -51,9 +55,8 @@ def command(config: dict, model_dir: str) -> list[str]:
     argv = [
         sys.executable,
         "-m",
-        SERVER,
-        "--model",
-        str(adapter) if adapter is not None and not lora else model_dir,
+        *SERVER,
+        str(adapter) if adapter is not None and not lora else model_dir,  # `vllm serve MODEL`: first
         "--served-model-name",
         config["served_model"] if adapter is None or not lora else config["base_model"],
         "--uds",
@@ -63,8 +66,11 @@ def command(config: dict, model_dir: str) -> list[str]:
         "--disable-uvicorn-access-log",  # the box logs requests
     ]
     if lora:
+        # JSON, not `name=path`: vLLM reads an item with a comma as JSON, so a path with one would
+        # fail as `name=path`; base_model_name makes /v1/models name the base as the adapter's parent.
         name = config.get("lora_name") or "trained"
-        argv += ["--enable-lora", "--lora-modules", f"{name}={adapter}", "--max-lora-rank", str(lora_rank(adapter))]
+        module = json.dumps({"name": name, "path": str(adapter), "base_model_name": config["base_model"]})
+        argv += ["--enable-lora", "--lora-modules", module, "--max-lora-rank", str(lora_rank(adapter))]
     return argv
 
 
