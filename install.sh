@@ -54,7 +54,17 @@ fi
 # moves transformers to such a version. About 1.5 minutes and 5.8 GB with its CUDA libraries.
 # Never in --dev: the CI machines have no GPU, and the tests use a stand-in (tests/vllm_standin).
 if [ "$vllm" = 1 ]; then
-  torch_now=$(.venv/bin/python -c 'import torch; print(torch.__version__.split("+")[0])')
+  torch_build=$(.venv/bin/python -c 'import torch; print(torch.__version__)')
+  # vLLM's wheels are CUDA builds, and beside a CPU torch pip adds CUDA torchvision/torchaudio
+  # wheels that do not load against it, which breaks transformers' imports: refuse, change nothing.
+  case "$torch_build" in
+    *+cpu*)
+      echo "install.sh: vLLM not installed: its wheels need a CUDA build of torch 2.13.0 and this .venv has" \
+        "torch $torch_build. On a GPU machine remove .venv and run ./install.sh --vllm again where pip takes" \
+        "the CUDA build (PyPI's default on Linux, or TORCH_SPEC naming one)." >&2
+      exit 1 ;;
+  esac
+  torch_now=${torch_build%%+*}
   echo "==> installing vllm==0.31.0 (keeping torch $torch_now)"
   [ "$torch_now" = 2.13.0 ] || echo "install.sh: vllm 0.31.0 needs torch 2.13.0; pip will replace torch $torch_now" >&2
   "${pip[@]}" "vllm==0.31.0" "torch==2.13.0"
