@@ -262,7 +262,9 @@ def test_joining_an_organization_counts_once_the_token_is_set_again(api, hub):
     hub.orgs["alice"] = {**ALICE_ORGS, "new-lab": "write"}  # alice joins new-lab on the Hub
     r = _submit(api, "new-lab/m", dataset, rf)
     assert r.status_code == 400 and r.json()["error"]["code"] == "hf_namespace_forbidden"
+    assert "new-lab" not in api.get(SETTINGS_URL).json()["can_push_to"]
     connect(api)  # the same token, set again: whoami is read again
+    assert api.get(SETTINGS_URL).json()["can_push_to"] == ["alice", "veri-lab", "helpers", "bosses", "new-lab"]
     assert _submit(api, "new-lab/m", dataset, rf).status_code == 200
     hub.orgs["alice"] = {**ALICE_ORGS, "new-lab": "read"}  # and demoted to read there
     connect(api)
@@ -298,6 +300,7 @@ def test_a_token_set_before_the_box_kept_its_namespaces_is_checked_against_its_u
     """What an older box stored at PUT: the user and its organizations' names, no roles. Every
     organization counts (their roles are unknown); a stranger's namespace is refused."""
     api.store.put_integration("huggingface", GOOD, hub.url, {"username": "alice", "orgs": ["veri-lab", "readers"]})
+    assert api.get(SETTINGS_URL).json()["can_push_to"] is None  # not known until the token is set again
     dataset, rf = api.dataset(), api.reward_function()
     for repo in ("alice/m", "veri-lab/m", "readers/m"):
         assert _submit(api, repo, dataset, rf).status_code == 200, repo

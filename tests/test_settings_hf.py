@@ -47,6 +47,7 @@ def test_the_hugging_face_token_is_set_and_removed_from_the_settings_page(api, h
     assert api.get("/v1/settings/integrations/huggingface").json()["username"] == "alice"
     page = web.get("/settings").text
     assert 'id="hf-configured"' in page and "<code>alice</code>" in page and GOOD not in page
+    assert 'id="hf-can-push">Jobs may push to: <code>alice</code> (' in page  # where jobs may push
 
     r = web.post("/settings/huggingface/delete")
     assert r.status_code == 200 and "Hugging Face token removed." in r.text

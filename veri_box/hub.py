@@ -54,11 +54,14 @@ class HuggingFaceSettings(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class HuggingFaceIntegration(msgspec.Struct):
-    """What `veri hf status` shows: {configured, username}; never the token."""
+    """What `veri hf status` shows: {configured, username}; never the token. `can_push_to`: the
+    namespaces (and single repos, for a fine-grained token) jobs may push to, as the Hub's whoami
+    said when the token was set; None for a token set before the box kept them."""
 
     configured: bool
     username: str | None
     updated_at: str | None
+    can_push_to: list[str] | None = None
     provider: str = HUGGINGFACE
     object: str = "integration"
 
@@ -137,8 +140,12 @@ def _reason(exc: BaseException, token: str | None = None) -> str:
 def _to_api(row: dict | None) -> HuggingFaceIntegration:
     if row is None:
         return HuggingFaceIntegration(configured=False, username=None, updated_at=None)
+    options = row["options"] or {}
     return HuggingFaceIntegration(
-        configured=True, username=(row["options"] or {}).get("username"), updated_at=row["updated_at"]
+        configured=True,
+        username=options.get("username"),
+        updated_at=row["updated_at"],
+        can_push_to=[*options["namespaces"], *options.get("repos", [])] if "namespaces" in options else None,
     )
 
 
