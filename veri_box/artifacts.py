@@ -9,6 +9,7 @@ from __future__ import annotations
 import mimetypes
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -25,8 +26,8 @@ from . import paths
 from .auth import Signer
 from .errors import ApiError, bad_request
 from .settings import Settings
-from .statuses import JobStatus
-from .store import Store
+from .statuses import TERMINAL, JobStatus
+from .store import Store, now, seconds_between
 
 
 class ModelFile(msgspec.Struct):
@@ -122,6 +123,52 @@ def dir_size(path: Path) -> int:
 def job_size(settings: Settings, job_id: str) -> int:
     """What a job takes on disk: what DELETE /v1/training_jobs/{id} frees."""
     return dir_size(paths.job_dir(settings.data_dir, job_id))
+
+
+# How often the jobs list walks a live job's folder (it refreshes every 2 s while one is live):
+# a running job's size may be this old. A finished job's is measured once and kept until its
+# folder changes (see listed_sizes).
+LIVE_SIZE_S = 10.0
+# A folder changed this recently is walked whatever its key: file times are kept to a clock tick,
+# so a change in the same tick as the stat before a walk would leave the key as it was.
+RACY_S = 2.0
+
+
+def listed_sizes(settings: Settings, store: Store, jobs: list[dict]) -> dict[str, int]:
+    """What each listed job takes on disk, without walking every folder on every render (a job
+    with checkpoints holds thousands of files; this was most of the list's time). A finished
+    job's size is measured once and kept while its key holds: the job's latest event (a merge
+    records its start and end) and the folder's own mtime (an entry added, removed or renamed in
+    it: merged/ moved in, model.tar.gz replaced). A job still live
+    (running, its trainer stopping, a merge writing) is measured again once its size is
+    LIVE_SIZE_S old. The job page measures its one job afresh."""
+    from . import merges  # merges imports jobs, which imports this module
+
+    seqs = store.last_event_seqs([j["id"] for j in jobs])
+    stamp = now()
+    sizes = {}
+    for job in jobs:
+        job_dir = paths.job_dir(settings.data_dir, job["id"])
+        key = None
+        if job["status"] in TERMINAL and job["devices"] is None and not merges.merging(settings, job["id"]):
+            try:
+                mtime = job_dir.stat().st_mtime_ns
+            except OSError:
+                key = f"{seqs.get(job['id'], 0)}/gone"
+            else:
+                if time.time() - mtime / 1e9 >= RACY_S:
+                    key = f"{seqs.get(job['id'], 0)}/{mtime}"
+            reuse = key is not None and job["disk_bytes_key"] == key
+        else:
+            age = seconds_between(job["disk_bytes_at"], stamp)
+            reuse = job["disk_bytes_key"] is None and age is not None and age < LIVE_SIZE_S
+        if reuse and job["disk_bytes"] is not None:
+            sizes[job["id"]] = job["disk_bytes"]
+            continue
+        # The key was read before the walk: a change during it makes the next render walk again.
+        sizes[job["id"]] = dir_size(job_dir)
+        store.set_disk_size(job["id"], sizes[job["id"]], key)
+    return sizes
 
 
 def load_snippet(job: dict, merged: bool = False) -> str:

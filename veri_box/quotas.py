@@ -28,7 +28,7 @@ from msgspec import Meta
 
 from .errors import ApiError, not_found
 from .placement import Placement
-from .store import Store, now, seconds_between
+from .store import Store, now
 
 DEFAULT, BOX = "default", "box"
 LIMITS = ("max_running_jobs", "max_gpus", "monthly_spend_usd")
@@ -93,13 +93,7 @@ def spend(store: Store, key_id: str | None) -> float:
     """USD of cloud instances this month: a key's jobs' (every key's when None). An instance is
     billed from launch to termination (or now); only the part inside this month counts."""
     start, _ = month_bounds()
-    stamp = now()
-    total = 0.0
-    for inst in store.instances_of_key(key_id, start):
-        begin = max(inst["launched_at"], start)
-        hours = (seconds_between(begin, inst["terminated_at"] or stamp) or 0.0) / 3600
-        total += max(hours, 0.0) * (inst["price_per_hr"] or 0.0)
-    return round(total, 4)
+    return round(store.instances_spend_usd(key_id, start, now()), 4)
 
 
 # -- limits and usage ---------------------------------------------------------------------------

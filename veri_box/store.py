@@ -410,6 +410,21 @@ def m014_evaluations(db: Database) -> None:
     )
 
 
+@migrations()
+def m015_job_disk_size(db: Database) -> None:
+    """What a job's folder takes on disk, as the jobs list last measured it (veri_box/artifacts.py,
+    listed_sizes): disk_bytes at disk_bytes_at; disk_bytes_key says what the folder looked like then
+    (its last event and its own mtime) when it was measured after the job ended, NULL when the job
+    was live (then only its age tells whether to measure again)."""
+    db.executescript(
+        """
+        ALTER TABLE jobs ADD COLUMN disk_bytes INTEGER;
+        ALTER TABLE jobs ADD COLUMN disk_bytes_at TEXT;
+        ALTER TABLE jobs ADD COLUMN disk_bytes_key TEXT;
+        """
+    )
+
+
 JSON_COLUMNS = {
     "evaluations": ("request", "result", "error"),
     "deployments": ("gpu_requested", "gpu", "devices", "events"),
@@ -457,6 +472,13 @@ def seconds_between(start: str | None, end: str) -> float | None:
     if not start:
         return None
     return max(stamp_seconds(end) - stamp_seconds(start), 0.0)
+
+
+def _jd_ms(stamp_sql: str) -> str:
+    """SQL for a stamp as whole milliseconds (of the Julian day count): SQLite keeps a time as
+    integer ms and julianday() divides them into a double (off by up to 40 us); rounding undoes
+    that, so each span is exact to the millisecond, as the stamps are."""
+    return f"round(julianday({stamp_sql}) * 86400000.0)"
 
 
 def new_id(prefix: str = "") -> str:
@@ -740,6 +762,22 @@ class Store:
             where.append("method = ?")
             params.append(method)
         return self._page("jobs", where, params, limit, after)
+
+    def last_event_seqs(self, job_ids: list[str]) -> dict[str, int]:
+        """Each job's latest event seq (one index seek per job)."""
+        out = {}
+        for job_id in job_ids:
+            row = self.db.execute("SELECT max(seq) FROM events WHERE job_id = ?", [job_id]).fetchone()
+            if row[0] is not None:
+                out[job_id] = row[0]
+        return out
+
+    def set_disk_size(self, job_id: str, size: int, key: str | None) -> None:
+        """Record what the job's folder measured (m015); not a status change, so not the runner's."""
+        self.db.execute(
+            "UPDATE jobs SET disk_bytes = ?, disk_bytes_at = ?, disk_bytes_key = ? WHERE id = ?",
+            [size, now(), key, job_id],
+        )
 
     def jobs_with_status(self, *statuses: str) -> list[dict]:
         marks = ",".join("?" * len(statuses))
@@ -1276,17 +1314,21 @@ class Store:
             "SELECT * FROM jobs WHERE devices IS NOT NULL AND created_by = ? ORDER BY rowid", [key_id], "jobs"
         )
 
-    def instances_of_key(self, key_id: str | None, since: str) -> list[dict]:
-        """Instances of a key's jobs (every key's when None) that ran at any time since `since`."""
+    def instances_spend_usd(self, key_id: str | None, since: str, until: str) -> float:
+        """USD of the instances of a key's jobs (every key's when None) between `since` and `until`:
+        each billed from launch (or `since`) to termination (or `until`) at its price, summed here
+        rather than row by row in Python (a month of a busy box is thousands of instances)."""
+        begin, end = _jd_ms("max(i.launched_at, :since)"), _jd_ms("coalesce(i.terminated_at, :until)")
         sql = (
-            "SELECT i.*, j.created_by FROM instances i LEFT JOIN jobs j ON j.id = i.job_id"
-            " WHERE i.launched_at IS NOT NULL AND (i.terminated_at IS NULL OR i.terminated_at >= ?)"
+            f"SELECT coalesce(sum(max({end} - {begin}, 0.0) / 3600000.0 * coalesce(i.price_per_hr, 0.0)), 0.0)"
+            " FROM instances i"
+            " WHERE i.launched_at IS NOT NULL AND (i.terminated_at IS NULL OR i.terminated_at >= :since)"
         )
-        params: list[Any] = [since]
+        params: dict[str, Any] = {"since": since, "until": until}
         if key_id is not None:
-            sql += " AND j.created_by = ?"
-            params.append(key_id)
-        return self._rows(sql + " ORDER BY i.rowid", params)
+            sql += " AND i.job_id IN (SELECT id FROM jobs WHERE created_by = :key)"
+            params["key"] = key_id
+        return self.db.execute(sql, params).fetchone()[0]
 
     def get_quota(self, scope: str) -> dict | None:
         return self._one("SELECT * FROM quotas WHERE scope = ?", [scope])

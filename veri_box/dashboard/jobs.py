@@ -72,7 +72,7 @@ def _jobs_table(
         "mine": bool(mine),
         "after": after,
         # What each job takes on disk and what is left: the cue to delete finished jobs.
-        "sizes": {r["id"]: artifacts.job_size(settings, r["id"]) for r in rows},
+        "sizes": artifacts.listed_sizes(settings, store, rows),
         "free_disk": artifacts.free_disk(settings),
     }
 
