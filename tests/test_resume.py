@@ -83,6 +83,9 @@ def test_a_resumed_job_records_its_checkpoint_and_keeps_the_reward(api, source):
         assert r.status_code == 200, r.text
         job = api.store.get_job(r.json()["id"])
         assert job["resume_from"] == source["checkpoint"]
+        # the job says where it started, `job_id@step` resolved to the checkpoint's id
+        assert r.json()["resume_from"] == api.get(f"/v1/training_jobs/{job['id']}").json()["resume_from"]
+        assert r.json()["resume_from"] == source["checkpoint"]
         assert job["reward_functions"] == [{"id": source["reward_function_id"], "weight": 1.0}]
     own = api.reward_function(name="own")
     r = create(api, **resumed_body(source, reward_function_id=own))

@@ -127,6 +127,7 @@ class Job(msgspec.Struct):
     tags: list[str] = msgspec.field(default_factory=list)
     note: str | None = None
     created_by: Owner | None = None  # the key that submitted it (null: before roles existed)
+    resume_from: str | None = None  # the checkpoint id it started from (`job_id@step` as sent is resolved)
 
 
 Tag = Annotated[str, Meta(min_length=1, max_length=50)]
@@ -182,6 +183,7 @@ def to_api(job: dict, settings: Settings, signer: Signer) -> Job:
         tags=job.get("tags") or [],
         note=job.get("note"),
         created_by=owner(job),
+        resume_from=job.get("resume_from"),
     )
 
 
