@@ -39,7 +39,7 @@ def http(server: Server) -> httpx.Client:
     return httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {server.key}"}, timeout=120)
 
 
-def submit(client: httpx.Client, reward: str = demo.REWARD, **hp) -> str:
+def submit(client: httpx.Client, reward: str = demo.REWARD, gpu: dict | None = None, **hp) -> str:
     rows = "".join(f'{{"prompt": "{p}"}}\n' for p in demo.PROMPTS).encode()
     dataset = client.post("/v1/datasets", data={"name": "d"}, files={"file": ("d.jsonl", rows)}).json()["id"]
     rf = client.post("/v1/reward_functions", data={"name": "r"}, files={"file": ("r.py", reward.encode())}).json()
@@ -48,7 +48,7 @@ def submit(client: httpx.Client, reward: str = demo.REWARD, **hp) -> str:
         "dataset_id": dataset,
         "reward_function_id": rf["id"],
         "hyperparameters": {**HP, **hp},
-        "gpu": {"type": "cpu", "count": 1},
+        "gpu": gpu or {"type": "cpu", "count": 1},
     }
     response = client.post("/v1/training_jobs", json=body)
     assert response.status_code == 200, response.text
@@ -340,3 +340,12 @@ def test_the_serving_process_serves_a_full_fine_tune_without_its_base(tmp_path: 
     finally:
         child.kill()
         child.wait()
+
+
+def test_the_serving_process_splits_a_model_across_gpus_only_when_it_sees_several():
+    """transformers on a deployment's GPUs: device_map "auto" (accelerate's split by layers) on
+    two or more visible, the model whole on one device otherwise. The load on several real GPUs
+    is not run here (no GPU); the box giving the process all of them is (test_deployments_vllm)."""
+    from trainers.serve import device_map
+
+    assert [device_map(n) for n in (0, 1, 2, 4)] == [None, None, "auto", "auto"]

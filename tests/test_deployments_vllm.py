@@ -9,7 +9,9 @@ the proxy, the official `openai` client. One test, skipped unless a real vLLM is
 imports on a CPU machine: REAL_VLLM_PYTHON=/path/to/its/python), runs the argv serve_vllm
 builds through vLLM's own `vllm serve` up to where the engine would start.
 
-Also here: placement is FIFO across jobs and deployments of a device type (the cpu pool)."""
+Also here: a deployment on two GPUs (vLLM's tensor parallel group; transformers' one process
+seeing both), and placement FIFO across jobs and deployments of a device type (the cpu pool, and
+two declared GPUs with deployments of one and of two)."""
 
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from serving import KEY, REPO, Server
 from test_deployments import HELLO, deploy, http, openai_error, submit, wait
 
 GPU = "A100-80GB"
+GPUS = 2  # the box's declared GPUs of that type
 STANDIN = REPO / "tests" / "vllm_standin"
 
 
@@ -37,7 +40,7 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     GRPO job trained first without the stand-in (TRL, seeing a `vllm` package, would import
     parts of vLLM the stand-in does not have)."""
     root = tmp_path_factory.mktemp("vllm")
-    args = ("--gpus", f"{GPU}:1", "--cpu-slots", "1")
+    args = ("--gpus", f"{GPU}:{GPUS}", "--cpu-slots", "1")
     trainer = Server(root / "data", root / "train.log", *args)
     trainer.key = KEY.search(trainer.start()).group(0)
     try:
@@ -86,7 +89,7 @@ def test_a_gpu_deployment_runs_on_vllm_with_the_jobs_lora_and_speaks_openai(box:
     assert dep["engine"] == "vllm" and dep["gpu"]["gpu_type"] == GPU
     served = wait(client, f"/v1/deployments/{dep['id']}", "serving", "failed", timeout=240)
     assert served["status"] == "serving", served
-    assert served["engine"] == "vllm" and free(client, GPU) == 0
+    assert served["engine"] == "vllm" and free(client, GPU) == GPUS - 1
     assert "load_s" in next(e for e in served["events"] if e["type"] == "serving")["metadata"]
 
     # The exact command vLLM got: the base by its name, the job's adapter as LoRA "trained", the socket.
@@ -148,9 +151,9 @@ def test_a_gpu_deployment_runs_on_vllm_with_the_jobs_lora_and_speaks_openai(box:
     # Stop frees the GPU; the serving process and vLLM under it end.
     assert client.post(f"/v1/deployments/{dep['id']}/stop").json()["status"] == "stopped"
     deadline = time.monotonic() + 30
-    while free(client, GPU) != 1 and time.monotonic() < deadline:
+    while free(client, GPU) != GPUS and time.monotonic() < deadline:
         time.sleep(0.3)
-    assert free(client, GPU) == 1
+    assert free(client, GPU) == GPUS
 
 
 def test_a_vllm_that_dies_while_loading_fails_the_deployment_with_why(box: Server, tmp_path: Path):
@@ -165,9 +168,143 @@ def test_a_vllm_that_dies_while_loading_fails_the_deployment_with_why(box: Serve
     assert "CUDA out of memory" in failed["error"]  # vLLM's own line, in the log's tail
     assert "does not fit in the GPU's memory" in failed["error"], failed["error"]  # and what it means
     deadline = time.monotonic() + 15
-    while free(client, GPU) != 1 and time.monotonic() < deadline:
+    while free(client, GPU) != GPUS and time.monotonic() < deadline:
         time.sleep(0.2)
+    assert free(client, GPU) == GPUS
+
+
+def wait_free(client: httpx.Client, count: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while free(client, GPU) != count and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert free(client, GPU) == count
+
+
+def test_a_deployment_on_two_gpus_is_one_vllm_tensor_parallel_group_on_both(box: Server, tmp_path: Path):
+    from trainers.tiny import MODEL_CONFIG, VOCAB_SIZE
+
+    client = http(box)
+    before = client.get("/v1/deployments").json()["data"]
+
+    # More GPUs than the box has, several cpu slots, or a count vLLM cannot split the heads by: 400, nothing stored.
+    more = deploy(client, "veri-box/tiny-lm", "huggingface", gpu_type=GPU, gpu_count=GPUS + 1)
+    error = openai_error(more, 400, "gpu.gpu_count")
+    assert error["code"] == "gpu_unavailable", error
+    assert error["message"] == f"gpu_count {GPUS + 1} is more than the {GPUS} {GPU} device(s) this box has."
+    cpu = openai_error(deploy(client, "veri-box/tiny-lm", "huggingface", gpu_type="cpu", gpu_count=2), 400)
+    assert cpu["code"] == "invalid_gpu_count" and "cpu pool" in cpu["message"] and cpu["param"] == "gpu.gpu_count"
+    odd = tmp_path / "three-heads"  # read at create time from its config.json; never loaded
+    odd.mkdir()
+    config = {**MODEL_CONFIG, "hidden_size": 48, "num_attention_heads": 3, "num_key_value_heads": 1}
+    arch = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": VOCAB_SIZE}
+    (odd / "config.json").write_text(json.dumps({**config, **arch}))
+    heads = openai_error(deploy(client, str(odd), "huggingface", gpu_type=GPU, gpu_count=2), 400, "gpu.gpu_count")
+    assert heads["code"] == "invalid_gpu_count" and "3 attention heads" in heads["message"], heads
+    assert client.get("/v1/deployments").json()["data"] == before
+
+    created = deploy(client, box.job, "training_job", gpu_type=GPU, gpu_count=2)
+    assert created.status_code == 200, created.text
+    dep = created.json()
+    assert dep["gpu"] == {"gpu_type": GPU, "gpu_count": 2, "type": GPU, "count": 2} and dep["engine"] == "vllm"
+    served = wait(client, f"/v1/deployments/{dep['id']}", "serving", "failed", timeout=120)
+    assert served["status"] == "serving", served
+    assert served["gpu"]["gpu_count"] == 2 and free(client, GPU) == 0  # both held
+    provisioning = next(e for e in served["events"] if e["type"] == "provisioning")["metadata"]
+    assert provisioning["devices"] == [0, 1], provisioning
+    # One vLLM, tensor parallel over both GPUs, both visible to it (the stand-in checks as vLLM does).
+    argv = argv_of(box, dep["id"])
+    assert argv[argv.index("--tensor-parallel-size") + 1] == "2", argv
+    env = json.loads((box.data_dir / "deployments" / dep["id"] / "standin-env.json").read_text())
+    assert env == {"CUDA_VISIBLE_DEVICES": "0,1"}
+    answer = openai.OpenAI(base_url=dep["endpoint_url"], api_key=box.key).chat.completions.create(
+        model="m", messages=HELLO, max_tokens=3
+    )
+    assert answer.choices[0].message.content == "standin trained w1"
+
+    # Stop frees both.
+    assert client.post(f"/v1/deployments/{dep['id']}/stop").json()["status"] == "stopped"
+    wait_free(client, GPUS)
+
+
+def _pythons_serving(deployment_dir: Path) -> list[list[bytes]]:
+    """The argv of every Python process that names this deployment's folder (not its sandbox's
+    shell or bwrap): a launcher such as accelerate's, which starts one process per GPU, would be one."""
+    found, folder = [], str(deployment_dir).encode()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if Path(argv[0].decode()).name.startswith("python") and folder in argv:
+            found.append([*argv[:-1], proc.name.encode()])  # the trailing NUL's empty item: the pid instead
+    return found
+
+
+def test_deployments_of_two_gpus_take_both_or_wait_first_come_first_served_with_jobs(tmp_path: Path):
+    """Two declared GPUs, no vLLM: transformers deployments. A two-GPU deployment is one serving
+    process with both GPUs visible; it takes both or waits; it waits behind an older queued job
+    that wants one of them, and a newer job does not take the one left free before it."""
+    box = Server(tmp_path / "data", tmp_path / "serve.log", "--gpus", f"{GPU}:2", "--cpu-slots", "0")
+    box.key = KEY.search(box.start()).group(0)
+    try:
+        _fifo_gpus(box, http(box))
+    finally:
+        box.stop()
+
+
+def _fifo_gpus(box: Server, client: httpx.Client) -> None:
+    one = deploy(client, "veri-box/tiny-lm", "huggingface", gpu_type=GPU, gpu_count=1).json()
+    assert one["engine"] == "transformers", one
+    wait(client, f"/v1/deployments/{one['id']}", "serving", timeout=240)
     assert free(client, GPU) == 1
+    both = deploy(client, "veri-box/tiny-lm", "huggingface", gpu_type=GPU, gpu_count=2).json()
+    time.sleep(2)
+    assert client.get(f"/v1/deployments/{both['id']}").json()["status"] == "queued"  # one free: not enough
+    newer = submit(client, gpu={"type": GPU, "count": 1}, max_steps=500)
+    time.sleep(2)
+    assert client.get(f"/v1/training_jobs/{newer}").json()["status"] == "queued"  # the free one is kept
+    assert free(client, GPU) == 1
+
+    client.post(f"/v1/deployments/{one['id']}/stop")
+    served = wait(client, f"/v1/deployments/{both['id']}", "serving", "failed", timeout=120)
+    assert served["status"] == "serving" and served["gpu"]["gpu_count"] == 2, served
+    assert free(client, GPU) == 0
+    work = box.data_dir / "deployments" / both["id"]
+    serving = _pythons_serving(work)
+    assert len(serving) == 1, serving  # one process for both GPUs, not one per GPU as a trainer's
+    assert serving[0][1:4] == [b"-m", b"trainers.serve", str(work).encode()], serving
+    environ = Path(f"/proc/{int(serving[0][-1])}/environ").read_bytes().split(b"\0")
+    assert b"CUDA_VISIBLE_DEVICES=0,1" in environ
+    reply = client.post(f"/v1/deployments/{both['id']}/chat/completions", json={"messages": HELLO, "max_tokens": 3})
+    assert reply.status_code == 200, reply.text
+    assert client.get(f"/v1/training_jobs/{newer}").json()["status"] == "queued"
+
+    # The job queued first; a two-GPU deployment after it waits while the job holds one GPU of two.
+    later = deploy(client, "veri-box/tiny-lm", "huggingface", gpu_type=GPU, gpu_count=2).json()
+    client.post(f"/v1/deployments/{both['id']}/stop")
+    wait(client, f"/v1/training_jobs/{newer}", "running", timeout=60)
+    time.sleep(2)
+    assert client.get(f"/v1/deployments/{later['id']}").json()["status"] == "queued"
+    assert free(client, GPU) == 1  # free, and kept for the deployment
+    client.post(f"/v1/training_jobs/{newer}/cancel")
+    served = wait(client, f"/v1/deployments/{later['id']}", "serving", "failed", timeout=120)
+    assert served["status"] == "serving", served
+    client.post(f"/v1/deployments/{later['id']}/stop")
+    wait_free(client, 2)
+
+    # A box restarted with fewer GPUs than a queued deployment asked for fails it, saying why;
+    # the one serving on the GPU the box still has keeps serving.
+    one = deploy(client, "veri-box/tiny-lm", "huggingface", gpu_type=GPU, gpu_count=1).json()
+    wait(client, f"/v1/deployments/{one['id']}", "serving", timeout=120)
+    both = deploy(client, "veri-box/tiny-lm", "huggingface", gpu_type=GPU, gpu_count=2).json()
+    box.stop()
+    box.args = ("--gpus", f"{GPU}:1", "--cpu-slots", "0")
+    box.start()
+    client = http(box)
+    failed = wait(client, f"/v1/deployments/{both['id']}", "failed", "serving", timeout=30)
+    assert failed["failure_code"] == "gpu_unavailable" and "now has 1 A100-80GB" in failed["error"], failed
+    assert client.get(f"/v1/deployments/{one['id']}").json()["status"] == "serving"
+    client.post(f"/v1/deployments/{one['id']}/stop")
 
 
 def test_a_deployment_waits_behind_an_older_queued_job_of_its_type(tmp_path: Path):

@@ -12,7 +12,10 @@ tiny HTTP protocol the box translates to OpenAI's:
                      "usage": {"prompt_tokens", "completion_tokens", "total_tokens"}}
 
 Engine: transformers, a job's LoRA adapter loaded through PEFT and merged into its base (one
-matmul per layer, as fast as the base). Requests that arrive while a batch runs wait and form
+matmul per layer, as fast as the base). On several GPUs (a deployment with gpu_count > 1: the box
+makes all of them visible to this one process) the model is split across them by layers
+(device_map "auto", accelerate), for a model too big for one; on one GPU or the CPU it is loaded
+whole onto it. Requests that arrive while a batch runs wait and form
 the next batch (up to MAX_BATCH rows): one forward pass per token for all of them. On a GPU with
 vLLM installed the box runs trainers/serve_vllm.py instead.
 
@@ -48,6 +51,13 @@ class Request:
         self.out: queue.Queue = queue.Queue()  # ("delta", index, text) ... ("done", choices)
 
 
+def device_map(visible_gpus: int) -> str | None:
+    """from_pretrained's device_map for the GPUs this process sees: "auto" (accelerate splits the
+    layers across them, filling each in turn) on more than one, else None (loaded whole, then
+    moved to the one device)."""
+    return "auto" if visible_gpus > 1 else None
+
+
 class Engine:
     def __init__(self, config: dict):
         import torch
@@ -56,15 +66,19 @@ class Engine:
         from trainers.models import resolve
 
         self.torch = torch
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        self.device = "cuda" if self.gpus else "cpu"
+        split = device_map(self.gpus)
+        load = {"dtype": torch.bfloat16 if self.gpus else torch.float32}
+        if split:
+            load["device_map"] = split
         adapter = config.get("adapter_dir")
-        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
         if adapter and not (Path(adapter) / "adapter_config.json").is_file():
             base = adapter  # a full fine-tune: the job's output is the whole model, its base not needed
-            model = AutoModelForCausalLM.from_pretrained(adapter, dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(adapter, **load)
         else:
             base = resolve(config["base_model"], config.get("models_dir") or None)
-            model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(base, **load)
         if adapter and base != adapter:
             from peft import PeftModel
 
@@ -72,7 +86,13 @@ class Engine:
             model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
         tokenizer_dir = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else base
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-        self.model = model.to(self.device).eval()
+        if split:
+            # Already on its GPUs (a split model must not be moved whole): the prompt goes where its
+            # first layer, the embedding, is; accelerate's hooks carry it from one GPU to the next.
+            self.device = str(model.get_input_embeddings().weight.device)
+            self.model = model.eval()
+        else:
+            self.model = model.to(self.device).eval()
         self.eos = self.tokenizer.eos_token_id
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (self.eos or 0)
         self.max_batch = int(config.get("max_batch") or MAX_BATCH)
@@ -136,7 +156,7 @@ class Engine:
                     use_cache=True,
                 )
                 past = out.past_key_values
-                logits = out.logits[:, -1, :].float()
+                logits = out.logits[:, -1, :].float().to(self.device)  # split: from the last GPU
                 probs = torch.softmax(logits / temps.clamp(min=1e-5), dim=-1)
                 sorted_p, order = probs.sort(dim=-1, descending=True)
                 keep = (sorted_p.cumsum(-1) - sorted_p) < top_ps  # nucleus: the smallest set reaching top_p
@@ -199,7 +219,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         if self.path == "/health":
-            self._json(200, {"status": "ok", "device": self.engine.device})
+            self._json(200, {"status": "ok", "device": self.engine.device, "gpus": self.engine.gpus})
         else:
             self._json(404, {"error": "not found"})
 
@@ -251,7 +271,8 @@ def main(argv: list[str]) -> int:
     server = Server(SOCKET, Handler)
     os.chmod(SOCKET, 0o600)
     (folder / READY).write_text(json.dumps({"pid": os.getpid(), "load_s": round(time.monotonic() - started, 2)}))
-    print(f"serving {config['base_model']} on {engine.device} at {folder / SOCKET}", flush=True)
+    where = f"{engine.gpus} GPUs (device_map auto)" if device_map(engine.gpus) else engine.device
+    print(f"serving {config['base_model']} on {where} at {folder / SOCKET}", flush=True)
     server.serve_forever(poll_interval=0.5)
     return 0
 

@@ -15,9 +15,14 @@ server on the socket, the job's LoRA adapter served beside its base) when vLLM i
 the trainers' interpreter and the device is a GPU; else transformers (trainers/serve.py, the
 adapter merged through PEFT). The proxy speaks OpenAI to the client either way.
 
+A deployment may ask for several GPUs of one type (the cpu pool serves one process on one slot):
+it takes them all or waits, and serves on them as one process, every one visible to it (vLLM's
+tensor parallel group; transformers splits the model across them with device_map "auto").
+
 Placement is FIFO per device type across jobs and deployments: a queued deployment waits behind
-an older queued local job of its type. The other way round needs nothing: this tick runs before
-the runner places jobs, so an older deployment that fits takes its device first.
+an older queued local job of its type. The other way round: this tick runs before the runner
+places jobs, so an older deployment that fits takes its devices first; one that does not fit
+keeps the free devices of its type from newer jobs (held() counts them for the runner's pass).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import importlib.util
 import json
 import logging
 import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -42,7 +48,7 @@ from litestar.response import Stream
 
 from trainers.contract import DatasetConfig, Devices, JobConfig
 
-from . import executors, models, paths, quotas
+from . import executors, models, paths, quotas, sandbox
 from .auth import caller_id
 from .errors import ApiError, bad_request, conflict, not_found
 from .inventory import CPU, Inventory
@@ -183,22 +189,68 @@ def to_api(row: dict, settings: Settings) -> Deployment:
 
 def _gpu(spec: GpuSpec, inventory: Inventory) -> dict:
     kind = spec.gpu_type or spec.type
+    if spec.gpu_count is not None and spec.count is not None and spec.gpu_count != spec.count:
+        raise bad_request("invalid_value", "gpu.gpu_count and gpu.count disagree; send one of them.", "gpu.gpu_count")
     count = spec.gpu_count if spec.gpu_count is not None else (spec.count if spec.count is not None else 1)
     if not kind:
         raise bad_request("invalid_gpu", 'gpu needs gpu_type (or type), e.g. {"gpu_type": "cpu"}.', "gpu.gpu_type")
-    if kind not in inventory.types:
+    device = inventory.types.get(kind)
+    if device is None:
         raise bad_request(
             "gpu_unavailable",
             f"This box has no '{kind}' device to serve on; it has {inventory.describe()}.",
             "gpu.gpu_type",
         )
-    if count != 1:
+    if count < 1:
+        raise bad_request("invalid_gpu_count", f"gpu_count must be 1 or more, not {count}.", "gpu.gpu_count")
+    if kind == CPU and count != 1:
         raise bad_request(
             "invalid_gpu_count",
-            f"A deployment serves on one device; gpu_count must be 1, not {count}.",
+            f"On the cpu pool a deployment is one process on one slot; gpu_count must be 1, not {count}.",
             "gpu.gpu_count",
         )
-    return {"type": kind, "count": 1}
+    if count > device.count:
+        raise bad_request(
+            "gpu_unavailable",
+            f"gpu_count {count} is more than the {device.count} {kind} device(s) this box has.",
+            "gpu.gpu_count",
+        )
+    return {"type": kind, "count": count}
+
+
+def attention_heads(base_model: str, job_id: str | None, settings: Settings) -> int | None:
+    """The model's attention head count from its config.json (a full fine-tune's own, else its
+    base's; a multimodal model's text part), or None when the box cannot read it here."""
+    config = None
+    if job_id:
+        try:
+            config = json.loads((paths.output_dir(settings.data_dir, job_id) / "config.json").read_text())
+        except (OSError, ValueError):
+            config = None  # a LoRA adapter's output has none: its base's heads it is
+    if not isinstance(config, dict):
+        found = models.find(base_model, settings)
+        config = found.config if found is not None else None
+    if not config:
+        return None
+    heads = config.get("num_attention_heads") or (config.get("text_config") or {}).get("num_attention_heads")
+    return heads if isinstance(heads, int) and heads > 0 else None
+
+
+def _check_tensor_parallel(gpu: dict, base_model: str, job_id: str | None, settings: Settings) -> None:
+    """vLLM splits the attention heads across its tensor parallel group and refuses a group size
+    that does not divide them ("Total number of attention heads (H) must be divisible by tensor
+    parallel size (N)"): a 400 now rather than a failed deployment after the load."""
+    heads = attention_heads(base_model, job_id, settings)
+    if gpu["count"] == 1 or heads is None or heads % gpu["count"] == 0:
+        return
+    fits = [n for n in range(1, gpu["count"]) if heads % n == 0]
+    raise bad_request(
+        "invalid_gpu_count",
+        f"vLLM splits the model's {heads} attention heads across the deployment's GPUs (tensor parallel); "
+        f"gpu_count must divide {heads}, and {gpu['count']} does not (try {fits[-1]}, "
+        "or engine 'transformers', which splits the model's layers instead).",
+        "gpu.gpu_count",
+    )
 
 
 def _model(body: CreateDeployment, store: Store, settings: Settings) -> tuple[str, str | None]:
@@ -294,6 +346,8 @@ def create(
     gpu = _gpu(body.gpu, inventory)
     engine = choose_engine(body.engine, gpu["type"])
     base_model, job_id = _model(body, store, settings)
+    if engine == VLLM:
+        _check_tensor_parallel(gpu, base_model, job_id, settings)
     row = {
         "id": new_id("dep_"),
         "name": body.name.strip(),
@@ -352,10 +406,41 @@ def delete(store: Store, settings: Settings, deployment_id: str) -> None:
 
 
 class ServeExecutor(executors.LocalExecutor):
-    """The local executor, its child's log in the deployment's folder rather than a job's."""
+    """The local executor, its child's log in the deployment's folder rather than a job's, and
+    one serving process however many GPUs it has."""
 
     def _log_path(self, job: dict, config: JobConfig) -> Path:
         return Path(config.job_dir) / "serve.log"
+
+    def start(self, job: dict, config: JobConfig) -> dict:
+        devices = config.devices
+        if devices.type == CPU or len(devices.indices) < 2:
+            return super().start(job, config)
+        # A trainer on several GPUs is one process per GPU (accelerate launch): N servers on one
+        # socket here. vLLM starts its own tensor parallel workers, and transformers splits the
+        # model across the GPUs it sees: one process, all of the deployment's GPUs visible.
+        job_dir = Path(config.job_dir)
+        command, env = executors.trainer_command(
+            config.trainer or "", job_dir, devices.type, devices.indices[:1], self.cpu_threads
+        )
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devices.indices))
+        if self.sandbox == sandbox.Mode.BWRAP:  # as LocalExecutor.start
+            building = sandbox.model_to_build(config)
+            Path(building or config.models_dir).mkdir(parents=True, exist_ok=True)
+            command, env = executors.sandboxed_command(config, command, env, sandbox.host(self.data_dir, env))
+            self._sandboxed.add(job["id"])
+        with open(self._log_path(job, config), "ab") as log_file:
+            child = subprocess.Popen(
+                command,
+                cwd=job_dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._children[job["id"]] = child
+        return {"pid": child.pid, "pid_started": executors.process_start_time(child.pid)}
 
 
 class Supervisor:
@@ -368,6 +453,9 @@ class Supervisor:
         self.settings = settings
         self.inventory = inventory
         self.executor = ServeExecutor(settings)
+        # Free devices a queued deployment that does not fit yet keeps from newer jobs, by type
+        # (set by each _place, read by the runner's placement right after it).
+        self.reserved: dict[str, set[int]] = {}
 
     def recover(self) -> None:
         """At start-up: keep the serving processes that still run, stop those that are gone."""
@@ -385,7 +473,14 @@ class Supervisor:
             self.store.update_deployment(row["id"], devices=None, pid=None)
 
     def held(self) -> dict[str, set[int]]:
-        """Devices deployments hold, by type (the runner adds them to the jobs')."""
+        """Devices no job may take, by type (the runner adds them to the jobs'): those the
+        deployments hold, and those kept for an older queued deployment still short of its count."""
+        out = self._holding()
+        for kind, kept in self.reserved.items():
+            out.setdefault(kind, set()).update(kept)
+        return out
+
+    def _holding(self) -> dict[str, set[int]]:
         out: dict[str, set[int]] = {}
         for row in self.store.deployments_holding_devices():
             out.setdefault(row["gpu"]["type"], set()).update(row["devices"])
@@ -446,14 +541,18 @@ class Supervisor:
                 )
 
     def _place(self) -> None:
-        """FIFO per device type across jobs and deployments: a deployment takes a free device
-        only when no older queued job of its type waits for the box's devices (the runner,
-        placing after this, gives such a job the device); jobs held at a quota do not count,
-        as other keys' jobs go past them too."""
+        """FIFO per device type across jobs and deployments: a deployment takes its `count` free
+        devices only when no older queued job of its type waits for them (the runner, placing
+        after this, gives such a job the devices); jobs held at a quota do not count, as other
+        keys' jobs go past them too. A deployment that does not fit holds back the newer
+        deployments of its type, and keeps the devices left free from newer jobs (`reserved`):
+        with one device there are never any, with several a stream of one-GPU jobs would
+        otherwise starve it."""
+        self.reserved = {}
         queued = self.store.deployments_with_status(QUEUED)
         if not queued:
             return
-        held = self.held()
+        held = self._holding()
         for job in self.store.jobs_holding_devices():
             if job["gpu"] and job["provider"] in ("local", None):
                 held.setdefault(job["gpu"]["type"], set()).update(job["devices"])
@@ -464,8 +563,11 @@ class Supervisor:
         ]
         blocked: set[str] = set()
         for row in queued:
-            kind = row["gpu_requested"]["type"]
+            kind, wanted = row["gpu_requested"]["type"], row["gpu_requested"]["count"]
             device = self.inventory.types.get(kind)
+            if device is not None and wanted > device.count:  # restarted with fewer: it would wait forever
+                self._fail_queued(row, device.count)
+                continue
             if kind in blocked or device is None:
                 continue
             free = [i for i in device.indices if i not in held.get(kind, set())]
@@ -478,11 +580,30 @@ class Supervisor:
                 held.setdefault(kind, set()).update(free[:count])
                 free = free[count:]
             waiting = [j for j in waiting if j not in ahead]  # reserved once, not again for the next deployment
-            if not free:
+            if len(free) < wanted:
                 blocked.add(kind)  # the deployments of its type behind it wait too
+                self.reserved.setdefault(kind, set()).update(free)  # and the jobs behind it
                 continue
-            held.setdefault(kind, set()).add(free[0])
-            self._start(row, [free[0]])
+            chosen = free[:wanted]
+            held.setdefault(kind, set()).update(chosen)
+            self._start(row, chosen)
+
+    def _fail_queued(self, row: dict, have: int) -> None:
+        kind, wanted = row["gpu_requested"]["type"], row["gpu_requested"]["count"]
+        message = (
+            f"This box now has {have} {kind} device(s), fewer than the {wanted} this deployment asked for "
+            "(it was restarted with fewer); create it again with a gpu_count the box has."
+        )
+        failed = self.store.update_deployment(
+            row["id"],
+            allowed_from=(QUEUED,),
+            status=FAILED,
+            failure_code="gpu_unavailable",
+            error=message,
+            stopped_at=now(),
+        )
+        if failed:
+            self.store.add_deployment_event(row["id"], "failed", {"code": "gpu_unavailable"})
 
     def _start(self, row: dict, indices: list[int]) -> None:
         kind = row["gpu_requested"]["type"]
@@ -491,7 +612,7 @@ class Supervisor:
             allowed_from=(QUEUED,),
             status=PROVISIONING,
             devices=indices,
-            gpu={"type": kind, "count": 1},
+            gpu={"type": kind, "count": len(indices)},
         )
         if placed is None:  # stopped while queued
             return
@@ -518,7 +639,7 @@ class Supervisor:
             openreward=None,
             hyperparameters={},
             seed=None,
-            devices=Devices(type=kind, count=1, indices=indices),
+            devices=Devices(type=kind, count=len(indices), indices=indices),
             job_dir=str(work),
             output_dir=str(work),
             models_dir=models_dir,
@@ -532,7 +653,9 @@ class Supervisor:
             )
             return
         self.store.update_deployment(row["id"], **started)
-        self.store.add_deployment_event(row["id"], "provisioning", {"gpu_type": kind, "device": indices[0]})
+        self.store.add_deployment_event(
+            row["id"], "provisioning", {"gpu_type": kind, "device": indices[0], "devices": indices}
+        )
 
 
 def _tail(path: Path, size: int = 8192) -> str:

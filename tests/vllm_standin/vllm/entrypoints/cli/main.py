@@ -18,10 +18,13 @@ openai/chat_completion/serving.py, renderers/params.py, serve/engine/protocol.py
   type, param, code: HTTP status}}: an unknown model is 404 NotFoundError; max_tokens over the
   context (max_model_len, 2048 here) a 400 BadRequestError with param "max_tokens", a prompt that
   does not fit beside max_tokens one with param "input_tokens", in vLLM's words.
-- a model folder whose name ends in `-oom` dies while loading with torch's out-of-memory error.
+- a model folder whose name ends in `-oom` dies while loading with torch's out-of-memory error;
+- a `--tensor-parallel-size` past the GPUs it sees (CUDA_VISIBLE_DEVICES) dies as vLLM's
+  multiprocessing executor does (v1/executor/multiproc_executor.py, its assertion's words).
 
 The answer is deterministic: the words "standin", the model name, then "w1 w2 ..." up to
-max_tokens words (one word a token); it writes its argv to `standin-argv.json` in its cwd.
+max_tokens words (one word a token); it writes its argv to `standin-argv.json` in its cwd, and
+the CUDA_VISIBLE_DEVICES it was given to `standin-env.json`.
 """
 
 from __future__ import annotations
@@ -177,6 +180,9 @@ def main() -> int:
     args = parser().parse_args()
     with open("standin-argv.json", "w") as fh:
         json.dump(sys.argv[1:], fh)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    with open("standin-env.json", "w") as fh:
+        json.dump({"CUDA_VISIBLE_DEVICES": visible}, fh)
     model = args.model_tag or args.model  # ServeSubcommand.cmd: the positional model wins
     print(f"INFO standin vLLM API server version 0.31.0+standin, model {model}", flush=True)
     if not os.path.isdir(model):
@@ -185,6 +191,14 @@ def main() -> int:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.bind(args.uds)  # as vLLM's setup_server: bound before the engine loads
     sock.listen(128)
+    gpus = len([d for d in (visible or "").split(",") if d.strip()])
+    if args.tensor_parallel_size > gpus:
+        print(
+            "AssertionError: please set tensor_parallel_size "
+            f"({args.tensor_parallel_size}) to less than max local gpu count ({gpus})",
+            flush=True,
+        )
+        return 1
     time.sleep(1.5)  # "loading the model": connections wait, unanswered
     if model.rstrip("/").endswith("-oom"):
         print(
