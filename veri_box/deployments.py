@@ -32,7 +32,6 @@ import importlib.util
 import json
 import logging
 import os
-import subprocess
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -48,7 +47,7 @@ from litestar.response import Stream
 
 from trainers.contract import DatasetConfig, Devices, JobConfig
 
-from . import executors, models, paths, quotas, sandbox
+from . import executors, models, paths, quotas
 from .auth import caller_id
 from .errors import ApiError, bad_request, conflict, not_found
 from .inventory import CPU, Inventory
@@ -412,35 +411,10 @@ class ServeExecutor(executors.LocalExecutor):
     def _log_path(self, job: dict, config: JobConfig) -> Path:
         return Path(config.job_dir) / "serve.log"
 
-    def start(self, job: dict, config: JobConfig) -> dict:
-        devices = config.devices
-        if devices.type == CPU or len(devices.indices) < 2:
-            return super().start(job, config)
-        # A trainer on several GPUs is one process per GPU (accelerate launch): N servers on one
-        # socket here. vLLM starts its own tensor parallel workers, and transformers splits the
-        # model across the GPUs it sees: one process, all of the deployment's GPUs visible.
-        job_dir = Path(config.job_dir)
-        command, env = executors.trainer_command(
-            config.trainer or "", job_dir, devices.type, devices.indices[:1], self.cpu_threads
-        )
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devices.indices))
-        if self.sandbox == sandbox.Mode.BWRAP:  # as LocalExecutor.start
-            building = sandbox.model_to_build(config)
-            Path(building or config.models_dir).mkdir(parents=True, exist_ok=True)
-            command, env = executors.sandboxed_command(config, command, env, sandbox.host(self.data_dir, env))
-            self._sandboxed.add(job["id"])
-        with open(self._log_path(job, config), "ab") as log_file:
-            child = subprocess.Popen(
-                command,
-                cwd=job_dir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self._children[job["id"]] = child
-        return {"pid": child.pid, "pid_started": executors.process_start_time(child.pid)}
+    # A trainer on several GPUs is one process per GPU (accelerate launch): N servers on one
+    # socket here. vLLM starts its own tensor parallel workers, and transformers splits the model
+    # across the GPUs it sees: one process, all of the deployment's GPUs visible.
+    one_process = True
 
 
 class Supervisor:

@@ -80,10 +80,11 @@ def process_start_time(pid: int) -> str | None:
 
 
 def trainer_command(
-    module: str, job_dir: Path, kind: str, indices: list[int], cpu_threads: int = 0
+    module: str, job_dir: Path, kind: str, indices: list[int], cpu_threads: int = 0, one_process: bool = False
 ) -> tuple[list[str], dict[str, str]]:
     """The command line and environment of a trainer: the server's own interpreter, one
-    process per GPU through accelerate when there are several, only its devices visible, and
+    process per GPU through accelerate when there are several (unless `one_process`: a serving
+    process that uses all its GPUs itself), only its devices visible, and
     no downloads from a hub at run time. A cpu job gets its share of the cores: torch
     processes that each take every core slow one another down several times over. Its
     OpenMP threads sleep rather than spin while they wait: with any other busy process on
@@ -99,7 +100,7 @@ def trainer_command(
         env["OMP_NUM_THREADS"] = str(cpu_threads)
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     command = [sys.executable, "-m", module, str(job_dir)]
-    if kind != CPU and len(indices) > 1:
+    if kind != CPU and len(indices) > 1 and not one_process:
         launch = ["-m", "accelerate.commands.launch", "--num_processes", str(len(indices)), "--num_machines", "1"]
         command = [sys.executable, *launch, "-m", module, str(job_dir)]
     return command, env
@@ -133,6 +134,8 @@ class LocalExecutor:
     without one (sandbox.py). It is identified by pid and process start time, so a restarted
     server finds it again; only our own children have exit codes."""
 
+    one_process = False  # see trainer_command
+
     def __init__(self, settings: Settings):
         self.data_dir = settings.data_dir
         self.prices = settings.prices()
@@ -148,7 +151,12 @@ class LocalExecutor:
     def start(self, job: dict, config: JobConfig) -> dict:
         job_dir = Path(config.job_dir)
         command, env = trainer_command(
-            config.trainer or "", job_dir, config.devices.type, config.devices.indices, self.cpu_threads
+            config.trainer or "",
+            job_dir,
+            config.devices.type,
+            config.devices.indices,
+            self.cpu_threads,
+            self.one_process,
         )
         if self.sandbox == sandbox.Mode.BWRAP:
             building = sandbox.model_to_build(config)
