@@ -38,6 +38,7 @@ JOB_FIELDS = {
     "hf_repo_url",
     "tags",
     "note",
+    "resume_from",
 }
 
 
@@ -81,8 +82,8 @@ def test_seed_grpo_request_is_queued_with_defaults_echoed(api):
     assert job["gpu_requested"] == {"type": "A100-80GB", "count": 1} and job["gpu"] is None
     assert job["reward_function_id"] == rf and job["error"] is None
     # What the box adds to the reference page's fields starts empty on a plain request.
-    added = (job["hf_push"], job["hf_repo_url"], job["tags"], job["note"], job["wandb_run_url"])
-    assert added == (None, None, [], None, None)
+    added = (job["hf_push"], job["hf_repo_url"], job["tags"], job["note"], job["wandb_run_url"], job["resume_from"])
+    assert added == (None, None, [], None, None, None)
     assert job["dashboard_url"].endswith(f"/jobs/{job['id']}")
     assert job["created_at"].endswith("Z")
     assert api.get(f"/v1/training_jobs/{job['id']}").json() == job
