@@ -45,9 +45,10 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, Parameter
 from litestar.response import Stream
 
+from trainers import serve  # stdlib only at import: its MAX_BATCH, the batch the estimate counts
 from trainers.contract import DatasetConfig, Devices, JobConfig
 
-from . import executors, models, paths, quotas
+from . import executors, memory, models, paths, quotas
 from .auth import caller_id
 from .errors import ApiError, bad_request, conflict, not_found
 from .inventory import CPU, Inventory
@@ -217,18 +218,25 @@ def _gpu(spec: GpuSpec, inventory: Inventory) -> dict:
     return {"type": kind, "count": count}
 
 
-def attention_heads(base_model: str, job_id: str | None, settings: Settings) -> int | None:
-    """The model's attention head count from its config.json (a full fine-tune's own, else its
-    base's; a multimodal model's text part), or None when the box cannot read it here."""
-    config = None
+def served_config(base_model: str, job_id: str | None, settings: Settings) -> dict | None:
+    """The config.json of the model a deployment serves, as models.read reads it (with its
+    parameter count): a full fine-tune's own, else its base's (a LoRA adapter's output, told
+    apart as trainers/serve.py does, by its adapter_config.json); None when the box cannot read
+    it here."""
     if job_id:
-        try:
-            config = json.loads((paths.output_dir(settings.data_dir, job_id) / "config.json").read_text())
-        except (OSError, ValueError):
-            config = None  # a LoRA adapter's output has none: its base's heads it is
-    if not isinstance(config, dict):
-        found = models.find(base_model, settings)
-        config = found.config if found is not None else None
+        output = paths.output_dir(settings.data_dir, job_id)
+        if (output / "config.json").is_file() and not (output / "adapter_config.json").is_file():
+            config = models.read(job_id, "training_job", output).config
+            if config:
+                return config
+    found = models.find(base_model, settings)
+    return found.config if found is not None and found.config else None
+
+
+def attention_heads(base_model: str, job_id: str | None, settings: Settings) -> int | None:
+    """The model's attention head count from its config.json (served_config; a multimodal
+    model's text part), or None when the box cannot read it here."""
+    config = served_config(base_model, job_id, settings)
     if not config:
         return None
     heads = config.get("num_attention_heads") or (config.get("text_config") or {}).get("num_attention_heads")
@@ -250,6 +258,31 @@ def _check_tensor_parallel(gpu: dict, base_model: str, job_id: str | None, setti
         "or engine 'transformers', which splits the model's layers instead).",
         "gpu.gpu_count",
     )
+
+
+def _check_memory(
+    gpu: dict, engine: str, base_model: str, job_id: str | None, settings: Settings, inventory: Inventory
+) -> memory.ServeFit | None:
+    """Will the model fit the deployment's GPUs? The serving estimate (memory.assess_serving: its
+    weights, the serving process's KV cache and activations, per GPU) against the card: 400
+    `will_not_fit` when clearly over, naming the estimate and the cheapest change that fits, so a
+    model that cannot fit fails now, not after minutes of loading. Not checked on the cpu pool or
+    a card whose memory the type name does not say."""
+    if gpu["type"] == CPU:
+        return None
+    types = {kind: device.count for kind, device in inventory.types.items() if kind != CPU}
+    fit = memory.assess_serving(
+        served_config(base_model, job_id, settings),
+        engine,
+        gpu,
+        types,
+        serve.MAX_BATCH,
+        MAX_TOKENS,
+        attention_heads(base_model, job_id, settings) if engine == VLLM else None,
+    )
+    if fit is not None and fit.estimate.verdict == "will_not_fit":
+        raise bad_request("will_not_fit", fit.message or "", fit.param)
+    return fit
 
 
 def _model(body: CreateDeployment, store: Store, settings: Settings) -> tuple[str, str | None]:
@@ -347,6 +380,8 @@ def create(
     base_model, job_id = _model(body, store, settings)
     if engine == VLLM:
         _check_tensor_parallel(gpu, base_model, job_id, settings)
+    fit = _check_memory(gpu, engine, base_model, job_id, settings, inventory)
+    created_at = now()
     row = {
         "id": new_id("dep_"),
         "name": body.name.strip(),
@@ -358,8 +393,9 @@ def create(
         "engine": engine,
         "gpu_requested": gpu,
         "created_by": created_by,
-        "created_at": now(),
-        "events": [],
+        "created_at": created_at,
+        # The estimate it was accepted with (a borderline one's warning in it), for when it fails.
+        "events": [{"type": "memory_estimate", "metadata": fit.metadata(), "created_at": created_at}] if fit else [],
     }
     store.insert_deployment(row)
     return store.get_deployment(row["id"])  # type: ignore[return-value]

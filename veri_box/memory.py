@@ -21,6 +21,10 @@ trainers/video.py), phase by phase; the peak is the largest phase:
 Several GPUs train data-parallel: every GPU holds the whole model, so more GPUs only split the
 batch. bench/memory_table.py holds the measured points the estimate is held to (within 20%,
 tests/test_memory.py).
+
+A deployment's fit (serve_parts, assess_serving: the serving process's weights, KV cache and
+activations per GPU) reuses the same parts, card table and verdict; deployments.create refuses
+with it.
 """
 
 from __future__ import annotations
@@ -89,6 +93,23 @@ def lora_parameters(config: dict, rank: int) -> int:
     return config["num_hidden_layers"] * rank * per_layer
 
 
+def kv_bytes_per_token(config: dict, kv_heads: int | None = None) -> int:
+    """The bf16 KV cache of one token: a key and a value per layer and KV head (`kv_heads`: the
+    heads one GPU keeps, when a tensor parallel group splits them)."""
+    h, heads = config["hidden_size"], config["num_attention_heads"]
+    kv = kv_heads or config.get("num_key_value_heads") or heads
+    head_dim = config.get("head_dim") or h // heads
+    return config["num_hidden_layers"] * 2 * kv * head_dim * BF16
+
+
+def generation_buffers(config: dict, rows: int, prompt: int) -> int:
+    """Prefill runs the prompts of the whole batch (one layer's q/k/v/o and gated MLP at a time);
+    sampling keeps fp32 logits per step."""
+    h, vocab = config["hidden_size"], config["vocab_size"]
+    inter = config.get("intermediate_size") or 4 * h
+    return rows * prompt * (4 * h + 3 * inter) * BF16 + rows * vocab * FP32 * 3
+
+
 def grpo_phases(
     config: dict, hp: dict, gpu_count: int, prompt_tokens: int | None = None
 ) -> dict[str, dict[str, float]]:
@@ -123,9 +144,8 @@ def grpo_phases(
     seq = prompt + completion
 
     static = {"weights": weights, "reference_model": reference, "lora_adapter": adapter, "optimizer_state": optimizer}
-    kv_cache = per_process * seq * layers * 2 * kv * head_dim * BF16
-    # Prefill runs the prompts of the whole generation batch; sampling keeps fp32 logits per step.
-    generating = per_process * prompt * (4 * h + 3 * inter) * BF16 + per_process * vocab * FP32 * 3
+    kv_cache = per_process * seq * kv_bytes_per_token(config)
+    generating = generation_buffers(config, per_process, prompt)
     boundaries = layers * micro * seq * h * BF16
     # One layer's activations during its recompute and backward: norms, q/k/v (rotated), attention
     # output, residuals and the gated MLP's four intermediate tensors, 1.5x for the gradients.
@@ -446,3 +466,171 @@ def most_gpus(placement: Any, gpu_type: str) -> int:
     when it has the type, else a cloud instance's eight."""
     local = placement.inventory.types.get(gpu_type)
     return local.count if local else CLOUD_MOST_GPUS
+
+
+# -- serving: a deployment's fit ------------------------------------------------------------------
+
+VLLM_MEMORY_UTILIZATION = 0.9  # vLLM's default gpu_memory_utilization: the share of each card it takes
+VLLM_BATCHED_TOKENS = 2048  # vLLM's profile run: one step of max_num_batched_tokens (online serving)
+SERVE_PROMPT_TOKENS = 512  # the transformers engine's prefill is counted at this prompt length (it bounds none)
+# vLLM's max_model_len when none is given: the smallest of these the config has.
+MAX_LENGTH_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "max_sequence_length")
+
+
+def max_model_len(config: dict) -> int | None:
+    """The longest sequence vLLM serves the model at by default, from its config (None: none said)."""
+    found = [config[k] for k in MAX_LENGTH_KEYS if isinstance(config.get(k), int) and config[k] > 0]
+    return min(found) if found else None
+
+
+def serve_parts(config: dict, engine: str, gpu_count: int, batch: int, context: int) -> dict[str, float]:
+    """Bytes per part on one GPU of a deployment (trainers/serve.py or trainers/serve_vllm.py).
+
+    Weights at the serving dtype, 2 bytes a parameter (transformers loads bf16 on a GPU; vLLM's
+    dtype "auto" is the config's bf16/fp16, an fp32 model halved). Then, on `engine`:
+
+    - transformers: the KV cache of a full batch (`batch` rows, serve.py's MAX_BATCH) each at
+      `context` tokens (the longest answer the API allows), generation_buffers for the batch's
+      prefill at SERVE_PROMPT_TOKENS, and that prefill's bf16 logits (serve.py keeps every
+      position's: rows x prompt x vocab).
+    - vllm: the KV cache of one sequence at max_model_len (vLLM refuses to start without room for
+      one; the rest of its 90% becomes more cache), and its profile run's activations
+      (generation_buffers of one VLLM_BATCHED_TOKENS step).
+
+    Several GPUs split everything but the overhead: tensor parallel (vLLM; each GPU keeps
+    ceil(kv heads / count) KV heads, replicated when the group outnumbers them) or layers by
+    device_map "auto" (transformers). Each GPU adds the CUDA context overhead (OVERHEAD_GIB).
+
+    Not calibrated on a GPU yet (nothing in bench/ measures a deployment's peak against it). At
+    Qwen2.5 shapes, per GPU: 14B on one card 43.6 GiB with transformers (weights 27.5, KV cache
+    12, activations 3.3, overhead 0.75), 34.5 with vLLM (KV cache 6); 7B 21.9 / 17.0; 0.5B 5.0 / 2.1.
+    """
+    count = max(gpu_count, 1)
+    weights = config["parameters"] * BF16
+    if engine == "vllm":
+        heads = config["num_attention_heads"]
+        kv_heads = -(-(config.get("num_key_value_heads") or heads) // count)
+        length = max_model_len(config) or context
+        kv_cache = length * kv_bytes_per_token(config, kv_heads)
+        activations = generation_buffers(config, 1, VLLM_BATCHED_TOKENS) / count
+    else:
+        kv_cache = batch * context * kv_bytes_per_token(config) / count
+        prefill_logits = batch * SERVE_PROMPT_TOKENS * config["vocab_size"] * BF16
+        activations = (generation_buffers(config, batch, SERVE_PROMPT_TOKENS) + prefill_logits) / count
+    overhead = OVERHEAD_GIB * GIB
+    return {"weights": weights / count, "kv_cache": kv_cache, "activations": activations, "overhead": overhead}
+
+
+def serve_estimate(config: dict, engine: str, gpu_count: int, batch: int, context: int) -> MemoryEstimate | None:
+    """One GPU's share of a deployment (phase "serving"), or None when the config lacks what it needs."""
+    if not config.get("parameters"):
+        return None
+    try:
+        parts = serve_parts(config, engine, gpu_count, batch, context)
+    except (KeyError, TypeError, ZeroDivisionError):
+        return None
+    return MemoryEstimate(
+        total_gb=round(sum(parts.values()) / GIB, 2),
+        phase="serving",
+        parts={name: round(value / GIB, 2) for name, value in parts.items() if value},
+    )
+
+
+def serve_budget_gb(engine: str, card_gb: float) -> float:
+    """What the serving process may use of one card: vLLM takes gpu_memory_utilization of it."""
+    return round(card_gb * (VLLM_MEMORY_UTILIZATION if engine == "vllm" else 1.0), 2)
+
+
+class ServeFit(msgspec.Struct, kw_only=True):
+    """A deployment's estimate against its card: what create refuses with or records."""
+
+    estimate: MemoryEstimate
+    budget_gb: float  # of one card, for the serving process
+    message: str | None = None  # will_not_fit's message, or the borderline warning
+    param: str | None = None  # the field to change (will_not_fit only)
+
+    def metadata(self) -> dict[str, Any]:
+        """The `memory_estimate` event's metadata of an accepted deployment."""
+        found = self.estimate
+        out = {
+            "estimate_gb": found.total_gb,
+            "gpu_type": found.gpu_type,
+            "gpu_memory_gb": found.gpu_memory_gb,
+            "budget_gb": self.budget_gb,
+            "verdict": found.verdict,
+            "parts": found.parts,
+        }
+        return {**out, "message": self.message} if self.message else out
+
+
+def assess_serving(
+    config: dict | None,
+    engine: str,
+    gpu: dict,
+    types: dict[str, int],
+    batch: int,
+    context: int,
+    heads: int | None = None,
+) -> ServeFit | None:
+    """A deployment's per-GPU estimate against its GPU type's card (None: not checked, for the cpu
+    pool, a type name without a size, or a config without what the estimate needs), and for one
+    that will not fit the cheapest change that does: more GPUs of its type (for vLLM a count that
+    divides the `heads`), else a card type of `types` (this box's, type -> count) with more memory,
+    else which part dominates."""
+    card = gpu_memory_gb(gpu["type"])
+    found = serve_estimate(config or {}, engine, gpu["count"], batch, context)
+    if card is None or found is None:
+        return None
+    budget = serve_budget_gb(engine, card)
+    found.gpu_type, found.gpu_memory_gb = gpu["type"], card
+    found.verdict = verdict(found.total_gb, budget)
+    where = f"one {gpu['type']} has {card:g} GB" + (
+        f" (vLLM takes {VLLM_MEMORY_UTILIZATION:.0%} of it: {budget:g} GB)" if budget != card else ""
+    )
+    shown = f"on {gpu['count']} GPU{'s' if gpu['count'] > 1 else ''} with {engine}"
+    if found.verdict == "borderline":
+        return ServeFit(
+            estimate=found,
+            budget_gb=budget,
+            message=f"This deployment may run out of memory: it needs {describe(found)} {shown}; {where}.",
+        )
+    if found.verdict == "fits":
+        return ServeFit(estimate=found, budget_gb=budget)
+    fix = _serve_fix(config or {}, engine, gpu, types, batch, context, heads)
+    if fix:
+        what, param, fixed = fix
+        advice = f"The cheapest change that fits: {what} (about {fixed.total_gb:g} GiB per GPU)."
+    else:
+        param = "model"
+        part, size = max(found.parts.items(), key=lambda p: p[1])
+        advice = (
+            f"No GPU count or type this box has fits it; its {part.replace('_', ' ')} ({size:g} GiB per GPU) "
+            "dominates: serve a smaller model, or on a box with larger GPUs."
+        )
+    message = f"This deployment needs {describe(found)} {shown}; {where}. {advice}"
+    return ServeFit(estimate=found, budget_gb=budget, message=message, param=param)
+
+
+def _serve_fix(
+    config: dict, engine: str, gpu: dict, types: dict[str, int], batch: int, context: int, heads: int | None
+) -> tuple[str, str, MemoryEstimate] | None:
+    """(what to tell the user, the field, the estimate with it) of the first candidate that fits:
+    more GPUs of the type, then larger cards of the box, smallest first, fewest GPUs first."""
+
+    def counts(most: int, start: int) -> list[int]:
+        return [n for n in range(start, most + 1) if engine != "vllm" or not heads or heads % n == 0]
+
+    more = counts(types.get(gpu["type"], 0), gpu["count"] + 1)
+    candidates = [(f"gpu_count {n}", "gpu.gpu_count", gpu["type"], n) for n in more]
+    card = gpu_memory_gb(gpu["type"]) or 0
+    larger = sorted((gpu_memory_gb(t) or 0, t) for t in types if (gpu_memory_gb(t) or 0) > card)
+    for _, kind in larger:
+        for n in counts(types[kind], 1):
+            said = f"gpu_type {kind}" + (f" with gpu_count {n}" if n > 1 else "")
+            candidates.append((said, "gpu.gpu_type", kind, n))
+    for what, param, kind, n in candidates:
+        found = serve_estimate(config, engine, n, batch, context)
+        card_gb = gpu_memory_gb(kind)
+        if found and card_gb and verdict(found.total_gb, serve_budget_gb(engine, card_gb)) == "fits":
+            return what, param, found
+    return None
