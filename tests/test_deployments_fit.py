@@ -83,7 +83,7 @@ def test_a_14b_model_on_one_24gb_card_is_refused_with_more_gpus_and_fits_on_thre
     error = openai_error(deploy(client, model, "huggingface", gpu_type=SMALL, gpu_count=1), 400, "gpu.gpu_count")
     assert error["code"] == "will_not_fit", error
     message = error["message"]
-    # bf16 weights 27.5 GiB, a 16 x 4096-token KV cache 12 GiB, prefill 3.3, CUDA context 0.75.
+    # bf16 weights 27.5 GiB, a 16 x 4096-token KV cache 12 GiB, prefill 1.0, CUDA context 0.75.
     needed = float(ESTIMATE.search(message).group(1))
     assert 40 < needed < 48, message
     assert "weights 27.5" in message and "kv cache 12" in message and f"one {SMALL} has 24 GB" in message

@@ -491,8 +491,8 @@ def serve_parts(config: dict, engine: str, gpu_count: int, batch: int, context: 
 
     - transformers: the KV cache of a full batch (`batch` rows, serve.py's MAX_BATCH) each at
       `context` tokens (the longest answer the API allows), generation_buffers for the batch's
-      prefill at SERVE_PROMPT_TOKENS, and that prefill's bf16 logits (serve.py keeps every
-      position's: rows x prompt x vocab).
+      prefill at SERVE_PROMPT_TOKENS, and the last position's logits (serve.py asks the model
+      for those only: logits_to_keep=1).
     - vllm: the KV cache of one sequence at max_model_len (vLLM refuses to start without room for
       one; the rest of its 90% becomes more cache), and its profile run's activations
       (generation_buffers of one VLLM_BATCHED_TOKENS step).
@@ -502,8 +502,8 @@ def serve_parts(config: dict, engine: str, gpu_count: int, batch: int, context: 
     device_map "auto" (transformers). Each GPU adds the CUDA context overhead (OVERHEAD_GIB).
 
     Not calibrated on a GPU yet (nothing in bench/ measures a deployment's peak against it). At
-    Qwen2.5 shapes, per GPU: 14B on one card 43.6 GiB with transformers (weights 27.5, KV cache
-    12, activations 3.3, overhead 0.75), 34.5 with vLLM (KV cache 6); 7B 21.9 / 17.0; 0.5B 5.0 / 2.1.
+    Qwen2.5 shapes, per GPU: 14B on one card 41.2 GiB with transformers (weights 27.5, KV cache
+    12, activations 1.0, overhead 0.75), 34.5 with vLLM (KV cache 6); 7B 19.6 / 17.0; 0.5B 2.7 / 2.1.
     """
     count = max(gpu_count, 1)
     weights = config["parameters"] * BF16
@@ -515,8 +515,8 @@ def serve_parts(config: dict, engine: str, gpu_count: int, batch: int, context: 
         activations = generation_buffers(config, 1, VLLM_BATCHED_TOKENS) / count
     else:
         kv_cache = batch * context * kv_bytes_per_token(config) / count
-        prefill_logits = batch * SERVE_PROMPT_TOKENS * config["vocab_size"] * BF16
-        activations = (generation_buffers(config, batch, SERVE_PROMPT_TOKENS) + prefill_logits) / count
+        logits = batch * config["vocab_size"] * BF16
+        activations = (generation_buffers(config, batch, SERVE_PROMPT_TOKENS) + logits) / count
     overhead = OVERHEAD_GIB * GIB
     return {"weights": weights / count, "kv_cache": kv_cache, "activations": activations, "overhead": overhead}
 
