@@ -117,6 +117,15 @@ class Server:
         return proc.returncode
 
 
+def alive(pid: int) -> bool:
+    """Running and not a zombie (a process whose parent has not reaped it yet is gone for a user)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
 def descendants(pid: int) -> list[int]:
     """Every process below `pid`, as host pids (a sandboxed trainer's own view of pids is its
     namespace's, so tests look from the host)."""

@@ -37,7 +37,7 @@ from pathlib import Path
 import httpx
 import pytest
 from provider_standins import LambdaStandIn, PrimeStandIn, RunPodGpu, RunPodStandIn, StandIn
-from serving import FAKE_TRAINERS, KEY, Server, descendants
+from serving import FAKE_TRAINERS, KEY, Server, alive, descendants
 
 from veri_box import demo
 
@@ -275,14 +275,6 @@ def trainer_processes(stand_in: StandIn, instance_id: str, job_id: str) -> list[
         ):
             found.append(pid)
     return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
 
 
 def sigkill(server: Server) -> None:

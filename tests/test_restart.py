@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serving import FAKE_TRAINERS, KEY, Server
+from serving import FAKE_TRAINERS, KEY, Server, alive
 
 CPU_ARGS = ("--gpus", "none", "--cpu-slots", "1", "--trainers", FAKE_TRAINERS, "--cancel-grace-s", "2")
 GPU_ARGS = (
@@ -153,15 +153,6 @@ def _read_json(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def alive(pid: int) -> bool:
-    """Running and not a zombie (the trainer's new parent may not have reaped it yet)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
 
 
 def sigkill_server(server: Server) -> None:
