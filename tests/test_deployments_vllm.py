@@ -173,6 +173,38 @@ def test_a_vllm_that_dies_while_loading_fails_the_deployment_with_why(box: Serve
     assert free(client, GPU) == GPUS
 
 
+# vLLM 0.31's own lines: what every start logs about its KV cache, and its two refusals to start.
+STARTED_KV = (
+    "INFO 12-03 10:01:02 [gpu_worker.py:298] Available KV cache memory: 61.23 GiB\n"
+    "INFO 12-03 10:01:02 [kv_cache_utils.py:1087] GPU KV cache size: 2,293,648 tokens\n"
+)
+NO_ROOM_FOR_ONE = (
+    "ValueError: To serve at least one request with the models's max seq len (40960), (5.62 GiB KV cache is "
+    "needed, which is larger than the available KV cache memory (4.50 GiB). Based on the available memory, "
+    "the estimated maximum model length is 32768. Try increasing `gpu_memory_utilization` or decreasing "
+    "`max_model_len` when initializing the engine.\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("log", "fits"),
+    [
+        (STARTED_KV + NO_ROOM_FOR_ONE, False),
+        ("ValueError: No available memory for the cache blocks. Try increasing `gpu_memory_utilization`\n", False),
+        # KV cache allocated, then something else broke: that is not "does not fit"
+        (STARTED_KV + "RuntimeError: CUDA error: an illegal memory access was encountered\n", True),
+    ],
+)
+def test_why_vllm_died_tells_out_of_memory_from_other_failures(tmp_path: Path, log: str, fits: bool):
+    from trainers import serve_vllm
+
+    (tmp_path / serve_vllm.LOG).write_text("starting vLLM: ...\n" + log)
+    said = serve_vllm.why_it_died(tmp_path, 1)
+    assert ("does not fit in the GPU's memory" not in said) is fits, said
+    if fits:
+        assert said.endswith("RuntimeError: CUDA error: an illegal memory access was encountered"), said
+
+
 def wait_free(client: httpx.Client, count: int, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while free(client, GPU) != count and time.monotonic() < deadline:

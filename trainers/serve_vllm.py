@@ -38,7 +38,14 @@ SERVER = ("vllm.entrypoints.cli.main", "serve")
 # vLLM 0.31's --max-lora-rank takes one of these (vllm/config/lora.py, MaxLoRARanks).
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 # What vLLM (or torch under it) prints when the model or its KV cache does not fit, and what to say.
-OUT_OF_MEMORY = ("CUDA out of memory", "OutOfMemoryError", "No available memory for the cache blocks", "KV cache")
+# Not a bare "KV cache": every start logs "Available KV cache memory: ..." and "GPU KV cache size".
+OUT_OF_MEMORY = (
+    "CUDA out of memory",
+    "OutOfMemoryError",
+    "No available memory for the cache blocks",  # vllm/v1/core/kv_cache_utils.py
+    "larger than the available KV cache memory",  # one sequence at max_model_len does not fit
+    "can be stored in KV cache",  # "...larger than the maximum number of tokens that can be stored in KV cache"
+)
 
 
 def lora_rank(adapter_dir: Path) -> int:
