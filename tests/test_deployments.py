@@ -258,7 +258,11 @@ def test_playground_deploys_a_job_in_one_click_and_streams_a_chat(tmp_path: Path
             page.select_option("#deploy-job", job)
             page.click("#deploy")  # one click: the job's adapter deployed on the cpu pool
             page.wait_for_url(lambda url: "/playground?deployment=dep_" in url)
-            expect(page.locator("#send")).to_be_enabled(timeout=240_000)  # reloads until it serves
+            compare = page.locator("#compare")
+            compare.locator("textarea[name=prompts]").fill("Say something:")  # typed while it loads
+            expect(page.locator("#send")).to_be_enabled(timeout=240_000)  # polled until it serves
+            # no reload on the way: what was typed in Compare is still there
+            expect(compare.locator("textarea[name=prompts]")).to_have_value("Say something:")
             expect(page.locator("#chosen-status")).to_have_text("serving")
             page.fill("#system", "You are terse.")
             page.fill("#max-tokens", "12")
@@ -267,10 +271,22 @@ def test_playground_deploys_a_job_in_one_click_and_streams_a_chat(tmp_path: Path
             expect(page.locator(".turn.assistant[data-done=true]")).to_have_count(1, timeout=60_000)
             expect(page.locator(".turn.user")).to_contain_text("Say something:")
             assert page.locator("#chat-error").is_hidden(), page.locator("#chat-error").text_content()
-            # Is it better? The job's own base-vs-trained evaluation is one click away.
+            # Is it better? Compare, on this page: the deployed job is the one picked, its base and
+            # trained model answer the typed prompt, each answer scored by the job's reward.
             page.click("#compare-hint a")
-            page.wait_for_url(lambda url: f"/jobs/{job}" in url)
-            expect(page.locator("#evaluation-section")).to_contain_text("Evaluate: base vs trained")
+            expect(compare.locator("#compare-job")).to_have_value(job)
+            compare.locator("input[name=source][value=prompts]").check()
+            compare.locator("input[name=max_tokens]").fill("8")
+            compare.locator("#evaluate-job").click()
+            expect(compare.locator("#evaluation-table")).to_be_visible(timeout=180_000)  # polled, no reload
+            evaluation = client.get(f"/v1/training_jobs/{job}/evaluations").json()["data"][0]
+            assert evaluation["status"] == "completed" and len(evaluation["rows"]) == 1, evaluation
+            cells = compare.locator("#evaluation-table tbody tr td")
+            expect(cells.nth(0)).to_have_text("Say something:")
+            expect(cells.nth(1)).to_have_text(evaluation["rows"][0]["base"]["answer"])
+            expect(cells.nth(3)).to_have_text(evaluation["rows"][0]["trained"]["answer"])
+            expect(compare.locator("#base-mean")).to_have_text(f"{evaluation['base_mean']:.3f}")
+            expect(compare.locator("#trained-mean")).to_have_text(f"{evaluation['trained_mean']:.3f}")
             browser.close()
         deployment = client.get("/v1/deployments").json()["data"][0]
         assert deployment["model"] == job and deployment["total_requests"] == 1, deployment

@@ -1,7 +1,11 @@
 """/playground: chat with a deployment in the browser. Pick a deployment (or deploy a completed
 job in one click), set a system prompt and the sampling settings, and read the answer as it
 streams. The page posts to the dashboard's own chat route, which calls the same service as
-`POST /v1/deployments/{id}/chat/completions` (the session, not an API key, guards it)."""
+`POST /v1/deployments/{id}/chat/completions` (the session, not an API key, guards it).
+
+Its Compare section is a completed GRPO job's base-against-trained evaluation (evaluations.py):
+the job page's own panel (`/jobs/{id}/evaluations`, its form posting to `/jobs/{id}/evaluate`),
+for the job picked here: the chosen deployment's job unless another is asked for."""
 
 from __future__ import annotations
 
@@ -32,18 +36,31 @@ def playground_page(
     store: NamedDependency[Store],
     settings: NamedDependency[Settings],
     deployment: FromQuery[str | None] = None,
+    compare: FromQuery[str | None] = None,
 ) -> Response:
     rows = store.list_deployments(limit=50)
     live = [r for r in rows if r["status"] in deployments.LIVE]
     chosen = next((r for r in rows if r["id"] == deployment), live[0] if live else None)
-    completed = [j for j in store.jobs_with_status("completed") if j["method"] == "grpo"][-20:]
+    completed = list(reversed([j for j in store.jobs_with_status("completed") if j["method"] == "grpo"][-20:]))
+    ids = [j["id"] for j in completed]
+    deployed = chosen["model"] if chosen and chosen["source"] == "training_job" else None
+    # The asked-for job, else the chosen deployment's, else the newest: one is always shown.
+    compared = next((i for i in (compare, deployed) if i in ids), ids[0] if ids else None)
     return render(
         request,
         "playground.html",
         deployments=[deployments.to_api(r, settings) for r in rows],
         chosen=deployments.to_api(chosen, settings) if chosen else None,
-        jobs=list(reversed(completed)),
+        jobs=completed,
+        compared=compared,
     )
+
+
+@get("/playground/{deployment_id:str}/status", include_in_schema=False, sync_to_thread=True)
+def deployment_status(store: NamedDependency[Store], deployment_id: FromPath[str]) -> dict:
+    """What the page polls while the chosen deployment loads: it enables the chat when this says
+    serving, without a reload that would wipe what is typed in Compare."""
+    return {"status": deployments.get(store, deployment_id)["status"]}
 
 
 @post("/playground/deploy", include_in_schema=False, opt={"rule": "member"})
