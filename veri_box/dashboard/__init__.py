@@ -40,6 +40,7 @@ def routers(settings: Settings, sessions: Sessions, store: Store) -> list[Router
             playground.playground_page,
             playground.deploy_job,
             playground.playground_chat,
+            playground.deployment_status,
             jobs.save_labels,
             job_form.new_job_page,
             job_form.memory_estimate,
