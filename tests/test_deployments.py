@@ -264,6 +264,7 @@ def test_playground_deploys_a_job_in_one_click_and_streams_a_chat(tmp_path: Path
             # no reload on the way: what was typed in Compare is still there
             expect(compare.locator("textarea[name=prompts]")).to_have_value("Say something:")
             expect(page.locator("#chosen-status")).to_have_text("serving")
+            expect(page.locator("#deployments .badge")).to_have_text("serving")  # the list's too
             page.fill("#system", "You are terse.")
             page.fill("#max-tokens", "12")
             page.fill("#prompt", "Say something:")
