@@ -155,6 +155,7 @@ def test_a_missing_model_is_refused_at_submit_with_what_to_do(server, tmp_path):
         error = error_of(http_job(server, http, "veri-box/tiny_lm"))
         assert (error["code"], error["param"]) == ("model_not_found", "base_model")
         assert "Did you mean 'veri-box/tiny-lm'" in error["message"]
+        assert "download" not in error["message"]  # no Hub has the box's own namespace
         error = error_of(http_job(server, http, "Qwen/Qwen3-0.6B"))
         message = error["message"]
         assert error["code"] == "model_not_found" and str(tmp_path / "hf-cache") in message
