@@ -705,7 +705,16 @@ def deploy_once(ctx: Context, name: str, device: str, spec: dict[str, str], time
         out["free_while_serving"] = local_free(box, device)
         out.update(stream_chats(box, dep_id, p.deploy_max_tokens, p.deploy_streams))
         out.update(concurrent_chats(box, dep_id, p.deploy_concurrent_s))
-        out["total_requests"] = box.call("GET", f"/v1/deployments/{dep_id}")["total_requests"]
+        # The box logs each request once its answer is over, off the answer's path: read its
+        # totals once two reads agree.
+        metrics, previous = box.call("GET", f"/v1/deployments/{dep_id}/metrics"), None
+        for _ in range(25):
+            if previous is not None and metrics["requests_24h"] == previous["requests_24h"]:
+                break
+            time.sleep(0.2)
+            previous, metrics = metrics, box.call("GET", f"/v1/deployments/{dep_id}/metrics")
+        out["total_requests"] = metrics["total_requests"]
+        out["box_metrics"] = {k: v for k, v in metrics.items() if k.endswith(("_p50", "_p90", "_p99", "_24h"))}
     except Exception as err:  # noqa: BLE001 - recorded; the deployment is still stopped below
         out.update(status="failed", error=f"{type(err).__name__}: {err}"[-3000:])
     finally:

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 VERI_BOX = Path(sys.executable).parent / "veri-box"
+VERI = Path(sys.executable).parent / "veri"  # veri-sdk's CLI
 REPO = Path(__file__).resolve().parent.parent
 KEY = re.compile(r"vk_[0-9a-f]{40}")
 HEALTHY_WITHIN_S = 15
@@ -30,6 +31,20 @@ def free_port() -> int:
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([str(VERI_BOX), *args], capture_output=True, text=True, timeout=timeout, env=_env())
+
+
+def veri(server: Server, config_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    """The official CLI pointed at the box the way its docs say: VERI_API_URL and VERI_API_KEY
+    (the server's `key`), its config file in `config_dir`."""
+    env = {
+        **os.environ,
+        "VERI_API_URL": server.url,
+        "VERI_API_KEY": server.key,
+        "VERI_CONFIG_PATH": str(config_dir / "veri.toml"),
+        "NO_COLOR": "1",
+        "COLUMNS": "200",
+    }
+    return subprocess.run([str(VERI), *args], capture_output=True, text=True, timeout=120, env=env)
 
 
 def _env(home: Path | None = None) -> dict[str, str]:
@@ -102,8 +117,11 @@ class Server:
             time.sleep(0.1)
         return False
 
-    def stop(self) -> int | None:
-        """SIGTERM, then SIGKILL if it does not exit; returns the exit code."""
+    def stop(self, keep_deployments: bool = False) -> int | None:
+        """SIGTERM, then SIGKILL if it does not exit; returns the exit code. Serving processes
+        outlive the box by design (a restart re-attaches them), so unless a test restarts the box
+        (`keep_deployments`), those of its data dir are killed: a test that failed before
+        stopping its deployments must not leave them loaded for the rest of the run."""
         if self.proc is None:
             return None
         proc, self.proc = self.proc, None
@@ -114,6 +132,14 @@ class Server:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
+        if not keep_deployments:
+            mark = f"{self.data_dir / 'deployments'}/".encode()
+            for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+                try:
+                    if mark in cmdline.read_bytes():
+                        os.kill(int(cmdline.parent.name), signal.SIGKILL)
+                except (OSError, ValueError):
+                    pass  # gone meanwhile
         return proc.returncode
 
 

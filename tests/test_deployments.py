@@ -6,6 +6,7 @@ OpenAI's error shape; an idle deployment stops by itself."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from serving import KEY, Server, descendants
+from serving import KEY, Server, alive, descendants, veri
 from veri_sdk.client import Client as VeriClient
 
 from veri_box import demo
@@ -91,7 +92,7 @@ def openai_error(response: httpx.Response, status: int, param: str | None = None
     return error
 
 
-def test_deploy_chat_stream_concurrency_and_stop_frees_the_device(box: Server):
+def test_deploy_chat_stream_concurrency_and_stop_frees_the_device(box: Server, tmp_path: Path):
     client = http(box)
     trained, failed = submit(client), submit(client, FAILS)
     assert wait(client, f"/v1/training_jobs/{failed}", "completed", "failed")["status"] == "failed"
@@ -178,8 +179,48 @@ def test_deploy_chat_stream_concurrency_and_stop_frees_the_device(box: Server):
     with pytest.raises(openai.BadRequestError):
         oa.chat.completions.create(model="t", messages=HELLO, max_tokens=0)
     openai_error(httpx.post(f"{box.url}{url}", json={"messages": HELLO}), 401)  # the key guards it
+
+    # Its request log and metrics, as veri-sdk and `veri deployments requests/metrics` read them:
+    # the 12 answers with the tokens the client got, and the 5 refusals the proxy saw (a body that
+    # fails the schema, or no key, never reaches it).
+    refusals = ["invalid_max_tokens", "invalid_messages", "invalid_n", "invalid_role", "invalid_temperature"]
+    got = answer.usage.completion_tokens + sum(r.usage.completion_tokens for r in [*greedy, *many])
+    got += chunks[-1].usage.completion_tokens
+    deadline = time.monotonic() + 10  # rows are written once each answer is over, off its path
+    while len(log := sdk.deployments.requests(tuned["id"], limit=100)) < 17 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    answered = [r for r in log if r["status_code"] == 200]
     # The requests it answered; the refused ones are not counted.
     assert client.get(f"/v1/deployments/{tuned['id']}").json()["total_requests"] == 1 + 2 + 1 + 8
+    assert len(log) == 17 and len(answered) == 12, [(r["status_code"], r["error_category"]) for r in log]
+    assert sorted(r["error_category"] for r in log if r["status_code"] == 400) == refusals
+    assert sum(r["completion_tokens"] for r in answered) == got
+    assert all(r["usage_reported"] and 0 < r["ttfb_ms"] <= r["latency_ms"] for r in answered)
+    assert [r["created_at"] for r in log] == sorted((r["created_at"] for r in log), reverse=True)  # newest first
+    (streamed_row,) = [r for r in answered if r["streamed"]]
+    assert 0 < streamed_row["ttft_ms"] <= streamed_row["latency_ms"] and streamed_row["finish_reason"]
+    page = sdk.deployments.requests(tuned["id"], limit=10)
+    rest = sdk.deployments.requests(tuned["id"], limit=10, after=page[-1]["id"])
+    assert [r["id"] for r in page + rest] == [r["id"] for r in log]
+    errors = sdk.deployments.requests(tuned["id"], errors_only=True)
+    assert sorted(r["error_category"] for r in errors) == refusals
+    metrics = sdk.deployments.metrics(tuned["id"])
+    assert (metrics["total_requests"], metrics["requests_24h"], metrics["errors_24h"]) == (12, 17, 5), metrics
+    assert metrics["total_completion_tokens"] == got and metrics["error_rate_24h"] == round(5 / 17, 4)
+    assert metrics["latency_sample_24h"] == 12 and 0 < metrics["latency_ms_p50"] <= metrics["latency_ms_p99"]
+    series = sdk.deployments.metrics_timeseries(tuned["id"], interval="minute", from_time=log[-1]["created_at"])
+    assert series["interval"] == "minute" and sum(b["requests"] for b in series["buckets"]) == 17, series
+    assert sdk.deployments.metrics_timeseries(tuned["id"])["interval"] == "hour"  # auto over the default 7 days
+    too_fine = client.get(f"/v1/deployments/{tuned['id']}/metrics/timeseries", params={"interval": "minute"})
+    assert openai_error(too_fine, 400, "interval")["code"] == "invalid_value"  # 10,080 buckets
+    logged = f"/v1/deployments/{tuned['id']}/requests"
+    assert openai_error(client.get(logged, params={"from": "yesterday"}), 400, "from")["code"] == "invalid_value"
+    assert openai_error(client.get(logged, params={"after": "req_nope"}), 400, "after")["code"] == "invalid_value"
+    assert openai_error(client.get("/v1/deployments/dep_nope/metrics"), 404)["code"] == "deployment_not_found"
+    cli = veri(box, tmp_path, "-o", "json", "deployments", "metrics", tuned["id"])
+    assert cli.returncode == 0 and json.loads(cli.stdout)["requests_24h"] == 17, cli.stdout + cli.stderr
+    cli = veri(box, tmp_path, "deployments", "requests", tuned["id"], "--limit", "3")
+    assert cli.returncode == 0 and cli.stdout.count("req_") == 3, cli.stdout + cli.stderr
 
     # A running job cannot be deployed; while both cpu slots serve, a new job waits...
     running = submit(client, max_steps=500)
@@ -200,7 +241,7 @@ def test_deploy_chat_stream_concurrency_and_stop_frees_the_device(box: Server):
     assert client.get(f"/v1/deployments/{base.id}").status_code == 404
 
     # A restarted box re-attaches to the serving process: it still answers.
-    box.stop()
+    box.stop(keep_deployments=True)
     box.start()  # on a new port
     client = http(box)
     oa = openai.OpenAI(base_url=f"{box.url}/v1/deployments/{tuned['id']}", api_key=box.key)
@@ -227,6 +268,40 @@ def test_an_idle_deployment_stops_by_itself_and_says_so(tmp_path: Path):
         stopped = wait(client, f"/v1/deployments/{dep['id']}", "stopped", "failed", timeout=30)
         assert stopped["status"] == "stopped" and stopped["stop_reason"] == "idle", stopped
         assert "idle_stopped" in [e["type"] for e in stopped["events"]]
+    finally:
+        server.stop()
+
+
+def serving_pids(server: Server, dep: str) -> list[int]:
+    mark = f"{server.data_dir / 'deployments' / dep}".encode()
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if b"trainers.serve" in (text := cmdline.read_bytes()) and mark in text:
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            pass
+    return pids
+
+
+def test_a_deployment_stopped_just_before_the_box_stops_ends_with_it(tmp_path: Path):
+    """Serving processes outlive a box that stops (the next start re-attaches them), but not one
+    the user had stopped and the supervisor had not ended yet: it would hold its device while
+    the box is down."""
+    server = Server(tmp_path / "data", tmp_path / "serve.log", "--gpus", "none", "--cpu-slots", "1")
+    server.key = KEY.search(server.start()).group(0)
+    try:
+        client = http(server)
+        kept = deploy(client, "veri-box/tiny-lm", "huggingface").json()["id"]
+        wait(client, f"/v1/deployments/{kept}", "serving", timeout=240)
+        assert client.post(f"/v1/deployments/{kept}/stop").json()["status"] == "stopped"
+        pids = serving_pids(server, kept)
+        assert pids
+        server.stop(keep_deployments=True)  # at once: before a tick of the supervisor ends it
+        deadline = time.monotonic() + 15
+        while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(alive(pid) for pid in pids), pids
     finally:
         server.stop()
 
@@ -272,6 +347,15 @@ def test_playground_deploys_a_job_in_one_click_and_streams_a_chat(tmp_path: Path
             expect(page.locator(".turn.assistant[data-done=true]")).to_have_count(1, timeout=60_000)
             expect(page.locator(".turn.user")).to_contain_text("Say something:")
             assert page.locator("#chat-error").is_hidden(), page.locator("#chat-error").text_content()
+            # The chat is in the deployment's request log, shown under it: the API's own figures.
+            expect(page.locator("#requests-table tbody tr")).to_have_count(1, timeout=10_000)
+            deployed = page.url.split("deployment=")[1].split("#")[0]
+            (logged,) = client.get(f"/v1/deployments/{deployed}/requests").json()["data"]
+            row = page.locator(f"#requests-table tr[data-request={logged['id']}]")
+            expect(row).to_contain_text(f"/ {logged['completion_tokens']}")
+            expect(row).to_contain_text("stream")
+            expect(page.locator("#requests-24h")).to_have_text("1")
+            expect(page.locator("#errors-24h")).to_have_text("0")
             # Is it better? Compare, on this page: the deployed job is the one picked, its base and
             # trained model answer the typed prompt, each answer scored by the job's reward.
             page.click("#compare-hint a")

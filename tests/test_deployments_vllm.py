@@ -146,7 +146,19 @@ def test_a_gpu_deployment_runs_on_vllm_with_the_jobs_lora_and_speaks_openai(box:
     assert past["code"] == "invalid_request" and "cannot be greater than max_model_len" in past["message"], past
     with pytest.raises(openai.BadRequestError):
         oa.chat.completions.create(model="s", messages=HELLO, max_tokens=4000)
+    # The request log: vLLM's usage on every stream (the box asks for it even when the client
+    # did not), a time to first token, and both kinds of refusal.
+    deadline = time.monotonic() + 10
+    while len(log := client.get(f"/v1/deployments/{dep['id']}/requests").json()["data"]) < 7:
+        assert time.monotonic() < deadline, log
+        time.sleep(0.2)
+    streams = [r for r in log if r["streamed"]]
     assert client.get(f"/v1/deployments/{dep['id']}").json()["total_requests"] == 1 + 2 + 1 + 2
+    assert len(log) == 7 and len(streams) == 3, log
+    assert all(r["usage_reported"] and r["completion_tokens"] and r["ttft_ms"] is not None for r in streams), streams
+    assert sorted(r["completion_tokens"] for r in streams)[:2] == [3, 3]
+    refused = sorted(r["error_category"] for r in log if r["status_code"] == 400)
+    assert refused == ["invalid_request", "invalid_request", "invalid_temperature"], log
 
     # Stop frees the GPU; the serving process and vLLM under it end.
     assert client.post(f"/v1/deployments/{dep['id']}/stop").json()["status"] == "stopped"
@@ -329,7 +341,7 @@ def _fifo_gpus(box: Server, client: httpx.Client) -> None:
     one = deploy(client, "veri-box/tiny-lm", "huggingface", gpu_type=GPU, gpu_count=1).json()
     wait(client, f"/v1/deployments/{one['id']}", "serving", timeout=120)
     both = deploy(client, "veri-box/tiny-lm", "huggingface", gpu_type=GPU, gpu_count=2).json()
-    box.stop()
+    box.stop(keep_deployments=True)
     box.args = ("--gpus", f"{GPU}:1", "--cpu-slots", "0")
     box.start()
     client = http(box)

@@ -555,11 +555,7 @@ def test_the_official_client_sets_the_token_and_a_job_pushes_from_a_real_server(
     """veri-sdk 0.2.45's integrations.set/get/delete_huggingface and `veri hf`, and hf_push on
     create, against `veri-box serve --hf-endpoint <stand-in>`: a full fine-tune (the test trainer's
     model folder) pushed as artifact "merged", its repo URL in the SDK's hf_repo_url."""
-    import os
-    import subprocess
-    import sys
-
-    from serving import FAKE_TRAINERS, KEY, Server
+    from serving import FAKE_TRAINERS, KEY, Server, veri
     from veri_sdk import Client
 
     server = Server(
@@ -574,20 +570,12 @@ def test_the_official_client_sets_the_token_and_a_job_pushes_from_a_real_server(
     )
     key = KEY.search(server.start()).group(0)
     try:
-        env = {
-            **os.environ,
-            "VERI_API_URL": server.url,
-            "VERI_API_KEY": key,
-            "NO_COLOR": "1",
-            "COLUMNS": "200",
-            "VERI_CONFIG_PATH": str(tmp_path / "veri.toml"),
-        }
-        veri = [str(Path(sys.executable).parent / "veri"), "hf"]
-        refused = subprocess.run([*veri, "set", "--token", BAD], capture_output=True, text=True, env=env, timeout=60)
+        server.key = key
+        refused = veri(server, tmp_path, "hf", "set", "--token", BAD)
         assert refused.returncode != 0 and "hf_token_invalid" in refused.stdout + refused.stderr
-        done = subprocess.run([*veri, "set", "--token", GOOD], capture_output=True, text=True, env=env, timeout=60)
+        done = veri(server, tmp_path, "hf", "set", "--token", GOOD)
         assert done.returncode == 0 and "alice" in done.stdout, done.stdout + done.stderr
-        status = subprocess.run([*veri, "status"], capture_output=True, text=True, env=env, timeout=60)
+        status = veri(server, tmp_path, "hf", "status")
         assert "alice" in status.stdout and GOOD not in status.stdout
 
         client = Client(api_key=key, base_url=server.url)

@@ -5,18 +5,14 @@ cancel answering the whole job, one checkpoint and its download, deleting a fini
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from serving import FAKE_TRAINERS, KEY, Server
+from serving import FAKE_TRAINERS, KEY, Server, veri
 
-VERI = Path(sys.executable).parent / "veri"
 REWARD = "def reward(completions, **kwargs):\n    return [1.0 for _ in completions]\n"
 
 
@@ -31,19 +27,6 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 def http(server: Server) -> httpx.Client:
     return httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {server.key}"}, timeout=30)
-
-
-def veri(server: Server, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    """The official CLI pointed at the box the way its docs say: VERI_API_URL and VERI_API_KEY."""
-    env = {
-        **os.environ,
-        "VERI_API_URL": server.url,
-        "VERI_API_KEY": server.key,
-        "VERI_CONFIG_PATH": str(tmp_path / "veri.toml"),
-        "NO_COLOR": "1",
-        "COLUMNS": "200",
-    }
-    return subprocess.run([str(VERI), *args], capture_output=True, text=True, timeout=120, env=env)
 
 
 def submit(client: httpx.Client, behaviour: str) -> str:

@@ -24,7 +24,7 @@ from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
-from . import __version__, artifacts, cost, dashboard, datasets, deployments, devices, hub, paths
+from . import __version__, artifacts, cost, dashboard, datasets, deployment_requests, deployments, devices, hub, paths
 from .api_keys import QUOTA_ROUTES, ApiKeyController, whoami
 from .audit import audit_middleware, list_audit
 from .auth import Signer, api_key_guard, rule_guard
@@ -247,6 +247,8 @@ def create_app(box: Box | Settings, inventory: Inventory | None = None, run_jobs
         finally:
             # Trainers run in their own sessions and keep going; the next start re-attaches.
             scheduler.shutdown(wait=False)
+            if runner.deployments is not None:
+                await anyio.to_thread.run_sync(runner.deployments.shutdown)
             _close_providers(box)
 
     uploads = Router(
@@ -266,6 +268,7 @@ def create_app(box: Box | Settings, inventory: Inventory | None = None, run_jobs
             JobOutputController,
             MergeController,
             deployments.DeploymentController,
+            deployment_requests.DeploymentRequestController,
             EvaluationController,
             ModelController,
             IntegrationController,

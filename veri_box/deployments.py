@@ -48,7 +48,7 @@ from litestar.response import Stream
 from trainers import serve  # stdlib only at import: its MAX_BATCH, the batch the estimate counts
 from trainers.contract import DatasetConfig, Devices, JobConfig
 
-from . import executors, memory, models, paths, quotas
+from . import deployment_requests, executors, memory, models, paths, quotas
 from .auth import caller_id
 from .errors import ApiError, bad_request, conflict, not_found
 from .inventory import CPU, Inventory
@@ -466,6 +466,7 @@ class Supervisor:
         # Free devices a queued deployment that does not fit yet keeps from newer jobs, by type
         # (set by each _place, read by the runner's placement right after it).
         self.reserved: dict[str, set[int]] = {}
+        self._next_prune = 0.0  # when to drop the request log's old rows next (hourly)
 
     def recover(self) -> None:
         """At start-up: keep the serving processes that still run, stop those that are gone."""
@@ -481,6 +482,15 @@ class Supervisor:
                     row["id"], "stopped", {"reason": "server_restarted", "message": "its process was gone"}
                 )
             self.store.update_deployment(row["id"], devices=None, pid=None)
+
+    def shutdown(self) -> None:
+        """The box is stopping: serving processes go on (the next start re-attaches them), but
+        those of deployments already stopped or failed, which the next tick would have ended, get
+        their SIGTERM now; else a deployment stopped just before the box would keep its device
+        for as long as the box stays down."""
+        for row in self.store.deployments_holding_devices():
+            if row["status"] in ENDED and row["pid"]:
+                self.executor.cancel(row)
 
     def held(self) -> dict[str, set[int]]:
         """Devices no job may take, by type (the runner adds them to the jobs'): those the
@@ -503,6 +513,13 @@ class Supervisor:
             except Exception:  # one broken deployment must not stop the others
                 log.exception("supervising deployment %s failed", row["id"])
         self._stop_idle()
+        if time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + 3600
+            cutoff = int(time.time() * 1000) - deployment_requests.RETENTION_S * 1000
+            if pruned := self.store.prune_deployment_requests(cutoff):
+                log.info(
+                    "pruned %d deployment requests older than %d days", pruned, deployment_requests.RETENTION_S // 86400
+                )
         self._place()
 
     def _supervise(self, row: dict) -> None:
@@ -741,7 +758,6 @@ class EventStream(Stream):
 
 
 _clients: dict[str, httpx.AsyncClient] = {}
-_counting: set[asyncio.Future] = set()  # the request counts still being written (held, not collected)
 
 
 def _socket(settings: Settings, deployment_id: str) -> str:
@@ -779,9 +795,54 @@ def _unavailable(deployment_id: FromPath[str], why: str) -> ApiError:
 
 
 async def chat(request: Request, store: Store, settings: Settings, deployment_id: str, body: ChatRequest) -> Any:
+    """The proxy, each request of an existing deployment logged (deployment_requests) with how it
+    ended, refusals included."""
     row = await anyio.to_thread.run_sync(store.get_deployment, deployment_id)
     if row is None:
         raise not_found("deployment", deployment_id)
+    length = request.headers.get("content-length", "")
+    record = deployment_requests.Recorder(
+        store, deployment_id, int(length) if length.isdigit() else None, bool(body.stream), body.n or 1
+    )
+    try:
+        answer = await _chat(store, settings, row, body, record)
+    except ApiError as err:
+        record.failed(err.status, err.code, err.message)
+        record.close()
+        raise
+    except asyncio.CancelledError:  # the client went away before the answer
+        record.close(disconnected=True)
+        raise
+    except Exception as err:
+        record.failed(500, "internal_error", f"{type(err).__name__}: {err}")
+        record.close()
+        raise
+    if isinstance(answer, EventStream):
+        return answer  # logged when the stream ends
+    record.sent(msgspec.json.encode(answer))
+    record.usage(answer.get("usage"))
+    record.finished(next((c.get("finish_reason") for c in answer.get("choices") or []), None))
+    record.close()
+    return answer
+
+
+async def _recorded(events: Any, record: deployment_requests.Recorder) -> Any:
+    """A stream's events, its log row written when it ends: a client that left before [DONE]
+    closes the generator early."""
+    complete = False
+    try:
+        async for data in events:
+            record.sent(data)
+            yield data
+        complete = True
+    finally:
+        record.close(disconnected=not complete)
+
+
+async def _chat(
+    store: Store, settings: Settings, row: dict, body: ChatRequest, record: deployment_requests.Recorder
+) -> Any:
+    deployment_id = row["id"]
     generate = check_chat(body)
     if row["status"] in (QUEUED, PROVISIONING):
         raise ApiError(
@@ -795,14 +856,10 @@ async def chat(request: Request, store: Store, settings: Settings, deployment_id
             "deployment_not_serving",
             f"Deployment {deployment_id} is {row['status']}; create a new deployment to chat with this model.",
         )
-    # Counted off the request's path: a SQLite write (its commit) would add milliseconds to
-    # every answer's first token; the child starts generating meanwhile.
-    counted = asyncio.ensure_future(anyio.to_thread.run_sync(store.count_deployment_request, deployment_id))
-    _counting.add(counted)
-    counted.add_done_callback(_counting.discard)
+    record.reached_model = True
     client = _client(_socket(settings, deployment_id))
     if row["engine"] == VLLM:
-        return await _chat_vllm(client, row, body, generate)
+        return await _chat_vllm(client, row, body, generate, record)
     upstream = client.build_request("POST", "/generate", json=generate)
     try:
         response = await client.send(upstream, stream=True)
@@ -871,27 +928,28 @@ async def chat(request: Request, store: Store, settings: Settings, deployment_id
                 if index not in started:
                     started.add(index)
                     delta = {"role": "assistant", **delta}
+                if item["text"]:
+                    record.token()
                 yield chunk([{"index": index, "delta": delta, "finish_reason": None}])
                 continue
             if "error" in item:
-                error = {
-                    "error": {
-                        "message": f"The model failed: {item['error']}",
-                        "type": "server_error",
-                        "param": None,
-                        "code": "generation_failed",
-                    }
-                }
-                yield b"data: " + json.dumps(error).encode() + b"\n\n"
+                message = f"The model failed: {item['error']}"
+                record.failed(200, "generation_failed", message)
+                error = {"message": message, "type": "server_error", "param": None, "code": "generation_failed"}
+                yield b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
                 break
+            record.usage(item["usage"])
             for c in sorted(item["choices"], key=lambda c: c["index"]):
+                record.finished(c["finish_reason"])
                 delta = {} if c["index"] in started else {"role": "assistant", "content": ""}
                 yield chunk([{"index": c["index"], "delta": delta, "finish_reason": c["finish_reason"]}])
             if include_usage:
                 yield chunk([], item["usage"])
         yield b"data: [DONE]\n\n"
 
-    return EventStream(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return EventStream(
+        _recorded(events(), record), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )
 
 
 def _vllm_error(status: int, text: str) -> ApiError:
@@ -907,7 +965,9 @@ def _vllm_error(status: int, text: str) -> ApiError:
     return ApiError(500, "generation_failed", f"The model failed: {message[:500]}")
 
 
-async def _chat_vllm(client: httpx.AsyncClient, row: dict, body: ChatRequest, generate: dict) -> Any:
+async def _chat_vllm(
+    client: httpx.AsyncClient, row: dict, body: ChatRequest, generate: dict, record: deployment_requests.Recorder
+) -> Any:
     """Proxy to vLLM's own /v1/chat/completions: the body checked as for transformers, its
     `model` the name vLLM serves the deployment under, usage always asked for in a stream (a
     client that did not ask gets no usage chunk, as from transformers), and every answer naming
@@ -946,19 +1006,28 @@ async def _chat_vllm(client: httpx.AsyncClient, row: dict, body: ChatRequest, ge
                 item = json.loads(data)
                 if "error" in item:
                     failed = _vllm_error(500, data)
+                    record.failed(200, failed.code, failed.message)
                     error = {"message": failed.message, "type": "server_error", "param": None, "code": failed.code}
                     yield b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
                     break
-                if not item.get("choices") and item.get("usage") is not None and not include_usage:
+                record.usage(item.get("usage"))
+                choices = item.get("choices") or []
+                for c in choices:
+                    record.finished(c.get("finish_reason"))
+                if not choices and item.get("usage") is not None and not include_usage:
                     continue  # the usage chunk the box asked for, not the client
                 if not include_usage:
                     item.pop("usage", None)
+                if any((c.get("delta") or {}).get("content") for c in choices):
+                    record.token()
                 yield b"data: " + json.dumps({**item, "model": model}).encode() + b"\n\n"
         finally:
             await response.aclose()
         yield b"data: [DONE]\n\n"
 
-    return EventStream(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return EventStream(
+        _recorded(events(), record), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )
 
 
 # -- the controller -----------------------------------------------------------------------------

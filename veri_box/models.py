@@ -363,7 +363,8 @@ def not_found_message(name: str, settings: Settings, store: Store) -> str:
     suggestion = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     if name.lower().startswith("veri-box/"):
         # That namespace is the box's own: no Hub download can supply another model in it.
-        return f"Model '{name}' is not on this box; 'veri-box/' names only its built-in models ({', '.join(BUILT_IN)}).{suggestion}"
+        built_in = ", ".join(BUILT_IN)
+        return f"Model '{name}' isn't on this box: 'veri-box/' names only its built-in models ({built_in}).{suggestion}"
     how = (
         f" To train it, put it in this box's cache first: on a machine with the Hub, `hf download {name} "
         f"--cache-dir {cache}` (or `huggingface-cli download {name} --cache-dir {cache}`), copied here if this "

@@ -425,6 +425,46 @@ def m015_job_disk_size(db: Database) -> None:
     )
 
 
+@migrations()
+def m016_deployment_requests(db: Database) -> None:
+    """A deployment's request log (veri_box/deployment_requests.py): one row per chat request,
+    written when its answer is over; at_ms is when it arrived (epoch ms, for ranges and buckets),
+    the *_ms columns the times the proxy measured. The deployment's row keeps lifetime totals, as
+    old rows are pruned."""
+    db.executescript(
+        """
+        CREATE TABLE deployment_requests (
+            seq INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            deployment_id TEXT NOT NULL REFERENCES deployments(id) ON DELETE CASCADE,
+            at_ms INTEGER NOT NULL,
+            created_at TEXT NOT NULL,
+            completed_at TEXT,
+            status_code INTEGER NOT NULL,
+            streamed INTEGER NOT NULL,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            usage_reported INTEGER NOT NULL,
+            e2e_latency_ms REAL,
+            ttfb_ms REAL,
+            ttft_ms REAL,
+            generation_ms REAL,
+            tpot_ms REAL,
+            request_bytes INTEGER,
+            response_bytes INTEGER,
+            finish_reason TEXT,
+            error_category TEXT,
+            error_message TEXT,
+            client_disconnected INTEGER NOT NULL
+        );
+        CREATE INDEX deployment_requests_at ON deployment_requests (deployment_id, at_ms);
+        ALTER TABLE deployments ADD COLUMN total_errors INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE deployments ADD COLUMN total_prompt_tokens INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE deployments ADD COLUMN total_completion_tokens INTEGER NOT NULL DEFAULT 0;
+        """
+    )
+
+
 JSON_COLUMNS = {
     "evaluations": ("request", "result", "error"),
     "deployments": ("gpu_requested", "gpu", "devices", "events"),
@@ -866,12 +906,99 @@ class Store:
             events = [*json.loads(row[0] or "[]"), {"type": type, "metadata": metadata, "created_at": now()}]
             conn.execute("UPDATE deployments SET events = ? WHERE id = ?", [json.dumps(events[-50:]), id])
 
-    def count_deployment_request(self, id: str) -> None:
+    # A request is an error when it was refused or the model failed mid-answer (a stream's
+    # status is 200 by then); a client that went away is not.
+    _REQUEST_ERROR = "(status_code >= 400 OR error_category IS NOT NULL)"
+
+    def add_deployment_request(self, row: dict, reached_model: bool) -> None:
+        """One request's log row and the deployment's totals; only a request the model saw counts
+        in total_requests and keeps the deployment from its idle stop."""
+        failed = row["status_code"] >= 400 or row["error_category"] is not None
         with self.transaction() as conn:
+            self._insert("deployment_requests", row, conn)
             conn.execute(
-                "UPDATE deployments SET total_requests = total_requests + 1, last_request_at = ? WHERE id = ?",
-                [now(), id],
+                "UPDATE deployments SET total_requests = total_requests + ?, total_errors = total_errors + ?,"
+                " total_prompt_tokens = total_prompt_tokens + ?, total_completion_tokens = total_completion_tokens + ?,"
+                " last_request_at = CASE WHEN ? THEN ? ELSE last_request_at END WHERE id = ?",
+                [
+                    int(reached_model),
+                    int(failed),
+                    row["prompt_tokens"] or 0,
+                    row["completion_tokens"] or 0,
+                    int(reached_model),
+                    row["completed_at"],
+                    row["deployment_id"],
+                ],
             )
+
+    def prune_deployment_requests(self, before_ms: int) -> int:
+        with self.transaction() as conn:
+            return conn.execute("DELETE FROM deployment_requests WHERE at_ms < ?", [before_ms]).rowcount
+
+    def deployment_request_cursor(self, deployment_id: str, id: str) -> tuple[int, int] | None:
+        row = self.db.execute(
+            "SELECT at_ms, seq FROM deployment_requests WHERE id = ? AND deployment_id = ?", [id, deployment_id]
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def _request_range(self, deployment_id: str, lo: int | None, hi: int | None) -> tuple[list[str], list[Any]]:
+        where, params = ["deployment_id = ?"], [deployment_id]
+        if lo is not None:
+            where.append("at_ms >= ?")
+            params.append(lo)
+        if hi is not None:
+            where.append("at_ms <= ?")
+            params.append(hi)
+        return where, params
+
+    def list_deployment_requests(
+        self,
+        deployment_id: str,
+        limit: int,
+        cursor: tuple[int, int] | None,
+        lo: int | None,
+        hi: int | None,
+        errors_only: bool,
+    ) -> list[dict]:
+        """Newest first (by arrival), after `cursor` (the last row's (at_ms, seq)) when given."""
+        where, params = self._request_range(deployment_id, lo, hi)
+        if cursor is not None:
+            where.append("(at_ms, seq) < (?, ?)")
+            params += list(cursor)
+        if errors_only:
+            where.append(self._REQUEST_ERROR)
+        sql = f"SELECT * FROM deployment_requests WHERE {' AND '.join(where)} ORDER BY at_ms DESC, seq DESC LIMIT ?"
+        return self._rows(sql, [*params, limit])
+
+    def deployment_request_totals(self, deployment_id: str, lo: int | None, hi: int | None) -> dict[str, int]:
+        where, params = self._request_range(deployment_id, lo, hi)
+        row = self.db.execute(
+            f"SELECT COUNT(*), COALESCE(SUM({self._REQUEST_ERROR}), 0), COALESCE(SUM(completion_tokens), 0)"
+            f" FROM deployment_requests WHERE {' AND '.join(where)}",
+            params,
+        ).fetchone()
+        return {"requests": row[0], "errors": row[1], "completion_tokens": row[2]}
+
+    def deployment_request_latencies(self, deployment_id: str, lo: int, limit: int) -> list[dict]:
+        """The times of the newest `limit` answered requests since `lo` (no error, client stayed)."""
+        return self._rows(
+            "SELECT e2e_latency_ms, ttft_ms, tpot_ms FROM deployment_requests WHERE deployment_id = ? AND at_ms >= ?"
+            f" AND NOT {self._REQUEST_ERROR} AND NOT client_disconnected ORDER BY at_ms DESC LIMIT ?",
+            [deployment_id, lo, limit],
+        )
+
+    def deployment_request_buckets(self, deployment_id: str, lo: int, hi: int, width_ms: int) -> list[dict]:
+        return self._rows(
+            "SELECT (at_ms / :w) * :w AS bucket_ms, COUNT(*) AS requests,"
+            f" COALESCE(SUM({self._REQUEST_ERROR}), 0) AS errors,"
+            " COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens,"
+            " COALESCE(SUM(completion_tokens), 0) AS completion_tokens,"
+            " ROUND(AVG(e2e_latency_ms), 3) AS mean_latency_ms, MAX(e2e_latency_ms) AS max_latency_ms,"
+            " ROUND(AVG(ttft_ms), 3) AS mean_ttft_ms"
+            " FROM deployment_requests WHERE deployment_id = :d AND at_ms >= :lo AND at_ms <= :hi"
+            " GROUP BY bucket_ms ORDER BY bucket_ms",
+            {"w": width_ms, "d": deployment_id, "lo": lo, "hi": hi},
+        )
 
     def delete_deployment(self, id: str) -> bool:
         with self.transaction() as conn:

@@ -41,6 +41,7 @@ def routers(settings: Settings, sessions: Sessions, store: Store) -> list[Router
             playground.deploy_job,
             playground.playground_chat,
             playground.deployment_status,
+            playground.deployment_requests_panel,
             jobs.save_labels,
             job_form.new_job_page,
             job_form.memory_estimate,

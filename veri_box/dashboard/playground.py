@@ -17,7 +17,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.response import Redirect
 
-from .. import deployments
+from .. import deployment_requests, deployments
 from ..auth import caller_id
 from ..devices import Inventory
 from ..settings import Settings
@@ -61,6 +61,21 @@ def deployment_status(store: NamedDependency[Store], deployment_id: FromPath[str
     """What the page polls while the chosen deployment loads: it enables the chat when this says
     serving, without a reload that would wipe what is typed in Compare."""
     return {"status": deployments.get(store, deployment_id)["status"]}
+
+
+@get("/playground/{deployment_id:str}/requests", include_in_schema=False, sync_to_thread=True)
+def deployment_requests_panel(
+    request: Request, store: NamedDependency[Store], settings: NamedDependency[Settings], deployment_id: FromPath[str]
+) -> Response:
+    """The chosen deployment's last 24 hours and newest requests: the API's metrics and request
+    log, refreshed by htmx."""
+    return render(
+        request,
+        "_deployment_requests.html",
+        deployment_id=deployment_id,
+        metrics=deployment_requests.metrics(store, settings, deployment_id),
+        requests=deployment_requests.list_requests(store, deployment_id, 10, None, None, None, False).data,
+    )
 
 
 @post("/playground/deploy", include_in_schema=False, opt={"rule": "member"})
