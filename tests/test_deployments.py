@@ -210,7 +210,9 @@ def test_deploy_chat_stream_concurrency_and_stop_frees_the_device(box: Server, t
     assert metrics["latency_sample_24h"] == 12 and 0 < metrics["latency_ms_p50"] <= metrics["latency_ms_p99"]
     series = sdk.deployments.metrics_timeseries(tuned["id"], interval="minute", from_time=log[-1]["created_at"])
     assert series["interval"] == "minute" and sum(b["requests"] for b in series["buckets"]) == 17, series
-    assert sdk.deployments.metrics_timeseries(tuned["id"])["interval"] == "hour"  # auto over the default 7 days
+    hourly = sdk.deployments.metrics_timeseries(tuned["id"])  # auto over the default 7 days: the hourly sums
+    assert hourly["interval"] == "hour" and sum(b["requests"] for b in hourly["buckets"]) == 17, hourly
+    assert sum(b["completion_tokens"] for b in hourly["buckets"]) == got
     too_fine = client.get(f"/v1/deployments/{tuned['id']}/metrics/timeseries", params={"interval": "minute"})
     assert openai_error(too_fine, 400, "interval")["code"] == "invalid_value"  # 10,080 buckets
     logged = f"/v1/deployments/{tuned['id']}/requests"

@@ -515,11 +515,13 @@ class Supervisor:
         self._stop_idle()
         if time.monotonic() >= self._next_prune:
             self._next_prune = time.monotonic() + 3600
-            cutoff = int(time.time() * 1000) - deployment_requests.RETENTION_S * 1000
-            if pruned := self.store.prune_deployment_requests(cutoff):
-                log.info(
-                    "pruned %d deployment requests older than %d days", pruned, deployment_requests.RETENTION_S // 86400
-                )
+            stamp = int(time.time() * 1000)
+            kept = deployment_requests.ROWS_KEPT_S
+            pruned = self.store.prune_deployment_requests(
+                stamp - kept * 1000, stamp - deployment_requests.HOURS_KEPT_S * 1000
+            )
+            if pruned:
+                log.info("pruned %d deployment requests older than %d days", pruned, kept // 86400)
         self._place()
 
     def _supervise(self, row: dict) -> None:

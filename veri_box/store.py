@@ -429,8 +429,10 @@ def m015_job_disk_size(db: Database) -> None:
 def m016_deployment_requests(db: Database) -> None:
     """A deployment's request log (veri_box/deployment_requests.py): one row per chat request,
     written when its answer is over; at_ms is when it arrived (epoch ms, for ranges and buckets),
-    the *_ms columns the times the proxy measured. The deployment's row keeps lifetime totals, as
-    old rows are pruned."""
+    the *_ms columns the times the proxy measured. deployment_request_hours adds them up per clock
+    hour of arrival as they are written, so the last day's counts and hourly or daily series read
+    a few dozen rows, not every request; it is kept longer than the rows. The deployment's row
+    keeps lifetime totals."""
     db.executescript(
         """
         CREATE TABLE deployment_requests (
@@ -458,12 +460,27 @@ def m016_deployment_requests(db: Database) -> None:
             client_disconnected INTEGER NOT NULL
         );
         CREATE INDEX deployment_requests_at ON deployment_requests (deployment_id, at_ms);
+        CREATE TABLE deployment_request_hours (
+            deployment_id TEXT NOT NULL REFERENCES deployments(id) ON DELETE CASCADE,
+            hour_ms INTEGER NOT NULL,
+            requests INTEGER NOT NULL,
+            errors INTEGER NOT NULL,
+            prompt_tokens INTEGER NOT NULL,
+            completion_tokens INTEGER NOT NULL,
+            latency_sum_ms REAL NOT NULL,
+            latency_max_ms REAL NOT NULL,
+            ttft_sum_ms REAL NOT NULL,
+            ttft_n INTEGER NOT NULL,
+            PRIMARY KEY (deployment_id, hour_ms)
+        ) WITHOUT ROWID;
         ALTER TABLE deployments ADD COLUMN total_errors INTEGER NOT NULL DEFAULT 0;
         ALTER TABLE deployments ADD COLUMN total_prompt_tokens INTEGER NOT NULL DEFAULT 0;
         ALTER TABLE deployments ADD COLUMN total_completion_tokens INTEGER NOT NULL DEFAULT 0;
         """
     )
 
+
+HOUR_MS = 3600 * 1000
 
 JSON_COLUMNS = {
     "evaluations": ("request", "result", "error"),
@@ -914,8 +931,29 @@ class Store:
         """One request's log row and the deployment's totals; only a request the model saw counts
         in total_requests and keeps the deployment from its idle stop."""
         failed = row["status_code"] >= 400 or row["error_category"] is not None
+        latency, ttft = row["e2e_latency_ms"] or 0.0, row["ttft_ms"]
         with self.transaction() as conn:
             self._insert("deployment_requests", row, conn)
+            conn.execute(
+                "INSERT INTO deployment_request_hours VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (deployment_id, hour_ms) DO UPDATE SET requests = requests + 1,"
+                " errors = errors + excluded.errors, prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
+                " completion_tokens = completion_tokens + excluded.completion_tokens,"
+                " latency_sum_ms = latency_sum_ms + excluded.latency_sum_ms,"
+                " latency_max_ms = MAX(latency_max_ms, excluded.latency_max_ms),"
+                " ttft_sum_ms = ttft_sum_ms + excluded.ttft_sum_ms, ttft_n = ttft_n + excluded.ttft_n",
+                [
+                    row["deployment_id"],
+                    row["at_ms"] // HOUR_MS * HOUR_MS,
+                    int(failed),
+                    row["prompt_tokens"] or 0,
+                    row["completion_tokens"] or 0,
+                    latency,
+                    latency,
+                    ttft or 0.0,
+                    int(ttft is not None),
+                ],
+            )
             conn.execute(
                 "UPDATE deployments SET total_requests = total_requests + ?, total_errors = total_errors + ?,"
                 " total_prompt_tokens = total_prompt_tokens + ?, total_completion_tokens = total_completion_tokens + ?,"
@@ -931,9 +969,10 @@ class Store:
                 ],
             )
 
-    def prune_deployment_requests(self, before_ms: int) -> int:
+    def prune_deployment_requests(self, rows_before_ms: int, hours_before_ms: int) -> int:
         with self.transaction() as conn:
-            return conn.execute("DELETE FROM deployment_requests WHERE at_ms < ?", [before_ms]).rowcount
+            conn.execute("DELETE FROM deployment_request_hours WHERE hour_ms < ?", [hours_before_ms])
+            return conn.execute("DELETE FROM deployment_requests WHERE at_ms < ?", [rows_before_ms]).rowcount
 
     def deployment_request_cursor(self, deployment_id: str, id: str) -> tuple[int, int] | None:
         row = self.db.execute(
@@ -970,14 +1009,21 @@ class Store:
         sql = f"SELECT * FROM deployment_requests WHERE {' AND '.join(where)} ORDER BY at_ms DESC, seq DESC LIMIT ?"
         return self._rows(sql, [*params, limit])
 
-    def deployment_request_totals(self, deployment_id: str, lo: int | None, hi: int | None) -> dict[str, int]:
-        where, params = self._request_range(deployment_id, lo, hi)
-        row = self.db.execute(
-            f"SELECT COUNT(*), COALESCE(SUM({self._REQUEST_ERROR}), 0), COALESCE(SUM(completion_tokens), 0)"
-            f" FROM deployment_requests WHERE {' AND '.join(where)}",
-            params,
+    def deployment_request_totals(self, deployment_id: str, lo: int) -> dict[str, int]:
+        """Requests, errors and completion tokens of those that arrived since `lo`: the whole hours
+        from the hourly sums, the part of an hour before them from the rows."""
+        first_hour = -(-lo // HOUR_MS) * HOUR_MS
+        hours = self.db.execute(
+            "SELECT COALESCE(SUM(requests), 0), COALESCE(SUM(errors), 0), COALESCE(SUM(completion_tokens), 0)"
+            " FROM deployment_request_hours WHERE deployment_id = ? AND hour_ms >= ?",
+            [deployment_id, first_hour],
         ).fetchone()
-        return {"requests": row[0], "errors": row[1], "completion_tokens": row[2]}
+        edge = self.db.execute(
+            f"SELECT COUNT(*), COALESCE(SUM({self._REQUEST_ERROR}), 0), COALESCE(SUM(completion_tokens), 0)"
+            " FROM deployment_requests WHERE deployment_id = ? AND at_ms >= ? AND at_ms < ?",
+            [deployment_id, lo, first_hour],
+        ).fetchone()
+        return {k: hours[i] + edge[i] for i, k in enumerate(("requests", "errors", "completion_tokens"))}
 
     def deployment_request_latencies(self, deployment_id: str, lo: int, limit: int) -> list[dict]:
         """The times of the newest `limit` answered requests since `lo` (no error, client stayed)."""
@@ -988,6 +1034,19 @@ class Store:
         )
 
     def deployment_request_buckets(self, deployment_id: str, lo: int, hi: int, width_ms: int) -> list[dict]:
+        """Sums per bucket of `width_ms`: an hour or more from the hourly sums (whole hours: the
+        one `lo` falls in counts whole), less from the rows."""
+        if width_ms >= HOUR_MS:
+            return self._rows(
+                "SELECT (hour_ms / :w) * :w AS bucket_ms, SUM(requests) AS requests, SUM(errors) AS errors,"
+                " SUM(prompt_tokens) AS prompt_tokens, SUM(completion_tokens) AS completion_tokens,"
+                " ROUND(SUM(latency_sum_ms) / SUM(requests), 3) AS mean_latency_ms,"
+                " MAX(latency_max_ms) AS max_latency_ms,"
+                " ROUND(SUM(ttft_sum_ms) / NULLIF(SUM(ttft_n), 0), 3) AS mean_ttft_ms"
+                " FROM deployment_request_hours WHERE deployment_id = :d AND hour_ms >= :lo AND hour_ms <= :hi"
+                " GROUP BY bucket_ms ORDER BY bucket_ms",
+                {"w": width_ms, "d": deployment_id, "lo": lo // HOUR_MS * HOUR_MS, "hi": hi},
+            )
         return self._rows(
             "SELECT (at_ms / :w) * :w AS bucket_ms, COUNT(*) AS requests,"
             f" COALESCE(SUM({self._REQUEST_ERROR}), 0) AS errors,"
