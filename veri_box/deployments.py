@@ -807,7 +807,7 @@ async def chat(request: Request, store: Store, settings: Settings, deployment_id
         store, deployment_id, int(length) if length.isdigit() else None, bool(body.stream), body.n or 1
     )
     try:
-        answer = await _chat(store, settings, row, body, record)
+        answer = await _chat(settings, row, body, record)
     except ApiError as err:
         record.failed(err.status, err.code, err.message)
         record.close()
@@ -841,9 +841,7 @@ async def _recorded(events: Any, record: deployment_requests.Recorder) -> Any:
         record.close(disconnected=not complete)
 
 
-async def _chat(
-    store: Store, settings: Settings, row: dict, body: ChatRequest, record: deployment_requests.Recorder
-) -> Any:
+async def _chat(settings: Settings, row: dict, body: ChatRequest, record: deployment_requests.Recorder) -> Any:
     deployment_id = row["id"]
     generate = check_chat(body)
     if row["status"] in (QUEUED, PROVISIONING):
