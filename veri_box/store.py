@@ -980,16 +980,6 @@ class Store:
         ).fetchone()
         return None if row is None else (row[0], row[1])
 
-    def _request_range(self, deployment_id: str, lo: int | None, hi: int | None) -> tuple[list[str], list[Any]]:
-        where, params = ["deployment_id = ?"], [deployment_id]
-        if lo is not None:
-            where.append("at_ms >= ?")
-            params.append(lo)
-        if hi is not None:
-            where.append("at_ms <= ?")
-            params.append(hi)
-        return where, params
-
     def list_deployment_requests(
         self,
         deployment_id: str,
@@ -1000,7 +990,11 @@ class Store:
         errors_only: bool,
     ) -> list[dict]:
         """Newest first (by arrival), after `cursor` (the last row's (at_ms, seq)) when given."""
-        where, params = self._request_range(deployment_id, lo, hi)
+        where, params = ["deployment_id = ?"], [deployment_id]
+        for bound, sql in ((lo, "at_ms >= ?"), (hi, "at_ms <= ?")):
+            if bound is not None:
+                where.append(sql)
+                params.append(bound)
         if cursor is not None:
             where.append("(at_ms, seq) < (?, ?)")
             params += list(cursor)
